@@ -1,0 +1,5 @@
+"""``python -m microkernel``."""
+
+from microkernel.cli import main
+
+raise SystemExit(main())

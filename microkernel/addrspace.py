@@ -1,0 +1,225 @@
+"""Linear address spaces: physical frames mapped contiguously with ``mmap(MAP_FIXED)``.
+
+Each process reserves a range of virtual memory (``PROT_NONE``, no backing)
+and the kernel maps memfd frames into it page by page with
+``mmap(addr, len, prot, MAP_FIXED | MAP_SHARED, memfd, offset)``. A file whose
+pages live in scattered frames therefore appears as one contiguous run of
+bytes to the process, and both the process and the disc cache see the very
+same memory: no copy.
+
+Unmapping puts a ``PROT_NONE`` anonymous mapping back over the range, so the
+reservation stays whole and nothing else can land inside it.
+
+Where ``MAP_FIXED`` of a memfd is not possible (not Linux, or a sandbox that
+refuses it), :class:`StitchedAddressSpace` keeps one Python ``mmap`` per page;
+views that would span two non-adjacent frames are then refused with
+``NotContiguous`` and callers fall back to copying. ``AddressSpace.mode`` says
+which one is in use, and boot reports it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+from collections.abc import Sequence
+
+from microkernel.memory import PAGE_SIZE, BadAddress, PhysicalMemory
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+PROT_NONE = 0
+MAP_FIXED = getattr(mmap, "MAP_FIXED", 0x10)
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+
+
+class NotContiguous(OSError):
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EFAULT, message)
+
+
+def _mmap(addr: int | None, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+    result = _libc.mmap(addr, length, prot, flags, fd, offset)
+    if result is None or result == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap failed: {os.strerror(err)}")
+    return int(result)
+
+
+class AddressSpace:
+    """A reserved virtual range of ``size`` bytes whose pages map physical frames."""
+
+    mode = "map-fixed"
+
+    def __init__(self, memory: PhysicalMemory, size: int) -> None:
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"address space size must be a positive multiple of 4 KiB, got {size}")
+        self.memory = memory
+        self.size = size
+        self.base = _mmap(
+            None,
+            size,
+            PROT_NONE,
+            mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
+            -1,
+            0,
+        )
+        self._frames: dict[int, int] = {}  # page offset -> physical address
+        self._closed = False
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset % PAGE_SIZE or offset < 0 or offset + length > self.size:
+            raise BadAddress(
+                f"range {offset:#x}+{length:#x} outside a {self.size:#x} address space"
+            )
+
+    def map(self, offset: int, frames: Sequence[int], *, writable: bool) -> None:
+        """Map ``frames`` (physical addresses) at ``offset``, merging memfd-contiguous runs."""
+        self._check(offset, len(frames) * PAGE_SIZE)
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        mem = self.memory
+        i = 0
+        while i < len(frames):
+            start = mem.index_of(frames[i])
+            j = i + 1
+            while j < len(frames) and mem.index_of(frames[j]) == start + (j - i):
+                j += 1
+            _mmap(
+                self.base + offset + i * PAGE_SIZE,
+                (j - i) * PAGE_SIZE,
+                prot,
+                MAP_FIXED | mmap.MAP_SHARED,
+                mem.fd,
+                start * PAGE_SIZE,
+            )
+            i = j
+        for k, phys in enumerate(frames):
+            self._frames[offset + k * PAGE_SIZE] = phys
+
+    def unmap(self, offset: int, npages: int) -> list[int]:
+        """Remove the mapping of ``npages`` pages; returns the frames that were mapped there."""
+        self._check(offset, npages * PAGE_SIZE)
+        _mmap(
+            self.base + offset,
+            npages * PAGE_SIZE,
+            PROT_NONE,
+            MAP_FIXED | mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
+            -1,
+            0,
+        )
+        out = []
+        for k in range(npages):
+            phys = self._frames.pop(offset + k * PAGE_SIZE, None)
+            if phys is not None:
+                out.append(phys)
+        return out
+
+    def frame_at(self, offset: int) -> int | None:
+        return self._frames.get(offset - offset % PAGE_SIZE)
+
+    def is_mapped(self, offset: int, length: int) -> bool:
+        first = offset - offset % PAGE_SIZE
+        return all(p in self._frames for p in range(first, offset + length, PAGE_SIZE))
+
+    def view(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
+        """A memoryview straight onto the mapped pages (read-only unless ``writable``)."""
+        if offset < 0 or offset + length > self.size:
+            raise BadAddress(f"view {offset:#x}+{length} outside the address space")
+        if not self.is_mapped(offset, length):
+            raise BadAddress(f"view {offset:#x}+{length} touches unmapped pages")
+        buf = (ctypes.c_char * length).from_address(self.base + offset)
+        mv = memoryview(buf).cast("B")
+        return mv if writable else mv.toreadonly()
+
+    def close(self) -> None:
+        if not self._closed:
+            _libc.munmap(self.base, self.size)
+            self._frames.clear()
+            self._closed = True
+
+
+class StitchedAddressSpace(AddressSpace):
+    """Fallback without MAP_FIXED: per-frame kernel views, contiguous only within memfd runs."""
+
+    mode = "stitched"
+
+    def __init__(self, memory: PhysicalMemory, size: int) -> None:
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"address space size must be a positive multiple of 4 KiB, got {size}")
+        self.memory = memory
+        self.size = size
+        self.base = 0
+        self._frames = {}
+        self._writable: dict[int, bool] = {}
+        self._closed = False
+
+    def map(self, offset: int, frames: Sequence[int], *, writable: bool) -> None:
+        self._check(offset, len(frames) * PAGE_SIZE)
+        for k, phys in enumerate(frames):
+            self.memory.index_of(phys)
+            self._frames[offset + k * PAGE_SIZE] = phys
+            self._writable[offset + k * PAGE_SIZE] = writable
+
+    def unmap(self, offset: int, npages: int) -> list[int]:
+        self._check(offset, npages * PAGE_SIZE)
+        out = []
+        for k in range(npages):
+            self._writable.pop(offset + k * PAGE_SIZE, None)
+            phys = self._frames.pop(offset + k * PAGE_SIZE, None)
+            if phys is not None:
+                out.append(phys)
+        return out
+
+    def view(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
+        if not self.is_mapped(offset, length):
+            raise BadAddress(f"view {offset:#x}+{length} touches unmapped pages")
+        first = offset - offset % PAGE_SIZE
+        phys0 = self._frames[first]
+        for p in range(first, offset + length, PAGE_SIZE):
+            if self._frames[p] != phys0 + (p - first) or (writable and not self._writable[p]):
+                raise NotContiguous(f"pages at {first:#x}.. are not one frame run in stitched mode")
+        mv = self.memory.view(phys0 + offset - first, length)
+        return mv if writable else mv.toreadonly()
+
+    def close(self) -> None:
+        self._frames.clear()
+        self._closed = True
+
+
+_map_fixed_works: bool | None = None
+
+
+def make_address_space(memory: PhysicalMemory, size: int) -> AddressSpace:
+    """A MAP_FIXED address space when the platform allows it (probed once), else the fallback."""
+    global _map_fixed_works
+    if memory.is_memfd and _map_fixed_works is not False:
+        try:
+            space = AddressSpace(memory, size)
+        except OSError:
+            _map_fixed_works = False
+        else:
+            if _map_fixed_works is None:
+                # Probe with frame 0 read-only: harmless, and needs no free frame.
+                try:
+                    space.map(0, [memory.phys_of(0)], writable=False)
+                    space.unmap(0, 1)
+                    _map_fixed_works = True
+                except OSError:
+                    _map_fixed_works = False
+            if _map_fixed_works:
+                return space
+            space.close()
+    return StitchedAddressSpace(memory, size)

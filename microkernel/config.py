@@ -1,0 +1,141 @@
+"""Boot configuration: keyword arguments or a TOML file, decoded with msgspec.
+
+Example ``system.toml``::
+
+    memory = "256M"
+    low_memory = "64M"
+    uvloop = false
+
+    [trace]
+    path = "trace.jsonl"
+
+    [cache]
+    pages = 16384
+    writeback_interval = 1.0
+
+    [[devices]]
+    name = "nvme0"
+    driver = "nvme"                 # or "package.module:Class"
+    image = "disk.img"
+    physical_sector_size = 4096
+    partition = 0                   # 0 = whole disk, N = MBR partition N
+
+    [capabilities]
+    "proc:*" = ["vfs"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from microkernel.units import parse_size
+
+
+def default_capabilities(devices: list[str], filesystems: list[str]) -> dict[str, list[str]]:
+    """Who may send to whom (DESIGN §3): processes reach only the kernel file driver.
+
+    Replies need no capability, so a driver answering the cache is always allowed.
+    """
+    return {
+        "proc:*": ["vfs"],
+        "vfs": ["cache", *filesystems],
+        **{fs: ["cache", "vfs"] for fs in filesystems},
+        "cache": ["vfs", *filesystems, *devices],
+        **{dev: ["cache"] for dev in devices},
+        "kernel": ["*"],
+    }
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which field and why."""
+
+
+class DeviceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    image: str
+    name: str = ""
+    driver: str = "nvme"
+    logical_sector_size: int = 512
+    physical_sector_size: int = 4096
+    alignment_offset: int = 0
+    partition: int = 0
+    read_only: bool = False
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class TraceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    path: str | None = None
+    level: str = "warning"
+
+
+class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pages: int = 0  # 0: half of memory
+    writeback_interval: float | None = 1.0
+    low_water: float = 0.05
+    high_water: float = 0.15
+
+
+class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    memory: int | str = "256M"
+    low_memory: int | str | None = None
+    uvloop: bool = False
+    devices: list[DeviceConfig] = msgspec.field(default_factory=list)
+    trace: TraceConfig = msgspec.field(default_factory=TraceConfig)
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    capabilities: dict[str, list[str]] | None = None  # None: default_capabilities()
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory)
+
+    @property
+    def low_memory_bytes(self) -> int | None:
+        return None if self.low_memory is None else parse_size(self.low_memory)
+
+
+def load_config(path: str | Path) -> SystemConfig:
+    """Decode and validate a TOML configuration file; relative image paths follow the file."""
+    p = Path(path)
+    try:
+        cfg = msgspec.toml.decode(p.read_bytes(), type=SystemConfig)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {p} does not exist") from None
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    for dev in cfg.devices:
+        if not Path(dev.image).is_absolute():
+            dev.image = str(p.parent / dev.image)
+    return validate(cfg)
+
+
+def validate(cfg: SystemConfig) -> SystemConfig:
+    try:
+        mem = cfg.memory_bytes
+        low = cfg.low_memory_bytes
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if mem < 1 << 20:
+        raise ConfigError(f"memory {mem} is below the 1 MiB minimum")
+    if low is not None and low > mem:
+        raise ConfigError(f"low_memory {low} exceeds memory {mem}")
+    names = set()
+    for i, dev in enumerate(cfg.devices):
+        if not dev.name:
+            base = dev.driver.rsplit(":", 1)[-1].split("-")[0].lower()
+            dev.name = f"{base}{i}"
+        if dev.name in names:
+            raise ConfigError(f"two devices are named {dev.name!r}")
+        names.add(dev.name)
+        if dev.logical_sector_size not in (512, 4096):
+            raise ConfigError(f"{dev.name}: logical_sector_size must be 512 or 4096")
+        if dev.physical_sector_size not in (512, 4096) or (
+            dev.physical_sector_size < dev.logical_sector_size
+        ):
+            raise ConfigError(
+                f"{dev.name}: physical_sector_size must be 512 or 4096 and >= logical"
+            )
+    return cfg

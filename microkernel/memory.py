@@ -1,0 +1,260 @@
+"""Physical memory: one memfd is the machine's RAM, cut into 4 KiB frames.
+
+Why a memfd: the same bytes must be reachable three ways without copying — by a
+driver's ``preadv``/``pwritev`` ("DMA"), by the kernel through its own mapping,
+and by user processes through ``mmap(MAP_FIXED)`` of individual frames into
+their linear address spaces (see :mod:`microkernel.addrspace`).
+
+Physical address map (so that 32-bit DMA limits are real)::
+
+    LOW zone   LOW_BASE (1 MiB) .. LOW_BASE + low_size      below 4 GiB (DMA32)
+    HIGH zone  HIGH_BASE (4 GiB) .. HIGH_BASE + high_size   needs 64-bit DMA
+
+A frame's physical address decides which controllers can reach it. Memfd
+offsets are dense: low frames first, then high frames.
+
+Every byte of file data the system copies goes through :meth:`PhysicalMemory.copy`
+(or :meth:`count_copy` when the copy itself is done by a system call such as a
+PIO ``pread`` into a bounce buffer), so ``bytes_copied`` is a measured figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import mmap
+import os
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from microkernel.stats import Counters
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+LOW_BASE = 1 << 20
+HIGH_BASE = 1 << 32
+DMA32_LIMIT = 1 << 32
+
+
+class Zone(enum.Enum):
+    """Where a frame may come from. ``ANY`` prefers high memory to spare the scarce low zone."""
+
+    LOW = "low"
+    HIGH = "high"
+    ANY = "any"
+
+
+class MemoryError_(OSError):
+    """Base of physical-memory errors (named with a trailing underscore to not shadow the builtin)."""
+
+
+class OutOfFrames(MemoryError_):
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOMEM, message)
+
+
+class QuotaExceeded(MemoryError_):
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EDQUOT, message)
+
+
+class BadAddress(MemoryError_):
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EFAULT, message)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryStatistics:
+    frames_total: int
+    frames_free: int
+    low_free: int
+    high_free: int
+    frames_by_owner: dict[str, int]
+
+
+def _memfd(size: int) -> tuple[int, bool]:
+    """Create the RAM object; fall back to an unlinked temp file where memfd is missing."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("microkernel-ram", getattr(os, "MFD_CLOEXEC", 0))
+        shared = True
+    else:  # pragma: no cover - non-Linux fallback
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="microkernel-ram-")
+        os.unlink(path)
+        shared = False
+    os.ftruncate(fd, size)
+    return fd, shared
+
+
+class PhysicalMemory:
+    """The machine's RAM: frames by zone, reference counts, per-owner quotas, one copy function."""
+
+    def __init__(
+        self, size: int, *, low_size: int | None = None, counters: Counters | None = None
+    ) -> None:
+        if size < 16 * PAGE_SIZE or size % PAGE_SIZE:
+            raise ValueError(f"memory size must be a multiple of 4 KiB and >= 64 KiB, got {size}")
+        if low_size is None:
+            low_size = min(size // 2, DMA32_LIMIT - LOW_BASE)
+        if low_size % PAGE_SIZE or not 0 <= low_size <= size or low_size > DMA32_LIMIT - LOW_BASE:
+            raise ValueError(f"low zone size {low_size} does not fit below 4 GiB in {size}")
+        self.size = size
+        self.low_frames = low_size // PAGE_SIZE
+        self.high_frames = (size - low_size) // PAGE_SIZE
+        self.frames_total = self.low_frames + self.high_frames
+        self.counters = counters if counters is not None else Counters()
+        self.fd, self.is_memfd = _memfd(size)
+        self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._view = memoryview(self._map)
+        self._refs = array("i", bytes(4 * self.frames_total))
+        self._owner: list[str | None] = [None] * self.frames_total
+        # Free stacks: pop() hands out the lowest addresses first, which keeps runs contiguous.
+        self._free_low = list(range(self.low_frames - 1, -1, -1))
+        self._free_high = list(range(self.frames_total - 1, self.low_frames - 1, -1))
+        self._quota: dict[str, int] = {}
+        self._used: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- address map
+    def phys_of(self, index: int) -> int:
+        """Physical address of frame number ``index`` (dense memfd order)."""
+        if index < self.low_frames:
+            return LOW_BASE + index * PAGE_SIZE
+        return HIGH_BASE + (index - self.low_frames) * PAGE_SIZE
+
+    def index_of(self, phys: int) -> int:
+        """Frame number of a page-aligned physical address; ``BadAddress`` outside RAM."""
+        if phys & (PAGE_SIZE - 1):
+            raise BadAddress(f"physical address {phys:#x} is not page aligned")
+        if LOW_BASE <= phys < LOW_BASE + self.low_frames * PAGE_SIZE:
+            return (phys - LOW_BASE) >> PAGE_SHIFT
+        if HIGH_BASE <= phys < HIGH_BASE + self.high_frames * PAGE_SIZE:
+            return self.low_frames + ((phys - HIGH_BASE) >> PAGE_SHIFT)
+        raise BadAddress(f"physical address {phys:#x} is not RAM")
+
+    def offset_of(self, phys: int) -> int:
+        """Byte offset in the memfd of a physical address (any alignment)."""
+        page = phys & ~(PAGE_SIZE - 1)
+        return self.index_of(page) * PAGE_SIZE + (phys - page)
+
+    @staticmethod
+    def is_low(phys: int) -> bool:
+        return phys < DMA32_LIMIT
+
+    # ------------------------------------------------------------------ allocation
+    def set_quota(self, owner: str, frames: int | None) -> None:
+        """Limit how many frames ``owner`` may hold (None removes the limit)."""
+        if frames is None:
+            self._quota.pop(owner, None)
+        else:
+            self._quota[owner] = frames
+
+    def alloc(self, owner: str, count: int = 1, zone: Zone = Zone.ANY) -> list[int]:
+        """Allocate ``count`` frames (refcount 1) for ``owner``; all or nothing."""
+        if count < 0:
+            raise ValueError("negative frame count")
+        limit = self._quota.get(owner)
+        used = self._used.get(owner, 0)
+        if limit is not None and used + count > limit:
+            raise QuotaExceeded(f"{owner} holds {used} frames, quota {limit}, asked {count} more")
+        stacks = self._stacks(zone)
+        if sum(len(s) for s in stacks) < count:
+            raise OutOfFrames(f"{count} frames wanted in zone {zone.value}, not enough free")
+        out: list[int] = []
+        for stack in stacks:
+            while stack and len(out) < count:
+                index = stack.pop()
+                self._refs[index] = 1
+                self._owner[index] = owner
+                out.append(self.phys_of(index))
+        self._used[owner] = used + count
+        return out
+
+    def _stacks(self, zone: Zone) -> list[list[int]]:
+        if zone is Zone.LOW:
+            return [self._free_low]
+        if zone is Zone.HIGH:
+            return [self._free_high]
+        return [self._free_high, self._free_low]
+
+    def ref(self, phys: int) -> None:
+        """Take one more reference on an allocated frame (a mapping, a pin)."""
+        index = self.index_of(phys)
+        if self._refs[index] <= 0:
+            raise BadAddress(f"frame {phys:#x} is not allocated")
+        self._refs[index] += 1
+
+    def release(self, frames: Iterable[int]) -> int:
+        """Drop one reference on each frame; frames reaching zero go back to their zone. Returns freed."""
+        freed = 0
+        for phys in frames:
+            index = self.index_of(phys)
+            if self._refs[index] <= 0:
+                raise BadAddress(f"double free of frame {phys:#x}")
+            self._refs[index] -= 1
+            if self._refs[index] == 0:
+                owner = self._owner[index]
+                self._owner[index] = None
+                if owner is not None:
+                    self._used[owner] -= 1
+                (self._free_low if index < self.low_frames else self._free_high).append(index)
+                freed += 1
+        return freed
+
+    def refcount(self, phys: int) -> int:
+        return self._refs[self.index_of(phys)]
+
+    @property
+    def frames_free(self) -> int:
+        return len(self._free_low) + len(self._free_high)
+
+    def statistics(self) -> MemoryStatistics:
+        return MemoryStatistics(
+            frames_total=self.frames_total,
+            frames_free=self.frames_free,
+            low_free=len(self._free_low),
+            high_free=len(self._free_high),
+            frames_by_owner={k: v for k, v in self._used.items() if v},
+        )
+
+    # ------------------------------------------------------------- kernel access
+    def view(self, phys: int, length: int = PAGE_SIZE) -> memoryview:
+        """Kernel-only writable view of ``length`` bytes at ``phys`` (must stay inside one frame run)."""
+        start = self.offset_of(phys)
+        if length > 1:
+            self.offset_of(phys + length - 1)  # the last byte must be RAM of the same zone too
+        return self._view[start : start + length]
+
+    def frame_views(self, frames: Sequence[int]) -> list[memoryview]:
+        """One 4 KiB view per frame: the iovec list a driver hands to preadv/pwritev."""
+        view = self._view
+        return [view[o : o + PAGE_SIZE] for o in (self.index_of(p) * PAGE_SIZE for p in frames)]
+
+    def zero(self, frames: Iterable[int]) -> None:
+        """Zero-fill frames (newly allocated file space); not a data copy."""
+        zero = bytes(PAGE_SIZE)
+        for phys in frames:
+            o = self.index_of(phys) * PAGE_SIZE
+            self._view[o : o + PAGE_SIZE] = zero
+
+    # ------------------------------------------------------------------- copying
+    def copy(self, dst: memoryview, src: memoryview | bytes, *, reason: str) -> int:
+        """The one function through which file data is copied; counted in ``bytes_copied``."""
+        n = len(src)
+        if len(dst) != n:
+            raise ValueError(f"copy of {n} bytes into a {len(dst)}-byte destination ({reason})")
+        dst[:] = src
+        self.counters.count_copy(n, reason)
+        return n
+
+    def count_copy(self, n: int, reason: str) -> None:
+        """Account a copy done outside Python (e.g. PIO through a kernel buffer)."""
+        self.counters.count_copy(n, reason)
+
+    def close(self) -> None:
+        self._view.release()
+        with contextlib.suppress(BufferError):  # a view still exported; closing the fd frees it later
+            self._map.close()
+        os.close(self.fd)

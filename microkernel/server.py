@@ -1,0 +1,226 @@
+"""The server runtime: registration, a typed inbox loop, supervision.
+
+A server is a thin async shell around a pure core. Subclasses set
+``protocol`` (the tagged union of message types their inbox accepts) and mark
+handler methods with :func:`handles`. The runtime
+
+* decodes each body with one long-lived typed decoder (a malformed or
+  unexpected message gets a ``MalformedMessage`` error reply, never a
+  half-processed request);
+* dispatches by message type, one at a time or concurrently (``concurrent``);
+* replies with what the handler returns (``None`` means ``Ok``; ``DEFERRED``
+  means the handler will call :meth:`Server.reply` later, e.g. after DMA);
+* turns an ``OSError`` from a handler into an error reply for that caller only;
+* treats any other exception as a crash: it is logged with its traceback, every
+  call in flight to the server gets a ``ServerCrashed`` error, the server's
+  :meth:`Server.restart` hook resets its state and the inbox loop starts again.
+  A driver crash therefore does not take the system down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+import anyio
+import msgspec
+import structlog
+
+from microkernel.errors import MalformedMessage, ServerCrashed
+from microkernel.ipc import CALL, Endpoint, Envelope, Router
+from microkernel.protocol import Ok
+from microkernel.trace import current_corr, log
+
+
+class _Deferred:
+    """Sentinel: the handler answers later with ``Server.reply``."""
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+DEFERRED: Final = _Deferred()
+_OK: Final = Ok()
+
+Handler = Callable[[Any, Envelope, Any], Awaitable[Any]]
+
+
+def handles(*types: type[msgspec.Struct]) -> Callable[[Handler], Handler]:
+    """Mark a method as the handler of the given message types."""
+
+    def mark(fn: Handler) -> Handler:
+        fn.__dict__.setdefault("_handles", []).extend(types)
+        return fn
+
+    return mark
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    name: str
+    handled: int
+    errors: int
+    malformed: int
+    crashes: int
+    running: bool
+
+
+class Server:
+    """Base class of every server (drivers, cache, file systems, VFS)."""
+
+    protocol: ClassVar[Any] = None
+    concurrent: ClassVar[bool] = False
+    inbox_capacity: ClassVar[int] = 256
+    max_restarts: ClassVar[int] = 8
+    _handler_table: ClassVar[dict[type, str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table: dict[type, str] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, fn in vars(klass).items():
+                for tp in getattr(fn, "_handles", ()):
+                    table[tp] = attr
+        cls._handler_table = table
+
+    def __init__(self, name: str, router: Router) -> None:
+        self.name = name
+        self.router = router
+        self.endpoint: Endpoint = router.register(name, self.inbox_capacity)
+        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(self.protocol)
+        self._handlers: dict[type, Callable[[Envelope, Any], Awaitable[Any]]] = {
+            tp: getattr(self, attr) for tp, attr in self._handler_table.items()
+        }
+        self._stopped = anyio.Event()
+        self._running = False
+        self._handled = self._errors = self._malformed = self._crashes = 0
+        self.log = log.bind(server=name)
+
+    # ----------------------------------------------------------- hooks to override
+    async def setup(self) -> None:
+        """Runs before the server reports started (e.g. mount, identify the device)."""
+
+    async def teardown(self) -> None:
+        """Runs at shutdown while the servers it depends on are still running (flush)."""
+
+    async def background(self) -> None:
+        """Long-running work beside the inbox (periodic writeback); cancelled at stop."""
+
+    async def restart(self) -> None:
+        """Reset state after a crash; in-flight calls have already been failed."""
+
+    # ------------------------------------------------------------------ lifecycle
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until the inbox is closed by :meth:`stop`; restart after crashes."""
+        await self.setup()
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                try:
+                    await self._run_once()
+                    return
+                except Exception as exc:  # supervision boundary: anything a handler raised
+                    if not await self._recover(exc):
+                        return
+        finally:
+            self._running = False
+            self._stopped.set()
+
+    async def _recover(self, exc: Exception) -> bool:
+        self._crashes += 1
+        self.log.error("server crashed", crashes=self._crashes, exc_info=exc)
+        self.router.fail_pending(self.name, ServerCrashed(f"server {self.name} crashed: {exc!r}"))
+        if self._crashes > self.max_restarts:
+            self.log.critical("server gave up after repeated crashes", crashes=self._crashes)
+            self.router.unregister(self.name)
+            return False
+        await self.restart()
+        return True
+
+    async def _run_once(self) -> None:
+        inbox = self.endpoint.inbox
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self.background)
+            if self.concurrent:
+                async with anyio.create_task_group() as handlers:
+                    async for env in inbox:
+                        current_corr.set(env.corr)
+                        handlers.start_soon(self._dispatch, env)
+            else:
+                async for env in inbox:
+                    current_corr.set(env.corr)
+                    await self._dispatch(env)
+            outer.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        """Run ``teardown``, close the inbox, wait for the loop to drain, unregister."""
+        if self._running:
+            try:
+                await self.teardown()
+            finally:
+                port = self.router.ports.get(self.name)
+                if port is not None and port.outbox is not None:
+                    port.outbox.close()
+                await self._stopped.wait()
+        self.router.unregister(self.name)
+
+    # ----------------------------------------------------------------- dispatching
+    async def _dispatch(self, env: Envelope) -> None:
+        try:
+            msg = self._decoder.decode(env.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._malformed += 1
+            self._reject(env, f"cannot decode {env.type} from {env.src}: {exc}")
+            return
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            self._malformed += 1
+            self._reject(env, f"{self.name} does not handle {type(msg).__name__}")
+            return
+        tracer = self.router.tracer
+        start = time.monotonic_ns() if tracer.enabled else 0
+        try:
+            if tracer.enabled:
+                with structlog.contextvars.bound_contextvars(corr=env.corr):
+                    result = await handler(env, msg)
+            else:
+                result = await handler(env, msg)
+        except OSError as exc:
+            self._errors += 1
+            self.endpoint.reply_error(env, exc)
+            return
+        except Exception as exc:
+            self.endpoint.reply_error(
+                env, ServerCrashed(f"{self.name} crashed on {env.type}: {exc!r}")
+            )
+            raise
+        finally:
+            if tracer.enabled:
+                tracer.span(self.name, env.type, env.id, env.corr, start, time.monotonic_ns())
+        self._handled += 1
+        if result is DEFERRED or env.kind != CALL:
+            return
+        self.endpoint.reply(env, _OK if result is None else result)
+
+    def _reject(self, env: Envelope, why: str) -> None:
+        if env.kind == CALL:
+            self.endpoint.reply_error(env, MalformedMessage(why))
+        else:
+            self.log.warning("rejected message", why=why, src=env.src)
+
+    def reply(self, request: Envelope, msg: msgspec.Struct | None = None) -> None:
+        """Answer a deferred call."""
+        self.endpoint.reply(request, _OK if msg is None else msg)
+
+    def reply_error(self, request: Envelope, exc: BaseException) -> None:
+        self.endpoint.reply_error(request, exc)
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            self.name, self._handled, self._errors, self._malformed, self._crashes, self._running
+        )

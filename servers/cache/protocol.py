@@ -1,0 +1,157 @@
+"""The disc cache protocol (kernel file driver, file systems <-> disc cache manager).
+
+Cache pages are 4 KiB frames aligned to the device's *physical* sectors: page
+``n`` of a device starts at logical sector ``alignment_offset + n * spp`` where
+``spp = 4096 // logical_sector_size``. A page is named by that first logical
+sector (``page_lba``). Requests name logical sector extents; the cache covers
+them with pages.
+
+Flow of a read miss (DESIGN §4): the file system sends ``CacheRead`` with
+``notify`` set to the kernel file driver; when every page is present the cache
+sends ``SectorsReady`` (or ``CacheFailed``) **to the notify port**, not back to
+the file system. Each page listed in ``SectorsReady`` or ``Pages`` carries one
+pin for the receiver, dropped with ``Release``; a pinned page is never evicted.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Extent(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """``count`` logical sectors starting at ``lba`` (device-absolute)."""
+
+    lba: int
+    count: int
+
+
+class PageRef(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """A cache page: its first logical sector and the physical frame holding it."""
+
+    lba: int
+    phys: int
+
+
+# ------------------------------------------------------------------ requests
+class CacheRead(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Bring the pages covering ``extents`` in; answer ``notify`` with ``SectorsReady(tag)``.
+
+    ``zero_fill``: the extents are newly allocated space, so pages lying wholly
+    inside them are zero-filled frames, never read from the disk.
+    """
+
+    device: str
+    extents: list[Extent]
+    notify: str
+    tag: int
+    zero_fill: bool = False
+
+
+class CacheMap(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Same as ``CacheRead`` but answered to the caller with ``Pages`` (metadata access)."""
+
+    device: str
+    extents: list[Extent]
+    zero_fill: bool = False
+
+
+class Release(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Drop one pin on each page (the frames are no longer mapped or used by the sender)."""
+
+    device: str
+    pages: list[int]
+
+
+class MarkDirty(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """The sender changed these pages' bytes in place; they must be written back."""
+
+    device: str
+    pages: list[int]
+
+
+class Writeback(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Write the given dirty pages (all dirty pages of the device when empty) as whole pages."""
+
+    device: str
+    pages: list[int] = msgspec.field(default_factory=list)
+
+
+class FlushDevice(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Write every dirty page of the device, then flush the device (reply after durable)."""
+
+    device: str
+
+
+class Invalidate(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Forget these pages (freed clusters): dirty contents are discarded, not written."""
+
+    device: str
+    pages: list[int]
+
+
+class GetCacheStats(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Ask for ``CacheStats``."""
+
+
+class GiveBackDone(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """A page holder's answer to ``GiveBack``: how many pins it released (after ``Release``s)."""
+
+    request: int
+    released: int
+
+
+CacheRequest = (
+    CacheRead
+    | CacheMap
+    | Release
+    | MarkDirty
+    | Writeback
+    | FlushDevice
+    | Invalidate
+    | GetCacheStats
+    | GiveBackDone
+)
+
+
+# ------------------------------------------------------- replies and notifications
+class SectorsReady(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """To the notify port: every page of ``tag`` is present (each pinned once for the receiver)."""
+
+    tag: int
+    device: str
+    pages: list[PageRef]
+
+
+class CacheFailed(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """To the notify port: the read for ``tag`` failed; no page of it stays pinned or poisoned."""
+
+    tag: int
+    device: str
+    errno: int
+    message: str
+
+
+class Pages(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Reply to ``CacheMap``: the pages, each pinned once for the caller."""
+
+    pages: list[PageRef]
+
+
+class GiveBack(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Cache -> page holder under memory pressure: please release about ``pages`` pins."""
+
+    request: int
+    pages: int
+
+
+class CacheStats(msgspec.Struct, frozen=True, gc=False, tag=True):
+    pages_total: int
+    pages_present: int
+    pages_dirty: int
+    pages_pinned: int
+    hits: int
+    misses: int
+    evictions: int
+    driver_commands: int
+    read_bytes: int
+    write_bytes: int

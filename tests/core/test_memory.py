@@ -1,0 +1,137 @@
+"""Physical memory, address spaces, counters and configuration."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from microkernel.addrspace import AddressSpace, StitchedAddressSpace, make_address_space
+from microkernel.config import ConfigError, load_config
+from microkernel.memory import (
+    HIGH_BASE,
+    LOW_BASE,
+    PAGE_SIZE,
+    BadAddress,
+    OutOfFrames,
+    PhysicalMemory,
+    QuotaExceeded,
+    Zone,
+)
+from microkernel.stats import Counters
+from microkernel.units import parse_size
+
+
+def test_zones_map_below_and_above_4g() -> None:
+    mem = PhysicalMemory(64 * PAGE_SIZE, low_size=16 * PAGE_SIZE)
+    low = mem.alloc("t", 16, Zone.LOW)
+    high = mem.alloc("t", 48, Zone.HIGH)
+    assert all(LOW_BASE <= p < 1 << 32 for p in low)
+    assert all(p >= HIGH_BASE for p in high)
+    assert mem.frames_free == 0
+    with pytest.raises(OutOfFrames) as info:
+        mem.alloc("t", 1)
+    assert info.value.errno == errno.ENOMEM
+    assert mem.release(low + high) == 64
+    assert mem.frames_free == 64
+
+
+def test_any_zone_spares_low_memory_and_quota_holds() -> None:
+    mem = PhysicalMemory(32 * PAGE_SIZE, low_size=8 * PAGE_SIZE)
+    frames = mem.alloc("user", 24)
+    assert all(p >= HIGH_BASE for p in frames)
+    mem.set_quota("greedy", 4)
+    mem.alloc("greedy", 4, Zone.LOW)
+    with pytest.raises(QuotaExceeded):
+        mem.alloc("greedy", 1, Zone.LOW)
+    assert mem.statistics().low_free == 4
+
+
+def test_refcounts_free_only_at_zero_and_catch_double_free() -> None:
+    mem = PhysicalMemory(16 * PAGE_SIZE)
+    (f,) = mem.alloc("t")
+    mem.ref(f)
+    assert mem.release([f]) == 0
+    assert mem.release([f]) == 1
+    with pytest.raises(BadAddress):
+        mem.release([f])
+    with pytest.raises(BadAddress):
+        mem.view(12345)
+
+
+def test_copy_is_the_counted_path() -> None:
+    counters = Counters()
+    mem = PhysicalMemory(16 * PAGE_SIZE, counters=counters)
+    a, b = mem.alloc("t", 2)
+    mem.view(a)[:] = b"x" * PAGE_SIZE
+    mem.copy(mem.view(b), mem.view(a), reason="test")
+    assert bytes(mem.view(b)) == b"x" * PAGE_SIZE
+    assert counters.bytes_copied == PAGE_SIZE
+    assert counters.copies_by_reason["test"] == PAGE_SIZE
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 31), min_size=1, max_size=12))
+def test_scattered_frames_appear_contiguous(order: list[int]) -> None:
+    mem = PhysicalMemory(32 * PAGE_SIZE, low_size=16 * PAGE_SIZE)
+    frames = mem.alloc("t", 32)
+    chosen = [frames[i] for i in order]
+    for i, p in enumerate(frames):
+        mem.view(p)[:] = bytes([i]) * PAGE_SIZE
+    space = make_address_space(mem, 64 * PAGE_SIZE)
+    try:
+        space.map(PAGE_SIZE, chosen, writable=False)
+        if isinstance(space, StitchedAddressSpace):
+            pytest.skip("MAP_FIXED unavailable: stitched fallback")
+        view = space.view(PAGE_SIZE, len(chosen) * PAGE_SIZE)
+        assert view.readonly
+        expected = b"".join(bytes([i]) * PAGE_SIZE for i in order)
+        assert bytes(view) == expected
+        assert space.unmap(PAGE_SIZE, len(chosen)) == chosen
+        assert not space.is_mapped(PAGE_SIZE, 1)
+    finally:
+        space.close()
+        mem.close()
+
+
+def test_writes_through_a_mapping_land_in_the_frame() -> None:
+    mem = PhysicalMemory(16 * PAGE_SIZE)
+    (f,) = mem.alloc("t")
+    space = AddressSpace(mem, 16 * PAGE_SIZE)
+    space.map(0, [f], writable=True)
+    space.view(0, 5, writable=True)[:] = b"hello"
+    assert bytes(mem.view(f, 5)) == b"hello"
+    with pytest.raises(BadAddress):
+        space.view(PAGE_SIZE, 10)
+    space.close()
+
+
+def test_stitched_fallback_refuses_non_contiguous_views() -> None:
+    mem = PhysicalMemory(16 * PAGE_SIZE)
+    a, _, c = mem.alloc("t", 3)
+    space = StitchedAddressSpace(mem, 16 * PAGE_SIZE)
+    space.map(0, [a, c], writable=False)
+    assert len(space.view(0, PAGE_SIZE)) == PAGE_SIZE
+    with pytest.raises(OSError):
+        space.view(0, 2 * PAGE_SIZE)
+
+
+def test_sizes_and_config(tmp_path: Path) -> None:
+    assert parse_size("64M") == 64 << 20
+    assert parse_size("1GiB") == 1 << 30
+    with pytest.raises(ValueError):
+        parse_size("lots")
+    cfg_file = tmp_path / "sys.toml"
+    cfg_file.write_text(
+        'memory = "128M"\nlow_memory = "32M"\n[[devices]]\nimage = "d.img"\ndriver = "ahci"\n'
+    )
+    cfg = load_config(cfg_file)
+    assert cfg.memory_bytes == 128 << 20
+    assert cfg.devices[0].name == "ahci0"
+    assert cfg.devices[0].image == str(tmp_path / "d.img")
+    cfg_file.write_text('memory = "128M"\nbogus = 1\n')
+    with pytest.raises(ConfigError, match="bogus"):
+        load_config(cfg_file)
