@@ -1,0 +1,1 @@
+"""Tests of the kernel file driver's pure control-page cores."""
