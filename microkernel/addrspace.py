@@ -109,13 +109,19 @@ class AddressSpace:
         for k, phys in enumerate(frames):
             self._frames[offset + k * PAGE_SIZE] = phys
 
-    def unmap(self, offset: int, npages: int) -> list[int]:
-        """Remove the mapping of ``npages`` pages; returns the frames that were mapped there."""
+    def unmap(self, offset: int, npages: int, *, discard: bool = False) -> list[int]:
+        """Remove the mapping of ``npages`` pages; returns the frames that were mapped there.
+
+        With ``discard`` the pages become private anonymous memory instead of
+        ``PROT_NONE``: a view a process kept past the grace period then reads
+        zeros (never another file's bytes) and its stores go nowhere, rather
+        than faulting the whole model.
+        """
         self._check(offset, npages * PAGE_SIZE)
         _mmap(
             self.base + offset,
             npages * PAGE_SIZE,
-            PROT_NONE,
+            (mmap.PROT_READ | mmap.PROT_WRITE) if discard else PROT_NONE,
             MAP_FIXED | mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
             -1,
             0,
@@ -173,7 +179,7 @@ class StitchedAddressSpace(AddressSpace):
             self._frames[offset + k * PAGE_SIZE] = phys
             self._writable[offset + k * PAGE_SIZE] = writable
 
-    def unmap(self, offset: int, npages: int) -> list[int]:
+    def unmap(self, offset: int, npages: int, *, discard: bool = False) -> list[int]:
         self._check(offset, npages * PAGE_SIZE)
         out = []
         for k in range(npages):

@@ -42,7 +42,7 @@ def default_capabilities(devices: list[str], filesystems: list[str]) -> dict[str
     return {
         "proc:*": ["vfs"],
         "vfs": ["cache", *filesystems],
-        **{fs: ["cache", "vfs"] for fs in filesystems},
+        **{fs: ["cache", "vfs", *devices] for fs in filesystems},  # devices: Identify only
         "cache": ["vfs", *filesystems, *devices],
         **{dev: ["cache"] for dev in devices},
         "kernel": ["*"],

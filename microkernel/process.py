@@ -16,7 +16,7 @@ from microkernel.addrspace import AddressSpace, make_address_space
 from microkernel.ipc import Endpoint, Router
 from microkernel.memory import PhysicalMemory
 
-DEFAULT_ADDRESS_SPACE = 1 << 36  # 64 GiB of reserved (PROT_NONE, NORESERVE) virtual space
+DEFAULT_ADDRESS_SPACE = 1 << 24  # 16 MiB for the process's own use; each open file gets a window
 
 
 @dataclass(eq=False)
@@ -27,7 +27,7 @@ class Process:
     aspace: AddressSpace
     endpoint: Endpoint
     alive: bool = True
-    data: dict[str, object] = field(default_factory=dict)
+    windows: dict[int, AddressSpace] = field(default_factory=dict)  # open handle -> file window
 
 
 class ProcessTable:
@@ -56,6 +56,9 @@ class ProcessTable:
         self.by_pid.pop(proc.pid, None)
         self.by_port.pop(proc.port, None)
         self.router.unregister(proc.port)
+        for window in proc.windows.values():
+            window.close()
+        proc.windows.clear()
         proc.aspace.close()
 
     def __len__(self) -> int:

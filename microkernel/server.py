@@ -88,8 +88,9 @@ class Server:
     def __init__(self, name: str, router: Router) -> None:
         self.name = name
         self.router = router
-        self.endpoint: Endpoint = router.register(name, self.inbox_capacity)
+        # Decoder first: an unusable protocol must fail before the port is registered.
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(self.protocol)
+        self.endpoint: Endpoint = router.register(name, self.inbox_capacity)
         self._handlers: dict[type, Callable[[Envelope, Any], Awaitable[Any]]] = {
             tp: getattr(self, attr) for tp, attr in self._handler_table.items()
         }

@@ -1,0 +1,245 @@
+"""The user-space file object: what a C library's FILE would be on this system.
+
+Reads and writes touch the process's mapping directly. The library finds the
+bytes through the read-only FileMap (an 8-step binary search, no system call),
+learns the file size from the read-only state page (a sequence-counted
+snapshot, no lock), keeps its file position in the writable per-process page
+(seek/tell need no system call) and bumps the per-part counters there (a read
+adds 1, a write adds 2 and marks the part dirty). It makes a system call only
+on a miss (``CachePart``), a size change (``SetSize``) or an explicit
+flush/fsync/close.
+
+Misses ask for a part sized for throughput: it starts at ``INITIAL_PART`` and
+doubles while access stays sequential (readahead), up to ``MAX_PART``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from microkernel.addrspace import AddressSpace
+from servers.vfs.filemap import FileMapReader
+from servers.vfs.pages import FileStatePage, ProcessFilePage
+from servers.vfs.protocol import (
+    CachePart,
+    Close,
+    Data,
+    Flush,
+    Fsync,
+    Opened,
+    OpenFlags,
+    PartReady,
+    Read,
+    SetSize,
+    SizeSet,
+    Write,
+    Written,
+)
+from servers.vfs.server import DATA_OFFSET, FILEMAP_OFFSET, PROCPAGE_OFFSET, STATE_OFFSET, WINDOW_DATA
+
+if TYPE_CHECKING:
+    from clients.process import UserProcess
+
+INITIAL_PART = 256 * 1024
+MAX_PART = 4 * 1024 * 1024
+MISS_RETRIES = 8
+
+SEEK_SET, SEEK_CUR, SEEK_END = 0, 1, 2
+
+
+class File:
+    """An open file of a user process (binary only)."""
+
+    def __init__(
+        self, proc: UserProcess, path: str, opened: Opened, flags: OpenFlags, space: AddressSpace
+    ) -> None:
+        self.proc = proc
+        self.name = path
+        self.handle = opened.handle
+        self.flags = flags
+        self.zero_copy = opened.zero_copy
+        self._slot = opened.slot
+        self._space = space
+        self._filemap = FileMapReader(space.view(FILEMAP_OFFSET, 4096))
+        self._state = FileStatePage(space.view(STATE_OFFSET, 4096))
+        self._page = ProcessFilePage(space.view(PROCPAGE_OFFSET, 4096, writable=True))
+        self._part = INITIAL_PART
+        self._last_miss_end = -1
+        self.closed = False
+
+    # ---------------------------------------------------------------- context
+    async def __aenter__(self) -> File:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<File {self.name!r} handle={self.handle} pos={self.tell() if not self.closed else '-'}>"
+
+    # --------------------------------------------------------------- positions
+    def _check(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed file {self.name!r}")
+
+    def tell(self) -> int:
+        self._check()
+        return self._page.position(self._slot)
+
+    def seek(self, offset: int, whence: int = SEEK_SET) -> int:
+        self._check()
+        base = {SEEK_SET: 0, SEEK_CUR: self.tell(), SEEK_END: self.size}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence {whence}")
+        if base + offset < 0:
+            raise OSError(errno.EINVAL, f"{self.name}: negative seek position {base + offset}")
+        self._page.set_position(self._slot, base + offset)
+        return base + offset
+
+    @property
+    def size(self) -> int:
+        """The file size from the read-only state page (no system call)."""
+        return self._state.size
+
+    # ------------------------------------------------------------------ mapping
+    def _raw(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
+        """The process's own load/store window onto file bytes (no checks: the FileMap vouched)."""
+        addr = self._space.base + DATA_OFFSET + offset
+        view = memoryview((ctypes.c_char * length).from_address(addr)).cast("B")
+        return view if writable else view.toreadonly()
+
+    async def _miss(self, position: int, want: int) -> None:
+        """``CachePart`` for the part around ``position``; readahead grows while sequential."""
+        if position == self._last_miss_end:
+            self._part = min(self._part * 2, MAX_PART)
+        else:
+            self._part = INITIAL_PART
+        size = max(want, self._part)
+        ready: PartReady = await self.proc.syscall(CachePart(self.handle, position, size), PartReady)
+        if ready.size == 0:
+            raise OSError(errno.EIO, f"{self.name}: byte {position} is past the end of the file")
+        self._last_miss_end = ready.position + ready.size
+
+    async def _span(self, position: int, want: int) -> tuple[int, int]:
+        """(part index, bytes available from ``position`` in that part), mapping it in if needed."""
+        for _ in range(MISS_RETRIES):
+            hit = self._filemap.find(position)
+            if hit is not None:
+                index, part = hit
+                return index, part.position + part.size - position
+            await self._miss(position, want)
+        raise OSError(errno.EIO, f"{self.name}: part at {position} keeps disappearing")
+
+    # -------------------------------------------------------------------- reads
+    async def read(self, size: int = -1) -> bytes:
+        """Read up to ``size`` bytes (all to end of file when negative)."""
+        self._check()
+        pos = self.tell()
+        end = self.size if size < 0 else min(self.size, pos + size)
+        if pos >= end:
+            return b""
+        out = bytearray(end - pos)
+        await self._copy_out(pos, memoryview(out))
+        self._page.set_position(self._slot, end)
+        return bytes(out)
+
+    async def readinto(self, buffer: Any) -> int:
+        """Read into a writable buffer; returns the byte count."""
+        self._check()
+        dst = memoryview(buffer).cast("B")
+        pos = self.tell()
+        n = max(0, min(len(dst), self.size - pos))
+        if n:
+            await self._copy_out(pos, dst[:n])
+            self._page.set_position(self._slot, pos + n)
+        return n
+
+    async def _copy_out(self, pos: int, dst: memoryview) -> None:
+        if pos + len(dst) > WINDOW_DATA:
+            await self._legacy_read(pos, dst)
+            return
+        done = 0
+        while done < len(dst):
+            index, avail = await self._span(pos + done, len(dst) - done)
+            n = min(avail, len(dst) - done)
+            dst[done : done + n] = self._raw(pos + done, n)
+            self._page.note_read(index)
+            done += n
+
+    async def _legacy_read(self, pos: int, dst: memoryview) -> None:
+        data: Data = await self.proc.syscall(Read(self.handle, pos, len(dst)), Data)
+        dst[: len(data.data)] = data.data
+
+    async def view(self, offset: int = 0, length: int | None = None) -> memoryview:
+        """A zero-copy, read-only view of file bytes straight onto the mapped frames.
+
+        The pages stay mapped while the process keeps using them; a view kept
+        past an eviction reads zeros, never another file's bytes.
+        """
+        self._check()
+        size = self.size
+        end = size if length is None else min(size, offset + length)
+        if offset < 0 or offset > end:
+            raise OSError(errno.EINVAL, f"{self.name}: view {offset}+{length} outside the file")
+        pos = offset
+        while pos < end:
+            index, avail = await self._span(pos, end - pos)
+            self._page.note_read(index)
+            pos += avail
+        return self._raw(offset, end - offset)
+
+    # ------------------------------------------------------------------- writes
+    async def write(self, data: Any) -> int:
+        """Write at the position (at the end with append mode), straight into the mapped pages."""
+        self._check()
+        if not self.flags & OpenFlags.WRITE:
+            raise OSError(errno.EBADF, f"{self.name}: not open for writing")
+        src = memoryview(data).cast("B")
+        pos = self.size if self.flags & OpenFlags.APPEND else self.tell()
+        end = pos + len(src)
+        if end > self.size:
+            await self._set_size(end)
+        if end > WINDOW_DATA:
+            written: Written = await self.proc.syscall(Write(self.handle, pos, bytes(src)), Written)
+            self._page.set_position(self._slot, pos + written.count)
+            return written.count
+        done = 0
+        while done < len(src):
+            index, avail = await self._span(pos + done, len(src) - done)
+            n = min(avail, len(src) - done)
+            self._raw(pos + done, n, writable=True)[:] = src[done : done + n]
+            self._page.note_write(index)
+            done += n
+        self._page.set_position(self._slot, end)
+        return len(src)
+
+    async def _set_size(self, size: int) -> SizeSet:
+        result: SizeSet = await self.proc.syscall(SetSize(self.handle, size), SizeSet)
+        return result
+
+    async def truncate(self, size: int | None = None) -> int:
+        self._check()
+        size = self.tell() if size is None else size
+        await self._set_size(size)
+        return size
+
+    async def flush(self) -> None:
+        self._check()
+        await self.proc.syscall(Flush(self.handle), None)
+
+    async def fsync(self) -> None:
+        self._check()
+        await self.proc.syscall(Fsync(self.handle), None)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for obj in (self._filemap, self._state, self._page):
+            obj.release()
+        await self.proc.syscall(Close(self.handle), None)

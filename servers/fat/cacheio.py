@@ -1,0 +1,106 @@
+"""SectorIO over the disc cache: the file system's metadata travels through cache pages.
+
+A read maps the covering cache pages (``CacheMap``), copies the bytes out of the
+frames and releases the pins; a write maps the pages with ``zero_fill`` (pages
+the write covers wholly are never read from the disk, since they are about to
+be overwritten), copies the new bytes in, marks the pages dirty and releases
+them. The cache writes them back as whole pages. These copies are metadata
+(FAT sectors, directory entries), not file data, so they are not counted in
+``bytes_copied``.
+
+Every cache page follows one layout rule (see ``servers.cache.geometry``):
+byte ``k`` of the frame holds sector ``page_lba + k // sector_size``.
+"""
+
+from __future__ import annotations
+
+from microkernel.ipc import Endpoint
+from microkernel.memory import PAGE_SIZE, PhysicalMemory
+from microkernel.protocol import Ok
+from servers.cache.protocol import (
+    CacheMap,
+    Extent,
+    FlushDevice,
+    MarkDirty,
+    PageRef,
+    Pages,
+    Release,
+)
+
+
+class CacheSectorIO:
+    """Logical-sector access to one volume (LBA 0 = its boot sector) through the cache."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        memory: PhysicalMemory,
+        *,
+        device: str,
+        sector_size: int,
+        partition_start: int,
+        total_sectors: int,
+        cache: str = "cache",
+    ) -> None:
+        self.endpoint = endpoint
+        self.memory = memory
+        self.device = device
+        self.cache = cache
+        self.sector_size = sector_size
+        self.partition_start = partition_start
+        self.partition_offset = partition_start * sector_size
+        self.total_sectors = total_sectors
+
+    async def _map(self, lba: int, count: int, *, zero_fill: bool) -> list[PageRef]:
+        if lba < 0 or count < 0 or lba + count > self.total_sectors:
+            raise OSError(22, f"sectors {lba}+{count} outside a {self.total_sectors}-sector volume")
+        reply: Pages = await self.endpoint.call(
+            self.cache,
+            CacheMap(self.device, [Extent(self.partition_start + lba, count)], zero_fill),
+            Pages,
+        )
+        return sorted(reply.pages, key=lambda p: p.lba)
+
+    def _pieces(self, pages: list[PageRef], lba: int, count: int) -> list[tuple[int, memoryview]]:
+        """(byte offset into the request, frame view) for each page's overlap with the request."""
+        ss = self.sector_size
+        start = (self.partition_start + lba) * ss
+        end = start + count * ss
+        out = []
+        for page in pages:
+            p0 = page.lba * ss
+            lo, hi = max(start, p0), min(end, p0 + PAGE_SIZE)
+            if lo < hi:
+                out.append((lo - start, self.memory.view(page.phys + (lo - p0), hi - lo)))
+        return out
+
+    async def _release(self, pages: list[PageRef]) -> None:
+        await self.endpoint.send(self.cache, Release(self.device, [p.lba for p in pages]))
+
+    async def read(self, lba: int, count: int) -> bytes:
+        pages = await self._map(lba, count, zero_fill=False)
+        try:
+            out = bytearray(count * self.sector_size)
+            for offset, view in self._pieces(pages, lba, count):
+                out[offset : offset + len(view)] = view
+            return bytes(out)
+        finally:
+            await self._release(pages)
+
+    async def write(self, lba: int, data: bytes) -> None:
+        if len(data) % self.sector_size:
+            raise OSError(
+                22, f"write of {len(data)} bytes is not whole {self.sector_size}-byte sectors"
+            )
+        count = len(data) // self.sector_size
+        pages = await self._map(lba, count, zero_fill=True)
+        try:
+            src = memoryview(data)
+            for offset, view in self._pieces(pages, lba, count):
+                view[:] = src[offset : offset + len(view)]
+            await self.endpoint.call(self.cache, MarkDirty(self.device, [p.lba for p in pages]), Ok)
+        finally:
+            await self._release(pages)
+
+    async def flush(self) -> None:
+        await self.endpoint.call(self.cache, FlushDevice(self.device), Ok, timeout=120)

@@ -1,0 +1,218 @@
+"""The FAT file system server: a thin async shell around :class:`FatVolume`.
+
+It mounts its volume at setup (so boot only continues once the file system is
+usable), translates the file-system protocol to volume calls, and does the one
+thing the volume cannot: for ``MapRange`` it sends the ``CacheRead`` that makes
+the disc cache deliver the file's pages straight to the kernel file driver.
+Metadata goes through the cache as well (:class:`CacheSectorIO`). Handling is
+sequential: the volume's in-memory FAT and directory state have one writer.
+"""
+
+from __future__ import annotations
+
+from drivers.protocol import Geometry, Identify
+from microkernel.ipc import Envelope, Router
+from microkernel.memory import PAGE_SIZE, PhysicalMemory
+from microkernel.server import Server, handles
+from servers.cache.protocol import CacheRead, Extent
+from servers.fat.cacheio import CacheSectorIO
+from servers.fat.protocol import (
+    FileExtent,
+    FsClose,
+    FsDir,
+    FsFsync,
+    FsInfo,
+    FsMkdir,
+    FsOpen,
+    FsOpened,
+    FsReadDir,
+    FsRename,
+    FsRequest,
+    FsRmdir,
+    FsSetSize,
+    FsSetTimes,
+    FsStat,
+    FsStatFs,
+    FsStatHandle,
+    FsUnlink,
+    FsVolume,
+    Mapped,
+    MapRange,
+)
+from servers.fat.volume import FatVolume, FileInfo
+
+
+class FatServer(Server):
+    protocol = FsRequest
+    concurrent = False
+
+    def __init__(
+        self,
+        name: str,
+        router: Router,
+        memory: PhysicalMemory,
+        *,
+        device: str,
+        partition: int = 0,
+        read_only: bool = False,
+        cache: str = "cache",
+    ) -> None:
+        super().__init__(name, router)
+        self.memory = memory
+        self.device = device
+        self.partition = partition
+        self.read_only = read_only
+        self.cache = cache
+        self._volume: FatVolume | None = None
+        self.geometry: Geometry | None = None
+
+    @property
+    def volume(self) -> FatVolume:
+        if self._volume is None:
+            raise OSError(5, f"{self.name}: no volume mounted")
+        return self._volume
+
+    async def setup(self) -> None:
+        geo: Geometry = await self.endpoint.call(self.device, Identify(), Geometry)
+        self.geometry = geo
+        start, sectors = 0, geo.total_sectors
+        if self.partition:
+            parts = {p.index: p for p in geo.partitions}
+            if self.partition not in parts:
+                raise OSError(
+                    6, f"{self.device} has no partition {self.partition} (has {sorted(parts)})"
+                )
+            start, sectors = parts[self.partition].start, parts[self.partition].sectors
+        io = CacheSectorIO(
+            self.endpoint,
+            self.memory,
+            device=self.device,
+            sector_size=geo.logical_sector_size,
+            partition_start=start,
+            total_sectors=sectors,
+            cache=self.cache,
+        )
+        self._volume = await FatVolume.mount(io, read_only=self.read_only)
+        for problem in self._volume.problems:
+            self.log.warning("volume problem", problem=problem)
+
+    async def teardown(self) -> None:
+        if self._volume is not None:
+            await self._volume.unmount()
+            self._volume = None
+
+    # ------------------------------------------------------------------ helpers
+    def _info(self, fi: FileInfo) -> FsInfo:
+        cs = self.volume.boot.cluster_size
+        return FsInfo(
+            fi.name,
+            fi.short_name,
+            fi.attributes,
+            fi.size,
+            -(-fi.size // cs) * cs,
+            fi.is_dir,
+            fi.mtime,
+            fi.ctime,
+            fi.atime,
+            fi.first_cluster,
+        )
+
+    @property
+    def _io(self) -> CacheSectorIO:
+        io = self.volume.io
+        assert isinstance(io, CacheSectorIO)
+        return io
+
+    # ----------------------------------------------------------------- handlers
+    @handles(FsOpen)
+    async def on_open(self, env: Envelope, msg: FsOpen) -> FsOpened:
+        handle = await self.volume.open(
+            msg.path, create=msg.create, exclusive=msg.exclusive, truncate=msg.truncate
+        )
+        return FsOpened(handle, self._info(await self.volume.stat(handle)))
+
+    @handles(FsClose)
+    async def on_close(self, env: Envelope, msg: FsClose) -> None:
+        await self.volume.close(msg.handle)
+
+    @handles(FsStat)
+    async def on_stat(self, env: Envelope, msg: FsStat) -> FsInfo:
+        return self._info(await self.volume.stat(msg.path))
+
+    @handles(FsStatHandle)
+    async def on_stat_handle(self, env: Envelope, msg: FsStatHandle) -> FsInfo:
+        return self._info(await self.volume.stat(msg.handle))
+
+    @handles(FsReadDir)
+    async def on_readdir(self, env: Envelope, msg: FsReadDir) -> FsDir:
+        return FsDir([self._info(fi) for fi in await self.volume.readdir(msg.path)])
+
+    @handles(FsMkdir)
+    async def on_mkdir(self, env: Envelope, msg: FsMkdir) -> FsInfo:
+        return self._info(await self.volume.mkdir(msg.path))
+
+    @handles(FsRmdir)
+    async def on_rmdir(self, env: Envelope, msg: FsRmdir) -> None:
+        await self.volume.rmdir(msg.path)
+
+    @handles(FsUnlink)
+    async def on_unlink(self, env: Envelope, msg: FsUnlink) -> None:
+        await self.volume.unlink(msg.path)
+
+    @handles(FsRename)
+    async def on_rename(self, env: Envelope, msg: FsRename) -> None:
+        await self.volume.rename(msg.src, msg.dst)
+
+    @handles(MapRange)
+    async def on_map_range(self, env: Envelope, msg: MapRange) -> Mapped:
+        vol = self.volume
+        start = self._io.partition_start
+        extents = [
+            FileExtent(e.file_offset, start + e.lba, e.count)
+            for e in await vol.extents(msg.handle, msg.offset, msg.length)
+        ]
+        size = (await vol.stat(msg.handle)).size
+        if extents:
+            await self.endpoint.send(
+                self.cache,
+                CacheRead(
+                    self.device, [Extent(e.lba, e.count) for e in extents], msg.notify, msg.tag
+                ),
+            )
+        return Mapped(msg.tag, size, extents)
+
+    @handles(FsSetSize)
+    async def on_set_size(self, env: Envelope, msg: FsSetSize) -> FsInfo:
+        # zero_fill through the cache: pages wholly inside new clusters are supplied as
+        # zero frames without a disk read (CacheSectorIO maps writes with zero_fill).
+        await self.volume.set_size(msg.handle, msg.size, zero_fill=True)
+        return self._info(await self.volume.stat(msg.handle))
+
+    @handles(FsSetTimes)
+    async def on_set_times(self, env: Envelope, msg: FsSetTimes) -> None:
+        await self.volume.set_times(msg.handle, msg.mtime)
+
+    @handles(FsFsync)
+    async def on_fsync(self, env: Envelope, msg: FsFsync) -> None:
+        await self.volume.fsync(msg.handle or None)
+
+    @handles(FsStatFs)
+    async def on_statfs(self, env: Envelope, msg: FsStatFs) -> FsVolume:
+        vol = self.volume
+        info = vol.statfs()
+        geo = self.geometry
+        assert geo is not None
+        align = geo.alignment_offset * geo.logical_sector_size
+        return FsVolume(
+            self.device,
+            info.fat_type,
+            info.label,
+            geo.logical_sector_size,
+            geo.alignment_offset,
+            self._io.partition_start,
+            info.cluster_size,
+            info.total_clusters,
+            info.free_clusters,
+            vol.data_alignment_ok(PAGE_SIZE, align),
+            vol.read_only,
+        )

@@ -1,0 +1,161 @@
+"""The system-call protocol: user processes -> kernel file driver (``vfs``).
+
+The two syscalls of the design are ``CachePart`` (bring part of a file into
+the process's mapping) and ``SetSize``; everything else is ordinary. ``Read``
+and ``Write`` are the legacy copying pair, kept so the benefit of the design
+can be measured on the same system: they are the only messages that carry
+file data, and every byte they move is counted in ``bytes_copied``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+# Requests are map-encoded (not array_like): the kernel file driver's inbox also accepts
+# the cache's notifications, and a msgspec union cannot mix the two encodings.
+
+
+class OpenFlags(enum.IntFlag):
+    READ = 1
+    WRITE = 2
+    CREATE = 4
+    EXCLUSIVE = 8
+    TRUNCATE = 16
+    APPEND = 32
+
+
+class Open(msgspec.Struct, frozen=True, gc=False, tag=True):
+    path: str
+    flags: int
+
+
+class Close(msgspec.Struct, frozen=True, gc=False, tag=True):
+    handle: int
+
+
+class CachePart(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Map the file part around ``position`` (about ``size`` bytes) into the caller's window."""
+
+    handle: int
+    position: int
+    size: int
+
+
+class SetSize(msgspec.Struct, frozen=True, gc=False, tag=True):
+    handle: int
+    size: int
+
+
+class Flush(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Hand the caller's dirty parts to the cache (no device flush)."""
+
+    handle: int
+
+
+class Fsync(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Write back dirty parts and metadata and flush the device."""
+
+    handle: int
+
+
+class Stat(msgspec.Struct, frozen=True, gc=False, tag=True):
+    path: str
+
+
+class ReadDir(msgspec.Struct, frozen=True, gc=False, tag=True):
+    path: str
+
+
+class Mkdir(msgspec.Struct, frozen=True, gc=False, tag=True):
+    path: str
+
+
+class Rmdir(msgspec.Struct, frozen=True, gc=False, tag=True):
+    path: str
+
+
+class Unlink(msgspec.Struct, frozen=True, gc=False, tag=True):
+    path: str
+
+
+class Rename(msgspec.Struct, frozen=True, gc=False, tag=True):
+    src: str
+    dst: str
+
+
+class Read(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Legacy copying read: the data comes back in the reply (counted as a copy)."""
+
+    handle: int
+    position: int
+    size: int
+
+
+class Write(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Legacy copying write: the data travels in the message (counted as a copy)."""
+
+    handle: int
+    position: int
+    data: bytes
+
+
+class Exit(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """The process is going away: close everything it has open."""
+
+
+class StatFs(msgspec.Struct, frozen=True, gc=False, tag=True):
+    pass
+
+
+Syscall = (
+    Open
+    | Close
+    | CachePart
+    | SetSize
+    | Flush
+    | Fsync
+    | Stat
+    | ReadDir
+    | Mkdir
+    | Rmdir
+    | Unlink
+    | Rename
+    | Read
+    | Write
+    | Exit
+    | StatFs
+)
+
+
+# ------------------------------------------------------------------- replies
+class Opened(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """The handle; the file's window (FileMap, state page, process page, data) is in the
+    process's address space under this handle."""
+
+    handle: int
+    slot: int  # index of this handle's position in the per-process file page
+    size: int
+    zero_copy: bool  # every page of this file maps straight onto cache frames
+
+
+class PartReady(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """The pages ``position .. position+size`` are mapped (size 0: at or past end of file)."""
+
+    position: int
+    size: int
+
+
+class SizeSet(msgspec.Struct, frozen=True, gc=False, tag=True):
+    size: int
+    alloc_size: int
+
+
+class Data(msgspec.Struct, frozen=True, gc=False, tag=True):
+    data: bytes
+
+
+class Written(msgspec.Struct, frozen=True, gc=False, tag=True):
+    count: int
