@@ -38,7 +38,13 @@ from servers.vfs.protocol import (
     Write,
     Written,
 )
-from servers.vfs.server import DATA_OFFSET, FILEMAP_OFFSET, PROCPAGE_OFFSET, STATE_OFFSET, WINDOW_DATA
+from servers.vfs.server import (
+    DATA_OFFSET,
+    FILEMAP_OFFSET,
+    PROCPAGE_OFFSET,
+    STATE_OFFSET,
+    WINDOW_DATA,
+)
 
 if TYPE_CHECKING:
     from clients.process import UserProcess
@@ -46,6 +52,13 @@ if TYPE_CHECKING:
 INITIAL_PART = 256 * 1024
 MAX_PART = 4 * 1024 * 1024
 MISS_RETRIES = 8
+RESERVE_MIN = 256 * 1024
+RESERVE_MAX = 4 * 1024 * 1024
+
+
+class PastEnd(OSError):
+    """A miss beyond the mapped size of the file (or of the caller's reservation)."""
+
 
 SEEK_SET, SEEK_CUR, SEEK_END = 0, 1, 2
 
@@ -68,6 +81,7 @@ class File:
         self._page = ProcessFilePage(space.view(PROCPAGE_OFFSET, 4096, writable=True))
         self._part = INITIAL_PART
         self._last_miss_end = -1
+        self._reserved = 0
         self.closed = False
 
     # ---------------------------------------------------------------- context
@@ -120,9 +134,11 @@ class File:
         else:
             self._part = INITIAL_PART
         size = max(want, self._part)
-        ready: PartReady = await self.proc.syscall(CachePart(self.handle, position, size), PartReady)
+        ready: PartReady = await self.proc.syscall(
+            CachePart(self.handle, position, size), PartReady
+        )
         if ready.size == 0:
-            raise OSError(errno.EIO, f"{self.name}: byte {position} is past the end of the file")
+            raise PastEnd(errno.EIO, f"{self.name}: byte {position} is past the end of the file")
         self._last_miss_end = ready.position + ready.size
 
     async def _span(self, position: int, want: int) -> tuple[int, int]:
@@ -202,12 +218,24 @@ class File:
         src = memoryview(data).cast("B")
         pos = self.size if self.flags & OpenFlags.APPEND else self.tell()
         end = pos + len(src)
-        if end > self.size:
-            await self._set_size(end)
         if end > WINDOW_DATA:
             written: Written = await self.proc.syscall(Write(self.handle, pos, bytes(src)), Written)
             self._page.set_position(self._slot, pos + written.count)
             return written.count
+        extending = end > self.size
+        if extending and end > self._reserved:
+            await self._reserve(end)
+        try:
+            await self._store(pos, src)
+        except PastEnd:  # someone trimmed our reservation (an fsync): reserve again, once
+            await self._reserve(end)
+            await self._store(pos, src)
+        if extending:
+            await self._set_size(end)  # publish: readers see the size only after the data
+        self._page.set_position(self._slot, end)
+        return len(src)
+
+    async def _store(self, pos: int, src: memoryview) -> None:
         done = 0
         while done < len(src):
             index, avail = await self._span(pos + done, len(src) - done)
@@ -215,11 +243,17 @@ class File:
             self._raw(pos + done, n, writable=True)[:] = src[done : done + n]
             self._page.note_write(index)
             done += n
-        self._page.set_position(self._slot, end)
-        return len(src)
+
+    async def _reserve(self, end: int) -> None:
+        """Room for coming writes, grown geometrically so appends rarely need it."""
+        slack = min(max(end - self.size, RESERVE_MIN), RESERVE_MAX)
+        await self.proc.syscall(SetSize(self.handle, end + slack, reserve=True), SizeSet)
+        self._reserved = end + slack
 
     async def _set_size(self, size: int) -> SizeSet:
         result: SizeSet = await self.proc.syscall(SetSize(self.handle, size), SizeSet)
+        if size < self._reserved:
+            self._reserved = 0
         return result
 
     async def truncate(self, size: int | None = None) -> int:
@@ -235,6 +269,7 @@ class File:
     async def fsync(self) -> None:
         self._check()
         await self.proc.syscall(Fsync(self.handle), None)
+        self._reserved = 0  # fsync trims reservations to the published size
 
     async def close(self) -> None:
         if self.closed:

@@ -64,6 +64,7 @@ class UserProcess:
         self.kernel = proc
         self.pid = proc.pid
         self.name = proc.name
+        self.syscalls = 0  # this process's own system calls (the counters are system-wide)
 
     def __repr__(self) -> str:
         return f"<UserProcess pid={self.pid} {self.name!r}>"
@@ -72,6 +73,7 @@ class UserProcess:
         """One system call to the kernel file driver, with its own correlation id."""
         counters = self.system.counters
         counters.syscalls += 1
+        self.syscalls += 1
         counters.syscalls_by_type[type(request).__name__] += 1
         endpoint = self.kernel.endpoint
         result: T = await endpoint.call(

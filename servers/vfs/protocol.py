@@ -45,8 +45,12 @@ class CachePart(msgspec.Struct, frozen=True, gc=False, tag=True):
 
 
 class SetSize(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Change the file size. ``reserve``: only allocate (zero-filled) room for the caller's
+    coming writes; the size other processes see changes when it is published."""
+
     handle: int
     size: int
+    reserve: bool = False
 
 
 class Flush(msgspec.Struct, frozen=True, gc=False, tag=True):

@@ -28,6 +28,7 @@ from typing import Any
 from dataclasses import dataclass, field
 
 import anyio
+import msgspec
 
 from microkernel.addrspace import AddressSpace, make_address_space
 from microkernel.errors import KernelError
@@ -145,9 +146,16 @@ class CentralFile:
     inflight: dict[int, Fetch] = field(default_factory=dict)
     windows: set[Window] = field(default_factory=set)
     modified: bool = False
+    published: int = -1  # the size processes see; <= the file system's size (reservations)
 
     @property
     def size(self) -> int:
+        """The published size: what every process sees in the state page."""
+        return self.info.size if self.published < 0 else self.published
+
+    @property
+    def fat_size(self) -> int:
+        """The size in the file system: published size plus any reservation of a writer."""
         return self.info.size
 
 
@@ -279,7 +287,9 @@ class VfsServer(Server):
     def _publish_state(self, cfile: CentralFile) -> None:
         info = cfile.info
         cfile.state.write(
-            FileState(info.size, info.alloc_size, info.attributes, int(info.mtime * 1e9), info.name)
+            FileState(
+                cfile.size, info.alloc_size, info.attributes, int(info.mtime * 1e9), info.name
+            )
         )
 
     def _new_window(self, proc: Process, cfile: CentralFile, flags: OpenFlags) -> Window:
@@ -334,6 +344,7 @@ class VfsServer(Server):
     async def _retire(self, cfile: CentralFile) -> None:
         """Last close: write back, give the pages back to the cache, close in the file system."""
         await self._write_back(cfile)
+        await self._trim(cfile)
         if cfile.modified:
             await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, time.time()), Ok)
         self._drop_pages(cfile, list(cfile.pages))
@@ -347,8 +358,9 @@ class VfsServer(Server):
         window = self._window(env, msg.handle)
         cfile = window.file
         first = msg.position // PAGE_SIZE
-        end = min(msg.position + max(msg.size, 1), _round_up(cfile.size), WINDOW_DATA)
-        if msg.position >= cfile.size or msg.position < 0:
+        limit = cfile.fat_size if window.writable else cfile.size
+        end = min(msg.position + max(msg.size, 1), _round_up(limit), WINDOW_DATA)
+        if msg.position >= limit or msg.position < 0:
             return PartReady(msg.position, 0)
         pages = list(range(first, _pages(end)))
         await self._ensure_pages(cfile, pages)
@@ -447,7 +459,7 @@ class VfsServer(Server):
         (frame,) = self.memory.alloc("vfs", 1)
         self.memory.zero([frame])
         sources = []
-        lo, hi = page * PAGE_SIZE, min((page + 1) * PAGE_SIZE, cfile.size)
+        lo, hi = page * PAGE_SIZE, min((page + 1) * PAGE_SIZE, cfile.fat_size)
         align = self.volume.alignment_offset if self.volume else 0
         for src_lba, src_off, dst_off, n in _byte_sources(lo, hi, extents, ss, align):
             plba = _page_lba(src_lba, ss, align)
@@ -461,7 +473,7 @@ class VfsServer(Server):
         return FilePage(frame, None, sources)
 
     def _zero_past_eof(self, cfile: CentralFile, page: int) -> None:
-        tail = cfile.size - page * PAGE_SIZE
+        tail = cfile.fat_size - page * PAGE_SIZE
         if 0 <= tail < PAGE_SIZE:
             fp = cfile.pages[page]
             self.memory.view(fp.phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
@@ -569,7 +581,7 @@ class VfsServer(Server):
         """Hand dirty pages to the cache: zero-copy pages are marked, private copies copied back."""
         for window in cfile.windows:
             self._collect_dirty(window)
-        dirty = [p for p, fp in cfile.pages.items() if fp.dirty and p * PAGE_SIZE < cfile.size]
+        dirty = [p for p, fp in cfile.pages.items() if fp.dirty and p * PAGE_SIZE < cfile.fat_size]
         marked: list[int] = []
         written: list[int] = []
         for p in dirty:
@@ -625,6 +637,7 @@ class VfsServer(Server):
     @handles(Fsync)
     async def on_fsync(self, env: Envelope, msg: Fsync) -> None:
         cfile = self._window(env, msg.handle).file
+        await self._trim(cfile)
         await self._write_back(cfile, durable=True)
         if cfile.modified:
             await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, time.time()), Ok)
@@ -638,18 +651,40 @@ class VfsServer(Server):
             raise OSError(9, "file not open for writing")
         if msg.size < 0:
             raise OSError(22, f"negative size {msg.size}")
-        await self._set_size(window.file, msg.size)
+        await self._set_size(window.file, msg.size, reserve=msg.reserve)
         return SizeSet(window.file.size, window.file.info.alloc_size)
 
-    async def _set_size(self, cfile: CentralFile, size: int) -> None:
+    async def _set_size(self, cfile: CentralFile, size: int, *, reserve: bool = False) -> None:
+        """Change the size; ``reserve`` only makes room in the file system for a writer.
+
+        An extending write reserves first (the clusters are allocated and zero
+        filled), stores its bytes into the mapping, then publishes the new size:
+        a concurrent reader therefore never sees the size before the data.
+        """
+        cfile.modified = True
+        if reserve:
+            if size > cfile.fat_size:
+                await self._fs_set_size(cfile, size)
+            return
         if size < cfile.size:
             await self._shrink(cfile, size)
-        cfile.info = await self.endpoint.call(cfile.fs, FsSetSize(cfile.fs_handle, size), FsInfo)
-        cfile.modified = True
+        if size < cfile.fat_size and size < cfile.size or size > cfile.fat_size:
+            await self._fs_set_size(cfile, size)
+        cfile.published = size
         self._publish_state(cfile)
+
+    async def _fs_set_size(self, cfile: CentralFile, size: int) -> None:
+        published = cfile.size
+        cfile.info = await self.endpoint.call(cfile.fs, FsSetSize(cfile.fs_handle, size), FsInfo)
+        cfile.published = min(published, size)
         last = (size - 1) // PAGE_SIZE if size else -1
         if last in cfile.pages:
             self._zero_past_eof(cfile, last)
+
+    async def _trim(self, cfile: CentralFile) -> None:
+        """Give back a writer's unused reservation, so the directory entry says the true size."""
+        if cfile.fat_size != cfile.size:
+            await self._fs_set_size(cfile, cfile.size)
 
     async def _shrink(self, cfile: CentralFile, size: int) -> None:
         """Unmap every part reaching past the new end before the clusters go back to the FAT."""
@@ -708,7 +743,7 @@ class VfsServer(Server):
     async def on_stat(self, env: Envelope, msg: Stat) -> FsInfo:
         cfile = self.files.get((self.fs, _normalise(msg.path)))
         if cfile is not None:
-            return cfile.info
+            return msgspec.structs.replace(cfile.info, size=cfile.size)
         info: FsInfo = await self.endpoint.call(self.fs, FsStat(msg.path), FsInfo)
         return info
 
