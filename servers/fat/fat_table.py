@@ -1,0 +1,253 @@
+"""The file allocation table held in memory: entries, bounded chains, allocation.
+
+Pure code. The table keeps the raw bytes of one FAT copy (so dirty sectors can be
+written back to every copy) and a decoded list of entries (so chain walks and free
+space scans are plain list indexing). Every chain walk is bounded by the cluster
+count and detects cycles, so a damaged FAT can never hang a caller.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+from servers.fat.errors import BadChain, NoSpace
+
+FREE = 0
+_MASK = {12: 0xFFF, 16: 0xFFFF, 32: 0x0FFFFFFF}
+# FAT[1] clean-shutdown / no-hard-error bits (1 = clean / no error); FAT12 has none.
+_CLEAN_BIT = {16: 0x8000, 32: 0x08000000}
+_HARD_ERROR_BIT = {16: 0x4000, 32: 0x04000000}
+
+
+class FatTable:
+    """One logical FAT: decoded entries plus the raw bytes and the set of dirty sectors."""
+
+    def __init__(self, raw: bytes, fat_type: int, max_cluster: int, sector_size: int) -> None:
+        if fat_type not in _MASK:
+            raise ValueError(f"FAT type {fat_type}")
+        self.fat_type = fat_type
+        self.max_cluster = max_cluster
+        self.sector_size = sector_size
+        self.mask = _MASK[fat_type]
+        self.eoc_min = self.mask & ~7  # 0xFF8 / 0xFFF8 / 0x0FFFFFF8
+        self.bad = self.eoc_min - 1
+        self.eoc = self.mask
+        self._raw = bytearray(raw)
+        self._entries = [self._decode(n) for n in range(max_cluster + 1)]
+        self._dirty: set[int] = set()
+        self.free_count = sum(1 for v in self._entries[2:] if v == FREE)
+        self.next_free = 2
+
+    # -- raw encoding -----------------------------------------------------
+    def _decode(self, n: int) -> int:
+        raw = self._raw
+        if self.fat_type == 12:
+            at = n * 3 // 2
+            pair = raw[at] | raw[at + 1] << 8
+            return (pair >> 4) if n & 1 else (pair & 0xFFF)
+        if self.fat_type == 16:
+            return raw[2 * n] | raw[2 * n + 1] << 8
+        return int.from_bytes(raw[4 * n:4 * n + 4], "little") & 0x0FFFFFFF
+
+    def _encode(self, n: int, value: int) -> None:
+        raw = self._raw
+        if self.fat_type == 12:
+            at = n * 3 // 2
+            pair = raw[at] | raw[at + 1] << 8
+            pair = (pair & 0x000F) | value << 4 if n & 1 else (pair & 0xF000) | value
+            raw[at], raw[at + 1] = pair & 0xFF, pair >> 8
+            self._touch(at, 2)
+        elif self.fat_type == 16:
+            raw[2 * n:2 * n + 2] = value.to_bytes(2, "little")
+            self._touch(2 * n, 2)
+        else:
+            old = int.from_bytes(raw[4 * n:4 * n + 4], "little")
+            # The upper 4 bits are reserved: preserve whatever is on disk.
+            raw[4 * n:4 * n + 4] = ((old & 0xF0000000) | value).to_bytes(4, "little")
+            self._touch(4 * n, 4)
+
+    def _touch(self, offset: int, length: int) -> None:
+        self._dirty.add(offset // self.sector_size)
+        self._dirty.add((offset + length - 1) // self.sector_size)
+
+    # -- entries ------------------------------------------------------------
+    def get(self, n: int) -> int:
+        return self._entries[n]
+
+    def set(self, n: int, value: int) -> None:
+        """Set entry ``n`` (0 and 1 are the reserved media/flags entries)."""
+        value &= self.mask
+        old = self._entries[n]
+        if n >= 2:
+            self.free_count += (value == FREE) - (old == FREE)
+        self._entries[n] = value
+        self._encode(n, value)
+
+    def is_eoc(self, value: int) -> bool:
+        return value >= self.eoc_min
+
+    # -- clean-shutdown flag in FAT[1] ----------------------------------------
+    @property
+    def clean(self) -> bool | None:
+        """FAT[1] clean-shutdown bit; None for FAT12, which has no such bit."""
+        bit = _CLEAN_BIT.get(self.fat_type)
+        return None if bit is None else bool(self._entries[1] & bit)
+
+    @property
+    def hard_error(self) -> bool:
+        bit = _HARD_ERROR_BIT.get(self.fat_type)
+        return bit is not None and not self._entries[1] & bit
+
+    def set_clean(self, clean: bool) -> None:
+        bit = _CLEAN_BIT.get(self.fat_type)
+        if bit is not None:
+            value = self._entries[1]
+            self.set(1, value | bit if clean else value & ~bit)
+
+    # -- chains -------------------------------------------------------------
+    def check_cluster(self, cluster: int, what: str = "cluster") -> None:
+        if not 2 <= cluster <= self.max_cluster:
+            raise BadChain(f"{what} {cluster} is outside the data region 2..{self.max_cluster}")
+
+    def chain(self, start: int, limit: int | None = None) -> list[int]:
+        """The clusters of the chain from ``start``; at most ``limit`` are followed.
+
+        Raises BadChain for a start or link outside 2..max, a link to a free, bad or
+        reserved cluster, or a cycle. The loop runs at most cluster-count times.
+        """
+        self.check_cluster(start, "start cluster")
+        out = [start]
+        seen = {start}
+        cur = start
+        bound = self.max_cluster if limit is None else min(limit, self.max_cluster)
+        while len(out) < bound:
+            nxt = self._entries[cur]
+            if nxt >= self.eoc_min:
+                return out
+            self._check_link(cur, nxt)
+            if nxt in seen:
+                raise BadChain(f"cyclic cluster chain: {cur} -> {nxt} (started at {start})")
+            seen.add(nxt)
+            out.append(nxt)
+            cur = nxt
+        if limit is None and not self.is_eoc(self._entries[cur]):
+            raise BadChain(f"cluster chain from {start} longer than the volume (cycle)")
+        return out
+
+    def _check_link(self, cur: int, nxt: int) -> None:
+        if nxt == FREE:
+            raise BadChain(f"cluster chain runs into free cluster (at {cur})")
+        if nxt == self.bad:
+            raise BadChain(f"cluster chain runs into a bad cluster (after {cur})")
+        if not 2 <= nxt <= self.max_cluster:
+            raise BadChain(f"cluster {cur} links to reserved/out-of-range value {nxt:#x}")
+
+    def runs(self, clusters: Iterable[int]) -> list[tuple[int, int]]:
+        """Merge a cluster list into (first cluster, count) runs of consecutive numbers."""
+        out: list[tuple[int, int]] = []
+        for c in clusters:
+            if out and out[-1][0] + out[-1][1] == c:
+                out[-1] = (out[-1][0], out[-1][1] + 1)
+            else:
+                out.append((c, 1))
+        return out
+
+    # -- allocation -------------------------------------------------------------
+    def allocate(self, count: int, after: int | None = None) -> list[int]:
+        """Allocate ``count`` clusters as one linked chain (EOC at the end); return them.
+
+        Preference: the clusters right after ``after`` (a file growing in place), then
+        the first free run of the full length at or after the next-free hint
+        (wrapping), then the largest free runs. ``after``, if given, is linked to the
+        new clusters. Nothing changes when there is not enough space.
+        """
+        if count <= 0:
+            return []
+        if count > self.free_count:
+            raise NoSpace(f"need {count} clusters, {self.free_count} free")
+        picked = self._pick(count, after)
+        for a, b in itertools.pairwise(picked):
+            self.set(a, b)
+        self.set(picked[-1], self.eoc)
+        if after is not None:
+            self.set(after, picked[0])
+        self.next_free = picked[-1] + 1 if picked[-1] < self.max_cluster else 2
+        return picked
+
+    def _pick(self, count: int, after: int | None) -> list[int]:
+        if after is not None and self._free_span(after + 1, count):
+            return list(range(after + 1, after + 1 + count))
+        runs = self.free_runs(self.next_free)
+        for start, length in runs:
+            if length >= count:
+                return list(range(start, start + count))
+        picked: list[int] = []
+        for start, length in sorted(runs, key=lambda r: -r[1]):
+            take = min(length, count - len(picked))
+            picked.extend(range(start, start + take))
+            if len(picked) == count:
+                break
+        return picked
+
+    def _free_span(self, start: int, count: int) -> bool:
+        end = start + count
+        return end - 1 <= self.max_cluster and all(
+            self._entries[c] == FREE for c in range(start, end))
+
+    def free_runs(self, hint: int = 2) -> list[tuple[int, int]]:
+        """All free runs as (start, length), in scan order from ``hint`` (wrapping)."""
+        hint = hint if 2 <= hint <= self.max_cluster else 2
+        entries = self._entries
+        out: list[tuple[int, int]] = []
+        for lo, hi in ((hint, self.max_cluster + 1), (2, hint)):
+            c = lo
+            while c < hi:
+                if entries[c] != FREE:
+                    c += 1
+                    continue
+                start = c
+                while c < hi and entries[c] == FREE:
+                    c += 1
+                out.append((start, c - start))
+        return out
+
+    def free_chain(self, start: int) -> int:
+        """Free every cluster of the chain from ``start``; return how many were freed."""
+        clusters = self.chain(start)
+        for c in clusters:
+            self.set(c, FREE)
+        return len(clusters)
+
+    def truncate_chain(self, clusters: list[int], keep: int) -> None:
+        """Keep the first ``keep`` clusters of ``clusters`` (an already walked chain)."""
+        if keep > 0:
+            self.set(clusters[keep - 1], self.eoc)
+        for c in clusters[keep:]:
+            self.set(c, FREE)
+
+    def recount_free(self) -> int:
+        self.free_count = sum(1 for v in self._entries[2:] if v == FREE)
+        return self.free_count
+
+    # -- write-back -------------------------------------------------------------
+    @property
+    def raw(self) -> bytes:
+        return bytes(self._raw)
+
+    def dirty_runs(self) -> list[tuple[int, bytes]]:
+        """Dirty FAT sectors grouped into (first sector index, bytes) contiguous runs."""
+        ss = self.sector_size
+        out: list[tuple[int, bytes]] = []
+        for first, n in self.runs(sorted(self._dirty)):
+            out.append((first, bytes(self._raw[first * ss:(first + n) * ss])))
+        return out
+
+    def mark_all_dirty(self) -> None:
+        self._dirty.update(range(len(self._raw) // self.sector_size))
+
+    def mark_sector_dirty(self, index: int) -> None:
+        self._dirty.add(index)
+
+    def clear_dirty(self) -> None:
+        self._dirty.clear()

@@ -1,0 +1,989 @@
+"""The async FAT volume engine: mount, namespace operations, sizes, and extents.
+
+:class:`FatVolume` drives the pure layout core (:mod:`bpb`, :mod:`fat_table`,
+:mod:`dirent`, :mod:`names`) over a :class:`SectorIO`. The FAT is held in memory
+(read once at mount); dirty FAT sectors are written to every FAT copy at the end
+of each modifying operation, directory entries are written through at once. When
+an operation allocates, the FAT goes out before the directory entry that refers to
+the clusters; when it frees, the entry goes first. Every precondition (names,
+space) is checked before the first write, so a failed operation writes nothing.
+
+File identity (see ``docs/fat.md``): a file is a *node* keyed by the location of
+its short entry, ``(directory first cluster, entry index)`` (the FAT12/16 root is
+directory 0). Entry indices never move, because directories are never compacted.
+``open`` hands out integer handles onto nodes; a node follows its file through
+renames, and an unlinked open file keeps its clusters until its last close.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from dataclasses import dataclass, field, replace
+
+from servers.fat.bpb import (
+    FSINFO_UNKNOWN,
+    BootSector,
+    FsInfo,
+    pack_fsinfo,
+    parse_boot_sector,
+    parse_fsinfo,
+    set_boot_dirty,
+)
+from servers.fat.dirent import (
+    ATTR_ARCHIVE,
+    ATTR_DIRECTORY,
+    DELETED_MARK,
+    DOT_NAME,
+    DOTDOT_NAME,
+    ENTRY_SIZE,
+    MAX_DIR_ENTRIES,
+    DirListing,
+    DirSlot,
+    ShortEntry,
+    dos_now,
+    dos_to_epoch,
+    find_free_run,
+    parse_directory,
+)
+from servers.fat.errors import (
+    AlreadyExists,
+    BadBootSector,
+    BadChain,
+    BadHandle,
+    DirectoryLoop,
+    DirectoryNotEmpty,
+    FatError,
+    InvalidArgument,
+    IsADirectory,
+    NoSpace,
+    NotADirectory,
+    NotFound,
+    ReadOnlyVolume,
+)
+from servers.fat.fat_table import FatTable
+from servers.fat.names import (
+    encode_lfn,
+    exact_short_name,
+    generate_short_name,
+    lfn_checksum,
+    validate_long_name,
+)
+from servers.fat.sectorio import SectorIO
+
+MAX_FILE_SIZE = 0xFFFFFFFF
+ROOT_KEY = -1  # key of the root directory in node locations, whatever its cluster
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """``count`` device sectors from ``lba`` hold the file bytes from ``file_offset`` on."""
+
+    file_offset: int
+    lba: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What ``stat``/``readdir`` report about one entry."""
+
+    name: str
+    short_name: str
+    attributes: int
+    size: int
+    first_cluster: int
+    is_dir: bool
+    ctime: float
+    mtime: float
+    atime: float
+    location: tuple[int, int]  # (directory key, short entry index); root: (ROOT_KEY, -1)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    fat_type: int
+    sector_size: int
+    cluster_size: int
+    total_clusters: int
+    free_clusters: int
+    data_start_sector: int
+    label: str
+    volume_id: int
+
+
+@dataclass(slots=True)
+class _Dir:
+    """A directory's bytes in memory and where each of its sectors lives."""
+
+    key: int  # first cluster, or 0 for the fixed FAT12/16 root
+    sectors: list[int]  # volume sector of each directory sector, in order
+    data: bytearray
+    clusters: list[int]
+    fixed: bool
+    listing: DirListing = field(default_factory=DirListing)
+
+
+@dataclass(slots=True)
+class _Node:
+    dir_key: int
+    index: int
+    first_index: int
+    entry: ShortEntry
+    name: str
+    opens: int = 0
+    unlinked: bool = False
+
+
+@dataclass(slots=True)
+class _Found:
+    parent: _Dir
+    slot: DirSlot | None  # None: the path names the root directory
+    ancestors: list[int]  # directory keys from the root down to (and including) parent
+    leaf: str
+
+
+FileRef = int | str
+
+
+class FatVolume:
+    """A mounted FAT12/16/32 volume. Create with :meth:`mount`, end with :meth:`unmount`."""
+
+    def __init__(self, io: SectorIO, boot: BootSector, boot_raw: bytes, fat: FatTable,
+                 read_only: bool) -> None:
+        self.io = io
+        self.boot = boot
+        self._boot_raw = boot_raw
+        self.fat = fat
+        self.read_only = read_only
+        self.problems: list[str] = []  # what mount found and tolerated (or repaired)
+        self.was_dirty = False
+        self._scale = boot.bytes_per_sector // io.sector_size
+        self._nodes: dict[tuple[int, int], _Node] = {}
+        self._handles: dict[int, _Node] = {}
+        self._next_handle = itertools.count(1)
+        self._mounted = True
+        self._fsinfo_dirty = False
+
+    # ================================================================ mount
+    @classmethod
+    async def mount(cls, io: SectorIO, *, read_only: bool = False) -> FatVolume:
+        """Validate the volume and mount it; read-write mounts set the dirty flag on disk."""
+        head = await io.read(0, max(1, 512 // io.sector_size))
+        boot = parse_boot_sector(head, io.total_sectors * io.sector_size)
+        if boot.bytes_per_sector % io.sector_size:
+            raise BadBootSector(f"volume sector {boot.bytes_per_sector} is not a multiple of "
+                                f"the device sector {io.sector_size}")
+        scale = boot.bytes_per_sector // io.sector_size
+        boot_raw = await io.read(0, scale)
+        fats = await io.read(boot.fat_start * scale, boot.num_fats * boot.fat_size * scale)
+        copy_len = boot.fat_size * boot.bytes_per_sector
+        copies = [fats[i * copy_len:(i + 1) * copy_len] for i in range(boot.num_fats)]
+        primary = boot.active_fat or 0
+        table = FatTable(copies[primary], boot.fat_type, boot.max_cluster, boot.bytes_per_sector)
+        vol = cls(io, boot, boot_raw, table, read_only)
+        vol._check_copies(copies, primary)
+        vol.was_dirty = table.clean is False or boot.dirty
+        if vol.was_dirty:
+            vol.problems.append("volume was not cleanly unmounted (dirty flag set)")
+        if boot.fat_type == 32:
+            await vol._load_fsinfo()
+        if not read_only:
+            await vol._set_dirty(True)
+        return vol
+
+    def _check_copies(self, copies: list[bytes], primary: int) -> None:
+        """Differing FAT copies: FAT #primary is authoritative; read-write mounts rewrite the rest."""
+        ss = self.boot.bytes_per_sector
+        for n, copy in enumerate(copies):
+            if n == primary or copy == copies[primary] or self.boot.active_fat is not None:
+                continue
+            bad = [s for s in range(len(copy) // ss)
+                   if copy[s * ss:(s + 1) * ss] != copies[primary][s * ss:(s + 1) * ss]]
+            self.problems.append(f"FAT copy {n} differs from FAT {primary} in {len(bad)} "
+                                 f"sector(s); FAT {primary} is used")
+            for s in bad:
+                self.fat.mark_sector_dirty(s)
+
+    async def _load_fsinfo(self) -> None:
+        raw = await self._read(self.boot.fsinfo_sector, 1)
+        info = parse_fsinfo(raw)
+        actual = self.fat.free_count
+        if not info.valid:
+            self.problems.append("FSInfo sector signature invalid; free count recomputed")
+        elif info.free_count not in (FSINFO_UNKNOWN, actual):
+            self.problems.append(f"FSInfo free count {info.free_count} is wrong (actual "
+                                 f"{actual}); recomputed")
+        else:
+            if 2 <= info.next_free <= self.boot.max_cluster:
+                self.fat.next_free = info.next_free
+            return
+        self._fsinfo_dirty = True
+
+    async def _set_dirty(self, dirty: bool) -> None:
+        self.fat.set_clean(not dirty)
+        await self._flush_fat()
+        raw = set_boot_dirty(self._boot_raw, self.boot.fat_type == 32, dirty)
+        if raw != self._boot_raw:
+            self._boot_raw = raw
+            await self._write(0, raw)
+
+    async def unmount(self) -> None:
+        """Flush everything, write FSInfo, clear the dirty flag. Closes open handles."""
+        if not self._mounted:
+            return
+        for handle in list(self._handles):
+            await self.close(handle)
+        if not self.read_only:
+            if self.boot.fat_type == 32:
+                await self._write_fsinfo()
+            await self._set_dirty(False)
+            await self.io.flush()
+        self._mounted = False
+
+    async def _write_fsinfo(self) -> None:
+        info = FsInfo(self.fat.free_count, self.fat.next_free)
+        raw = pack_fsinfo(info, self.boot.bytes_per_sector)
+        old = await self._read(self.boot.fsinfo_sector, 1)
+        # Keep any bytes between the FSInfo fields (reserved, normally zero) intact.
+        merged = raw[:4] + old[4:484] + raw[484:496] + old[496:508] + raw[508:]
+        await self._write(self.boot.fsinfo_sector, merged)
+        if self.boot.backup_boot_sector:
+            await self._write(self.boot.backup_boot_sector + 1, merged)
+
+    # ================================================================ low-level I/O
+    async def _read(self, sector: int, count: int) -> bytes:
+        return await self.io.read(sector * self._scale, count * self._scale)
+
+    async def _write(self, sector: int, data: bytes) -> None:
+        await self.io.write(sector * self._scale, data)
+
+    async def _flush_fat(self) -> None:
+        """Write the dirty FAT sectors, in contiguous runs, to every (mirrored) FAT copy."""
+        runs = self.fat.dirty_runs()
+        if not runs or self.read_only:
+            self.fat.clear_dirty()
+            return
+        active = self.boot.active_fat
+        copies = [active] if active is not None else range(self.boot.num_fats)
+        for n in copies:
+            base = self.boot.fat_start + n * self.boot.fat_size
+            for first, data in runs:
+                await self._write(base + first, data)
+        self.fat.clear_dirty()
+
+    def _cluster_sectors(self, clusters: list[int]) -> list[tuple[int, int]]:
+        spc = self.boot.sectors_per_cluster
+        return [(self.boot.cluster_to_sector(c), n * spc) for c, n in self.fat.runs(clusters)]
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyVolume("volume is mounted read-only")
+        if not self._mounted:
+            raise FatError("volume is not mounted", errno.EINVAL)
+
+    # ================================================================ directories
+    @property
+    def _root_cluster(self) -> int:
+        return self.boot.root_cluster if self.boot.fat_type == 32 else 0
+
+    async def _load_dir(self, key: int) -> _Dir:
+        """Read a whole directory in as few calls as its cluster runs allow."""
+        if key == 0 and self.boot.fat_type != 32:
+            start, n = self.boot.root_dir_start, self.boot.root_dir_sectors
+            data = bytearray(await self._read(start, n))
+            d = _Dir(0, list(range(start, start + n)), data, [], True)
+        else:
+            cap = MAX_DIR_ENTRIES * ENTRY_SIZE // self.boot.cluster_size
+            clusters = self.fat.chain(key, limit=cap)
+            sectors: list[int] = []
+            parts: list[bytes] = []
+            for first, n in self._cluster_sectors(clusters):
+                parts.append(await self._read(first, n))
+                sectors.extend(range(first, first + n))
+            d = _Dir(key, sectors, bytearray(b"".join(parts)), clusters, False)
+        d.listing = parse_directory(d.data)
+        return d
+
+    def _dir_key(self, entry: ShortEntry) -> int:
+        """The directory key an entry's cluster field names ('..' uses 0 for the root)."""
+        return self._root_cluster if entry.cluster == 0 else entry.cluster
+
+    async def _write_entries(self, d: _Dir, first: int, count: int) -> None:
+        """Write back the sectors holding entries first..first+count-1."""
+        ss = self.boot.bytes_per_sector
+        lo = first * ENTRY_SIZE // ss
+        hi = ((first + count) * ENTRY_SIZE - 1) // ss
+        run_start = lo
+        for s in range(lo, hi + 1):
+            if s == hi or d.sectors[s + 1] != d.sectors[s] + 1:
+                await self._write(d.sectors[run_start], bytes(d.data[run_start * ss:(s + 1) * ss]))
+                run_start = s + 1
+
+    async def _find(self, path: str) -> _Found:
+        """Resolve ``path`` to (parent directory, entry); bounded by the path's length."""
+        parts = [p for p in path.split("/") if p]
+        d = await self._load_dir(self._root_cluster)
+        ancestors = [d.key]
+        if not parts:
+            return _Found(d, None, ancestors, "")
+        for depth, part in enumerate(parts):
+            slot = self._lookup(d, part)
+            last = depth == len(parts) - 1
+            if last:
+                return _Found(d, slot, ancestors, part)
+            if slot is None:
+                raise NotFound(f"{'/'.join(parts[:depth + 1])}: no such file or directory")
+            if not slot.entry.is_dir:
+                raise NotADirectory(f"{'/'.join(parts[:depth + 1])}: not a directory")
+            key = self._subdir_key(slot, ancestors)
+            d = await self._load_dir(key)
+            ancestors.append(key)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _subdir_key(self, slot: DirSlot, ancestors: list[int]) -> int:
+        key = slot.entry.cluster
+        if key == 0:
+            raise BadChain(f"directory {slot.name!r} has no cluster")
+        if key in ancestors or key == self._root_cluster:
+            raise DirectoryLoop(f"directory {slot.name!r} points to an ancestor (cluster {key})")
+        return key
+
+    @staticmethod
+    def _lookup(d: _Dir, name: str) -> DirSlot | None:
+        wanted = name.upper()
+        if name in (".", ".."):
+            return None
+        for slot in d.listing.slots:
+            if not slot.entry.is_label and not slot.entry.is_dot and slot.matches(wanted):
+                return slot
+        return None
+
+    async def _existing(self, path: str) -> _Found:
+        found = await self._find(path)
+        if found.slot is None and found.leaf:
+            raise NotFound(f"{path}: no such file or directory")
+        return found
+
+    # ================================================================ entries
+    @staticmethod
+    def _name_entries(d: _Dir, name: str, template: ShortEntry,
+                      ignore: frozenset[int] = frozenset()) -> list[bytes]:
+        """The LFN + short entries that store ``template`` under ``name`` in ``d``.
+
+        Short names of the entries at ``ignore`` (about to be deleted by a rename)
+        do not count as taken.
+        """
+        validate_long_name(name)
+        taken = {s.entry.name for s in d.listing.slots if s.index not in ignore}
+        exact = exact_short_name(name)
+        if exact is not None and exact[0] not in taken:
+            return [template.with_(name=exact[0], nt_flags=exact[1]).pack()]
+        short = generate_short_name(name, taken.__contains__)
+        lfn = encode_lfn(name, lfn_checksum(short))
+        return [*lfn, template.with_(name=short, nt_flags=0).pack()]
+
+    def _growth(self, d: _Dir, need: int) -> tuple[int, int]:
+        """Where ``need`` entries go in ``d`` and how many clusters the directory must gain."""
+        at = find_free_run(d.data, need, d.listing.end)
+        if at is not None:
+            return at, 0
+        if d.fixed:
+            raise NoSpace("the fixed-size root directory is full")
+        total = len(d.data) // ENTRY_SIZE
+        start = find_free_run(d.data + bytes(need * ENTRY_SIZE), need, d.listing.end)
+        start = d.listing.end if start is None else start
+        per_cluster = self.boot.cluster_size // ENTRY_SIZE
+        extra = -(-(start + need - total) // per_cluster)
+        if total + extra * per_cluster > MAX_DIR_ENTRIES:
+            raise NoSpace("directory has reached the FAT limit of 65536 entries")
+        return start, extra
+
+    async def _insert(self, d: _Dir, entries: list[bytes]) -> int:
+        """Place entries in ``d`` (growing it if it must); return the first index.
+
+        Raises NoSpace (writing nothing) if the fixed root or the volume is full.
+        """
+        need = len(entries)
+        at, extra = self._growth(d, need)
+        if extra:
+            await self._grow_dir(d, extra)
+        for i, raw in enumerate(entries):
+            d.data[(at + i) * ENTRY_SIZE:(at + i + 1) * ENTRY_SIZE] = raw
+        count = need
+        after = at + need
+        if after < len(d.data) // ENTRY_SIZE and after > d.listing.end - 1 and (
+                d.data[after * ENTRY_SIZE] != 0):
+            d.data[after * ENTRY_SIZE] = 0  # keep the end marker right after new entries
+            count += 1
+        await self._write_entries(d, at, count)
+        d.listing = parse_directory(d.data)
+        return at
+
+    async def _grow_dir(self, d: _Dir, extra: int) -> None:
+        """Add ``extra`` zeroed clusters to a cluster-chained directory (zeros before FAT)."""
+        new = self.fat.allocate(extra, after=d.clusters[-1])
+        zeros = bytes(self.boot.cluster_size)
+        for first, n in self._cluster_sectors(new):
+            await self._write(first, zeros * (n // self.boot.sectors_per_cluster))
+            d.sectors.extend(range(first, first + n))
+        await self._flush_fat()
+        d.clusters.extend(new)
+        d.data.extend(bytes(extra * self.boot.cluster_size))
+
+    async def _delete_slot(self, d: _Dir, slot: DirSlot) -> None:
+        for i in range(slot.first_index, slot.index + 1):
+            d.data[i * ENTRY_SIZE] = DELETED_MARK
+        await self._write_entries(d, slot.first_index, slot.index - slot.first_index + 1)
+        d.listing = parse_directory(d.data)
+
+    async def _rewrite_entry(self, node: _Node) -> None:
+        if node.unlinked:
+            return
+        d = await self._load_dir(self._key_to_cluster(node.dir_key))
+        at = node.index * ENTRY_SIZE
+        on_disk = ShortEntry.unpack(bytes(d.data[at:at + ENTRY_SIZE]))
+        # The name bytes belong to the directory (a rename may have changed them).
+        node.entry = node.entry.with_(name=on_disk.name, nt_flags=on_disk.nt_flags)
+        d.data[at:at + ENTRY_SIZE] = node.entry.pack()
+        await self._write_entries(d, node.index, 1)
+
+    def _key_to_cluster(self, key: int) -> int:
+        return self._root_cluster if key == ROOT_KEY else key
+
+    def _cluster_to_key(self, cluster: int) -> int:
+        return ROOT_KEY if cluster == self._root_cluster else cluster
+
+    # ================================================================ info
+    def _info(self, slot: DirSlot, dir_cluster: int) -> FileInfo:
+        e = slot.entry
+        return FileInfo(
+            name=slot.name, short_name=slot.short_name, attributes=e.attr,
+            size=0 if e.is_dir else e.size, first_cluster=e.cluster, is_dir=e.is_dir,
+            ctime=dos_to_epoch(e.cdate, e.ctime, e.ctime_cs), mtime=dos_to_epoch(e.mdate, e.mtime),
+            atime=dos_to_epoch(e.adate), location=(self._cluster_to_key(dir_cluster), slot.index))
+
+    def _root_info(self) -> FileInfo:
+        return FileInfo("/", "/", ATTR_DIRECTORY, 0, self._root_cluster, True, 0.0, 0.0, 0.0,
+                        (ROOT_KEY, -1))
+
+    async def stat(self, ref: FileRef) -> FileInfo:
+        if isinstance(ref, int):
+            node = self._handle(ref)
+            slot = DirSlot(node.index, node.first_index, node.entry, None)
+            info = self._info(slot, self._key_to_cluster(node.dir_key))
+            return replace(info, name=node.name)
+        found = await self._existing(ref)
+        if found.slot is None:
+            return self._root_info()
+        return self._info(found.slot, found.parent.key)
+
+    async def readdir(self, path: str = "/") -> list[FileInfo]:
+        """The entries of a directory (without '.', '..' and the volume label)."""
+        d = await self._open_dir(path)
+        return [self._info(s, d.key) for s in d.listing.slots
+                if not s.entry.is_label and not s.entry.is_dot]
+
+    async def _open_dir(self, path: str) -> _Dir:
+        found = await self._existing(path)
+        if found.slot is None:
+            return found.parent
+        if not found.slot.entry.is_dir:
+            raise NotADirectory(f"{path}: not a directory")
+        return await self._load_dir(self._subdir_key(found.slot, found.ancestors))
+
+    def statfs(self) -> VolumeInfo:
+        b = self.boot
+        return VolumeInfo(b.fat_type, b.bytes_per_sector, b.cluster_size, b.cluster_count,
+                          self.fat.free_count, b.data_start,
+                          b.label.decode("cp850", "replace").rstrip(), b.volume_id)
+
+    # ================================================================ handles
+    def _handle(self, handle: int) -> _Node:
+        try:
+            return self._handles[handle]
+        except KeyError:
+            raise BadHandle(f"no open file with handle {handle}") from None
+
+    async def open(self, path: str, *, create: bool = False, exclusive: bool = False,
+                   truncate: bool = False) -> int:
+        """Open a file (optionally creating it); return a handle for the other calls."""
+        found = await self._find(path)
+        if found.slot is None and not found.leaf:
+            raise IsADirectory("/: is a directory")
+        if found.slot is None:
+            if not create:
+                raise NotFound(f"{path}: no such file or directory")
+            await self.create(path)
+            found = await self._existing(path)
+        elif exclusive and create:
+            raise AlreadyExists(f"{path}: file exists")
+        assert found.slot is not None
+        if found.slot.entry.is_dir:
+            raise IsADirectory(f"{path}: is a directory")
+        node = self._node(found.parent, found.slot)
+        node.opens += 1
+        handle = next(self._next_handle)
+        self._handles[handle] = node
+        if truncate and node.entry.size:
+            await self.set_size(handle, 0)
+        return handle
+
+    def _node(self, d: _Dir, slot: DirSlot) -> _Node:
+        loc = (self._cluster_to_key(d.key), slot.index)
+        node = self._nodes.get(loc)
+        if node is None:
+            node = _Node(loc[0], slot.index, slot.first_index, slot.entry, slot.name)
+            self._nodes[loc] = node
+        return node
+
+    async def close(self, handle: int) -> None:
+        node = self._handle(handle)
+        del self._handles[handle]
+        node.opens -= 1
+        if node.opens:
+            return
+        self._nodes.pop((node.dir_key, node.index), None)
+        if node.unlinked and node.entry.cluster and not self.read_only:
+            self._free_chain(node.entry.cluster, node.name)
+            await self._flush_fat()
+
+    def _free_chain(self, cluster: int, name: str) -> None:
+        """Free a chain; a damaged chain is left allocated (fsck reclaims it) and reported."""
+        try:
+            self.fat.free_chain(cluster)
+        except BadChain as exc:
+            self.problems.append(f"{name}: clusters not freed, damaged chain: {exc.strerror}")
+
+    async def _target(self, ref: FileRef) -> tuple[_Node, bool]:
+        """The node for a handle or a path; the flag says it is a temporary (unopened) node."""
+        if isinstance(ref, int):
+            return self._handle(ref), False
+        found = await self._existing(ref)
+        if found.slot is None:
+            raise IsADirectory("/: is a directory")
+        loc = (self._cluster_to_key(found.parent.key), found.slot.index)
+        if loc in self._nodes:
+            return self._nodes[loc], False
+        slot = found.slot
+        return _Node(loc[0], slot.index, slot.first_index, slot.entry, slot.name), True
+
+    # ================================================================ namespace
+    async def create(self, path: str, attributes: int = ATTR_ARCHIVE) -> FileInfo:
+        """Create an empty file (first cluster 0)."""
+        self._writable()
+        found = await self._find(path)
+        if found.slot is not None or not found.leaf:
+            raise AlreadyExists(f"{path}: file exists")
+        entries = self._name_entries(found.parent, found.leaf, _new_entry(attributes))
+        at = await self._insert(found.parent, entries)
+        slot = self._slot_at(found.parent, at + len(entries) - 1)
+        return self._info(slot, found.parent.key)
+
+    @staticmethod
+    def _slot_at(d: _Dir, index: int) -> DirSlot:
+        for slot in d.listing.slots:
+            if slot.index == index:
+                return slot
+        raise AssertionError(f"no entry at {index}")  # pragma: no cover
+
+    async def mkdir(self, path: str) -> FileInfo:
+        """Create a directory with '.' and '..'; the new cluster is written before the entry."""
+        self._writable()
+        found = await self._find(path)
+        if found.slot is not None or not found.leaf:
+            raise AlreadyExists(f"{path}: file exists")
+        parent = found.parent
+        template = _new_entry(ATTR_DIRECTORY)
+        entries = self._name_entries(parent, found.leaf, template)
+        _, extra = self._growth(parent, len(entries))
+        if 1 + extra > self.fat.free_count:
+            raise NoSpace(f"mkdir needs {1 + extra} clusters, {self.fat.free_count} free")
+        cluster = self.fat.allocate(1)[0]
+        await self._write_dir_cluster(cluster, template, parent.key)
+        await self._flush_fat()
+        entries[-1] = ShortEntry.unpack(entries[-1]).with_(cluster=cluster).pack()
+        at = await self._insert(parent, entries)
+        return self._info(self._slot_at(parent, at + len(entries) - 1), parent.key)
+
+    async def _write_dir_cluster(self, cluster: int, template: ShortEntry, parent: int) -> None:
+        data = bytearray(self.boot.cluster_size)
+        dot = template.with_(name=DOT_NAME, cluster=cluster, nt_flags=0)
+        up = template.with_(name=DOTDOT_NAME, nt_flags=0,
+                            cluster=0 if parent == self._root_cluster else parent)
+        data[0:ENTRY_SIZE] = dot.pack()
+        data[ENTRY_SIZE:2 * ENTRY_SIZE] = up.pack()
+        await self._write(self.boot.cluster_to_sector(cluster), bytes(data))
+
+    async def unlink(self, path: str) -> None:
+        self._writable()
+        found = await self._existing(path)
+        slot = found.slot
+        if slot is None or slot.entry.is_dir:
+            raise IsADirectory(f"{path}: is a directory")
+        await self._remove_file(found.parent, slot)
+        await self._flush_fat()
+
+    async def _remove_file(self, d: _Dir, slot: DirSlot) -> None:
+        """Delete a file's entries; its clusters are freed now, or at last close if open."""
+        await self._delete_slot(d, slot)
+        node = self._nodes.pop((self._cluster_to_key(d.key), slot.index), None)
+        if node is not None:
+            node.unlinked = True
+        elif slot.entry.cluster:
+            self._free_chain(slot.entry.cluster, slot.name)
+
+    async def rmdir(self, path: str) -> None:
+        self._writable()
+        found = await self._existing(path)
+        slot = found.slot
+        if slot is None:
+            raise FatError("cannot remove the root directory", errno.EBUSY)
+        if not slot.entry.is_dir:
+            raise NotADirectory(f"{path}: not a directory")
+        await self._remove_dir(found, slot, path)
+        await self._flush_fat()
+
+    async def _remove_dir(self, found: _Found, slot: DirSlot, path: str) -> None:
+        key = self._subdir_key(slot, found.ancestors)
+        sub = await self._load_dir(key)
+        if any(not s.entry.is_dot and not s.entry.is_label for s in sub.listing.slots):
+            raise DirectoryNotEmpty(f"{path}: directory not empty")
+        await self._delete_slot(found.parent, slot)
+        self._free_chain(key, slot.name)
+
+    async def rename(self, src: str, dst: str) -> None:
+        """Rename/move ``src`` to ``dst``, replacing a file or an empty directory there."""
+        self._writable()
+        s = await self._existing(src)
+        if s.slot is None:
+            raise FatError("cannot rename the root directory", errno.EBUSY)
+        d = await self._find(dst)
+        if not d.leaf:
+            raise FatError("cannot replace the root directory", errno.EBUSY)
+        src_slot = s.slot
+        moving_dir = src_slot.entry.is_dir
+        if moving_dir and src_slot.entry.cluster in d.ancestors:
+            raise InvalidArgument(f"cannot move {src} into itself")
+        same_dir = d.parent.key == s.parent.key
+        target = d.parent if not same_dir else s.parent
+        if d.slot is not None:
+            if same_dir and d.slot.index == src_slot.index:
+                if d.leaf == src_slot.name:
+                    return
+            else:
+                self._check_replace(src_slot, d.slot, dst)
+                if d.slot.entry.is_dir:
+                    await self._check_empty(d, d.slot, dst)
+        await self._move(s, src_slot, target, d, same_dir)
+
+    @staticmethod
+    def _check_replace(src: DirSlot, dst: DirSlot, path: str) -> None:
+        if dst.entry.is_dir and not src.entry.is_dir:
+            raise IsADirectory(f"{path}: is a directory")
+        if src.entry.is_dir and not dst.entry.is_dir:
+            raise NotADirectory(f"{path}: not a directory")
+
+    async def _check_empty(self, found: _Found, slot: DirSlot, path: str) -> None:
+        sub = await self._load_dir(self._subdir_key(slot, found.ancestors))
+        if any(not e.entry.is_dot and not e.entry.is_label for e in sub.listing.slots):
+            raise DirectoryNotEmpty(f"{path}: directory not empty")
+
+    async def _move(self, s: _Found, src_slot: DirSlot, target: _Dir, d: _Found,
+                    same_dir: bool) -> None:
+        """Write the new entry, then drop the replaced and the old ones, then fix '..'."""
+        replaced = d.slot
+        if replaced is not None and same_dir and replaced.index == src_slot.index:
+            replaced = None
+        ignore = {src_slot.index} if same_dir else set()
+        if replaced is not None:
+            ignore.add(replaced.index)
+        entries = self._name_entries(target, d.leaf, src_slot.entry, frozenset(ignore))
+        at = await self._insert(target, entries)
+        new_index = at + len(entries) - 1
+        if replaced is not None:
+            if replaced.entry.is_dir:
+                await self._delete_slot(target, replaced)
+                self._free_chain(replaced.entry.cluster, replaced.name)
+            else:
+                await self._remove_file(target, replaced)
+        old_dir = target if same_dir else s.parent
+        await self._delete_slot(old_dir, src_slot)
+        self._rekey((old_dir.key, src_slot.index), (target.key, at, new_index), d.leaf,
+                    ShortEntry.unpack(entries[-1]))
+        if src_slot.entry.is_dir and not same_dir:
+            await self._fix_dotdot(src_slot.entry.cluster, target.key)
+        await self._flush_fat()
+
+    def _rekey(self, old: tuple[int, int], new: tuple[int, int, int], name: str,
+               entry: ShortEntry) -> None:
+        """An open file was renamed: its node follows it to (dir, first index, index)."""
+        node = self._nodes.pop((self._cluster_to_key(old[0]), old[1]), None)
+        if node is None:
+            return
+        node.dir_key, node.first_index, node.index = self._cluster_to_key(new[0]), new[1], new[2]
+        node.name, node.entry = name, entry
+        self._nodes[(node.dir_key, node.index)] = node
+
+    async def _fix_dotdot(self, cluster: int, new_parent: int) -> None:
+        first = self.boot.cluster_to_sector(cluster)
+        raw = bytearray(await self._read(first, 1))
+        up = ShortEntry.unpack(bytes(raw[ENTRY_SIZE:2 * ENTRY_SIZE]))
+        if up.name != DOTDOT_NAME:
+            self.problems.append(f"directory at cluster {cluster} has no '..' entry")
+            return
+        up = up.with_(cluster=0 if new_parent == self._root_cluster else new_parent)
+        raw[ENTRY_SIZE:2 * ENTRY_SIZE] = up.pack()
+        await self._write(first, bytes(raw))
+
+    # ================================================================ sizes & data
+    async def set_size(self, ref: FileRef, size: int, *, zero_fill: bool = True) -> list[Extent]:
+        """Truncate or extend a file; return the extents of the newly allocated clusters.
+
+        With ``zero_fill`` the new clusters (and the stale tail of the old last
+        cluster) are zeroed through the SectorIO; a cache-backed caller passes False
+        and supplies zero pages itself, without reading the disk.
+        """
+        self._writable()
+        node, _temp = await self._target(ref)
+        if node.entry.is_dir:
+            raise IsADirectory(f"{node.name}: is a directory")
+        if not 0 <= size <= MAX_FILE_SIZE:
+            raise FatError(f"size {size} outside 0..{MAX_FILE_SIZE}", errno.EFBIG if size > 0
+                           else errno.EINVAL)
+        cs = self.boot.cluster_size
+        old_size = node.entry.size
+        chain = self._chain(node, -(-old_size // cs))
+        want = -(-size // cs)
+        date, tm, _ = dos_now()
+        if want > len(chain):
+            new = self.fat.allocate(want - len(chain), after=chain[-1] if chain else None)
+            first = chain[0] if chain else new[0]
+            await self._flush_fat()
+            if zero_fill:
+                await self._zero(chain, old_size, new, min(size, len(chain) * cs))
+            node.entry = node.entry.with_(cluster=first, size=size, mdate=date, mtime=tm,
+                                          adate=date)
+            await self._rewrite_entry(node)
+            return self._new_extents(new, len(chain) * cs)
+        if zero_fill and size > old_size:
+            await self._zero(chain, old_size, [], size)
+        node.entry = node.entry.with_(cluster=chain[0] if want else 0, size=size, mdate=date,
+                                      mtime=tm, adate=date)
+        await self._rewrite_entry(node)
+        if want < len(chain):
+            self.fat.truncate_chain(chain, want)
+            await self._flush_fat()
+        return []
+
+    def _chain(self, node: _Node, need: int) -> list[int]:
+        """The file's chain, walked no further than its size needs (plus any tail)."""
+        if node.entry.cluster == 0:
+            if need:
+                raise BadChain(f"{node.name}: size {node.entry.size} but no first cluster")
+            return []
+        chain = self.fat.chain(node.entry.cluster)
+        if len(chain) < need:
+            raise BadChain(f"{node.name}: chain of {len(chain)} clusters is shorter than its "
+                           f"size ({need} clusters)")
+        return chain
+
+    def _new_extents(self, clusters: list[int], file_offset: int) -> list[Extent]:
+        out = []
+        for first, n in self._cluster_sectors(clusters):
+            out.append(Extent(file_offset, first * self._scale, n * self._scale))
+            file_offset += n * self.boot.bytes_per_sector
+        return out
+
+    async def _zero(self, chain: list[int], old_size: int, new: list[int], tail_end: int) -> None:
+        """Zero the bytes old_size..tail_end of the old chain and all of the new clusters."""
+        if tail_end > old_size and chain:
+            await self._write_range(chain, old_size, bytes(tail_end - old_size))
+        zeros = bytes(self.boot.bytes_per_sector)
+        for first, n in self._cluster_sectors(new):
+            await self._write(first, zeros * n)
+
+    async def extents(self, ref: FileRef, offset: int = 0, length: int | None = None
+                      ) -> list[Extent]:
+        """Resolve file bytes offset..offset+length to runs of contiguous device sectors.
+
+        The range is clipped to the file's allocated clusters; ``offset`` is rounded
+        down to a volume sector. Adjacent clusters merge into one extent. Bounded.
+        """
+        node, _ = await self._target(ref)
+        if node.entry.is_dir:
+            raise IsADirectory(f"{node.name}: is a directory")
+        return self._extents(node, offset, length)
+
+    def _extents(self, node: _Node, offset: int, length: int | None) -> list[Extent]:
+        cs, ss = self.boot.cluster_size, self.boot.bytes_per_sector
+        alloc_end = -(-node.entry.size // cs) * cs
+        end = alloc_end if length is None else min(alloc_end, offset + length)
+        offset -= offset % ss
+        if offset >= end:
+            return []
+        need = -(-end // cs)
+        chain = self._chain(node, -(-node.entry.size // cs))[:need]
+        out: list[Extent] = []
+        pos = offset
+        while pos < end:
+            cl = chain[pos // cs]
+            within = pos % cs
+            sec = self.boot.cluster_to_sector(cl) + within // ss
+            n = -(-(min(cs - within, end - pos)) // ss)
+            lba = sec * self._scale
+            if out and out[-1].lba + out[-1].count == lba:
+                last = out[-1]
+                out[-1] = Extent(last.file_offset, last.lba, last.count + n * self._scale)
+            else:
+                out.append(Extent(pos, lba, n * self._scale))
+            pos += n * ss
+        return out
+
+    async def read(self, ref: FileRef, offset: int = 0, length: int | None = None) -> bytes:
+        """Read file data through the SectorIO (the tools' copy path, not the zero-copy one)."""
+        node, _ = await self._target(ref)
+        if node.entry.is_dir:
+            raise IsADirectory(f"{node.name}: is a directory")
+        size = node.entry.size
+        end = size if length is None else min(size, offset + length)
+        if offset >= end:
+            return b""
+        parts = []
+        for ext in self._extents(node, offset, end - offset):
+            parts.append(await self.io.read(ext.lba, ext.count))
+        start = offset % self.boot.bytes_per_sector
+        return b"".join(parts)[start:start + end - offset]
+
+    async def write(self, ref: FileRef, offset: int, data: bytes) -> int:
+        """Write file data through the SectorIO, extending (zero-filled) as needed."""
+        node, _ = await self._target(ref)
+        if offset + len(data) > node.entry.size:
+            await self.set_size(ref, offset + len(data))
+            node, _ = await self._target(ref)
+        else:
+            self._writable()
+        chain = self._chain(node, -(-node.entry.size // self.boot.cluster_size))
+        await self._write_range(chain, offset, data)
+        return len(data)
+
+    async def _write_range(self, chain: list[int], offset: int, data: bytes) -> None:
+        """Write bytes at a file offset, read-modify-writing partial sectors."""
+        ss = self.boot.bytes_per_sector
+        pos = 0
+        while pos < len(data):
+            file_pos = offset + pos
+            cl = chain[file_pos // self.boot.cluster_size]
+            sec = self.boot.cluster_to_sector(cl) + file_pos % self.boot.cluster_size // ss
+            within = file_pos % ss
+            take = min(ss - within, len(data) - pos)
+            if take == ss:
+                await self._write(sec, data[pos:pos + ss])
+            else:
+                buf = bytearray(await self._read(sec, 1))
+                buf[within:within + take] = data[pos:pos + take]
+                await self._write(sec, bytes(buf))
+            pos += take
+
+    async def set_times(self, ref: FileRef, mtime: float | None = None,
+                        atime: float | None = None) -> None:
+        self._writable()
+        node, _ = await self._target(ref)
+        mdate, mt, _ = dos_now(mtime)
+        adate, _, _ = dos_now(atime if atime is not None else mtime)
+        node.entry = node.entry.with_(mdate=mdate, mtime=mt, adate=adate)
+        await self._rewrite_entry(node)
+
+    async def fsync(self, ref: FileRef | None = None) -> None:
+        """Make the file's (and all) metadata durable: dirty FAT sectors, then a device flush."""
+        if ref is not None and isinstance(ref, int):
+            self._handle(ref)
+        if not self.read_only:
+            await self._flush_fat()
+            await self.io.flush()
+
+    # ================================================================ check
+    async def check(self) -> list[str]:
+        """A small, bounded fsck (read-only): the damage the table in docs/fat.md lists.
+
+        Reports cross-linked clusters, directory loops, damaged chains, orphan or
+        mismatched long-name entries and lost clusters. Each directory cluster is
+        visited at most once, so a loop cannot make the walk run forever.
+        """
+        report: list[str] = []
+        owner: dict[int, str] = {}
+        root = self._root_cluster
+        stack: list[tuple[int, str, frozenset[int]]] = [(root, "", frozenset({root}))]
+        seen: set[int] = set()
+        while stack:
+            key, path, ancestors = stack.pop()
+            if key in seen:
+                report.append(f"{path or '/'}: directory reached twice (cross-linked directory)")
+                continue
+            seen.add(key)
+            try:
+                d = await self._load_dir(key)
+            except BadChain as exc:
+                report.append(f"{path or '/'}: {exc.strerror}")
+                continue
+            self._claim(d.clusters, path or "/", owner, report)
+            if d.listing.orphan_lfn or d.listing.bad_checksum:
+                report.append(f"{path or '/'}: {d.listing.orphan_lfn} orphan long-name entries, "
+                              f"{d.listing.bad_checksum} with a bad checksum")
+            for slot in d.listing.slots:
+                if slot.entry.is_dot or slot.entry.is_label:
+                    continue
+                child, cl = f"{path}/{slot.name}", slot.entry.cluster
+                if slot.entry.is_dir and (cl in ancestors or cl == root):
+                    report.append(f"{child}: directory loop (cluster {cl} is an ancestor)")
+                elif slot.entry.is_dir and cl:
+                    stack.append((cl, child, ancestors | {cl}))
+                elif cl:
+                    self._check_file(child, slot.entry, owner, report)
+        lost = sum(1 for c in range(2, self.boot.max_cluster + 1)
+                   if self.fat.get(c) != 0 and c not in owner)
+        if lost:
+            report.append(f"{lost} lost cluster(s): allocated but in no file")
+        return report
+
+    def _check_file(self, path: str, entry: ShortEntry, owner: dict[int, str],
+                    report: list[str]) -> None:
+        try:
+            chain = self.fat.chain(entry.cluster)
+        except BadChain as exc:
+            report.append(f"{path}: {exc.strerror}")
+            return
+        if len(chain) * self.boot.cluster_size < entry.size:
+            report.append(f"{path}: chain shorter than the file size")
+        self._claim(chain, path, owner, report)
+
+    @staticmethod
+    def _claim(clusters: list[int], path: str, owner: dict[int, str],
+               report: list[str]) -> None:
+        for c in clusters:
+            other = owner.setdefault(c, path)
+            if other != path:
+                report.append(f"{path}: cross-linked with {other} at cluster {c}")
+                return
+
+    # ================================================================ alignment
+    @property
+    def data_start_byte(self) -> int:
+        """Byte offset of cluster 2 from the start of the device."""
+        return self.io.partition_offset + self.boot.data_start * self.boot.bytes_per_sector
+
+    def data_alignment_ok(self, page_size: int = 4096, alignment_offset: int = 0) -> bool:
+        """True when every cluster maps onto whole ``page_size`` device pages.
+
+        The data region must start on a page boundary (counted from the device's
+        first aligned byte, ``alignment_offset``) and clusters must be whole pages.
+        """
+        aligned = (self.data_start_byte - alignment_offset) % page_size == 0
+        return aligned and self.boot.cluster_size % page_size == 0
+
+
+def _new_entry(attr: int) -> ShortEntry:
+    date, tm, cs = dos_now()
+    return ShortEntry(name=b" " * 11, attr=attr, ctime_cs=cs, ctime=tm, cdate=date, adate=date,
+                      mtime=tm, mdate=date)
+
