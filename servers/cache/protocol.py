@@ -76,7 +76,7 @@ class Writeback(msgspec.Struct, frozen=True, gc=False, tag=True):
     pages: list[int] = msgspec.field(default_factory=list)
 
 
-class FlushDevice(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+class FlushDevice(msgspec.Struct, frozen=True, gc=False, tag=True):
     """Write every dirty page of the device, then flush the device (reply after durable)."""
 
     device: str
@@ -89,17 +89,20 @@ class Invalidate(msgspec.Struct, frozen=True, gc=False, tag=True):
     pages: list[int]
 
 
-class GetCacheStats(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+class GetCacheStats(msgspec.Struct, frozen=True, gc=False, tag=True):
     """Ask for ``CacheStats``."""
 
 
-class GiveBackDone(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+class GiveBackDone(msgspec.Struct, frozen=True, gc=False, tag=True):
     """A page holder's answer to ``GiveBack``: how many pins it released (after ``Release``s)."""
 
     request: int
     released: int
 
 
+# msgspec decodes a tagged union only when its members agree on array_like: the
+# requests with list fields are maps, so every request is a map (and GiveBack
+# is one too, as it shares the holder's inbox union with SectorsReady/CacheFailed).
 CacheRequest = (
     CacheRead
     | CacheMap
@@ -137,7 +140,7 @@ class Pages(msgspec.Struct, frozen=True, gc=False, tag=True):
     pages: list[PageRef]
 
 
-class GiveBack(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+class GiveBack(msgspec.Struct, frozen=True, gc=False, tag=True):
     """Cache -> page holder under memory pressure: please release about ``pages`` pins."""
 
     request: int
@@ -155,3 +158,7 @@ class CacheStats(msgspec.Struct, frozen=True, gc=False, tag=True):
     driver_commands: int
     read_bytes: int
     write_bytes: int
+
+
+# What a page holder's inbox (the kernel file driver) receives from the cache.
+CacheNotification = SectorsReady | CacheFailed | GiveBack

@@ -1,0 +1,547 @@
+"""The disc cache manager: a thin async shell around :mod:`servers.cache.pages`.
+
+It owns up to ``capacity_pages`` physical frames (allocated lazily, from the
+zone each device can DMA into), asks the drivers to DMA sectors straight into
+them, and hands ``(sector, physical address)`` pairs to whoever waits: the
+kernel file driver for ``CacheRead`` (``SectorsReady`` goes to the *notify*
+port, DESIGN §4), the caller for ``CacheMap``. No file data ever crosses a
+message or is copied here.
+
+Memory pressure, in order of cost: evict clean unpinned pages by second
+chance; write dirty candidates and evict them; ask the page holders
+(``GiveBack``) and wait, bounded; then fail the request with ``CacheFull``
+(ENOMEM). Below the low-water mark a background task reclaims up to the
+high-water mark so requests rarely have to.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import anyio
+
+from drivers.protocol import Flush, Geometry, Identify, IoDone, Read, Write
+from microkernel.errors import CapabilityDenied, PortNotFound, ServerStopped
+from microkernel.ipc import Envelope, Router
+from microkernel.memory import OutOfFrames, PhysicalMemory, QuotaExceeded, Zone
+from microkernel.server import Server, handles
+from servers.cache.errors import CacheFull, DeviceError, NoSuchDevice
+from servers.cache.geometry import Command, PageGeometry, max_pages_per_command
+from servers.cache.pages import Admission, PageCache, Sweep, Waiter
+from servers.cache.protocol import (
+    CacheFailed,
+    CacheMap,
+    CacheRead,
+    CacheRequest,
+    CacheStats,
+    Extent,
+    FlushDevice,
+    GetCacheStats,
+    GiveBack,
+    GiveBackDone,
+    Invalidate,
+    MarkDirty,
+    PageRef,
+    Pages,
+    Release,
+    SectorsReady,
+    Writeback,
+)
+
+# Bounds on the retry loops, so a pathological workload ends in a typed error, never a spin.
+_ADMIT_ATTEMPTS = 64
+_WRITEBACK_ROUNDS = 16
+_UNREACHABLE = (PortNotFound, CapabilityDenied, ServerStopped)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedDevice:
+    """A device as the cache sees it: its driver port, geometry and derived limits."""
+
+    name: str
+    port: str
+    geometry: Geometry
+    pages: PageGeometry
+    zone: Zone
+    max_pages: int
+
+
+@dataclass(eq=False, slots=True)
+class _GiveBackRound:
+    """One outstanding ``GiveBack``: the holders that have not answered yet."""
+
+    request: int
+    pending: set[str]
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+def _errno_of(exc: OSError) -> tuple[int, str]:
+    return exc.errno if exc.errno is not None else errno.EIO, exc.strerror or str(exc)
+
+
+class CacheServer(Server):
+    """The disc cache manager server (DESIGN §4): pages, wait lists, writeback, replacement."""
+
+    protocol = CacheRequest
+    concurrent = True
+
+    def __init__(
+        self,
+        name: str,
+        router: Router,
+        memory: PhysicalMemory,
+        *,
+        devices: dict[str, str],
+        capacity_pages: int,
+        low_water: float = 0.05,
+        high_water: float = 0.15,
+        writeback_interval: float | None = 1.0,
+        holders: list[str] | None = None,
+        max_pages_per_command: int | None = None,
+        giveback_timeout: float = 5.0,
+        io_timeout: float | None = 30.0,
+    ) -> None:
+        if capacity_pages < 1:
+            raise ValueError(f"capacity_pages must be >= 1, got {capacity_pages}")
+        if not 0.0 <= low_water <= high_water < 1.0:
+            raise ValueError(
+                f"need 0 <= low_water <= high_water < 1, got {low_water}, {high_water}"
+            )
+        super().__init__(name, router)
+        self.memory = memory
+        self.capacity = capacity_pages
+        self.core = PageCache()
+        self.devices: dict[str, CachedDevice] = {}
+        self._ports = dict(devices)
+        self._low = math.ceil(low_water * capacity_pages)
+        self._high = math.ceil(high_water * capacity_pages)
+        self._interval = writeback_interval
+        self._holders = ["vfs"] if holders is None else list(holders)
+        self._page_limit = max_pages_per_command
+        self._giveback_timeout = giveback_timeout
+        self._io_timeout = io_timeout
+        self._frames = 0
+        self._waiting: dict[Waiter, anyio.Event] = {}
+        self._open_reads: dict[int, CacheRead] = {}
+        self._read_ids = itertools.count()
+        self.quarantined: list[int] = []  # frames a crash left to a driver's in-flight DMA
+        self._rounds: dict[int, _GiveBackRound] = {}
+        self._round: _GiveBackRound | None = None
+        self._round_ids = itertools.count(1)
+        self._hits = self._misses = self._evictions = 0
+        self._commands = self._read_bytes = self._write_bytes = 0
+        self._released = 0
+        # Events need a running event loop: created in setup().
+        self._pressure: anyio.Event | None = None
+        self._backlog: dict[str, set[int]] = {}  # dirty pages the clock wants written
+        self._writes_settled: anyio.Event | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    async def setup(self) -> None:
+        """Identify every device, derive its page grid and DMA zone, set the frame quota."""
+        self._pressure = anyio.Event()
+        self._writes_settled = anyio.Event()
+        for device, port in self._ports.items():
+            geometry: Geometry = await self.endpoint.call(
+                port, Identify(), Geometry, timeout=self._io_timeout
+            )
+            self.devices[device] = CachedDevice(
+                device,
+                port,
+                geometry,
+                PageGeometry.from_geometry(geometry),
+                Zone.LOW if geometry.dma_bits <= 32 else Zone.ANY,
+                max_pages_per_command(geometry, self._page_limit),
+            )
+            self.core.add_device(device, self.devices[device].pages)
+        self.memory.set_quota(self.name, self.capacity)
+
+    async def teardown(self) -> None:
+        """Write every dirty page and flush every device while the drivers still run."""
+        for device in self.devices.values():
+            try:
+                await self._writeback(device, None)
+                await self._command(device, Flush())
+            except OSError as exc:
+                self.log.error("flush at shutdown failed", device=device.name, error=str(exc))
+
+    async def background(self) -> None:
+        """Periodic writeback and low-water reclaim, beside the inbox, for the server's life."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._reclaimer)
+            if self._interval is not None:
+                tg.start_soon(self._periodic_writeback, self._interval)
+
+    async def restart(self) -> None:
+        """After a crash the handler tasks are gone: fail their requests, forget I/O in flight.
+
+        Frames of reads that were in flight stay allocated (quarantined, still
+        counted against the capacity): the driver may yet DMA into them, and a
+        frame reused meanwhile would be silently corrupted.
+        """
+        why = f"cache {self.name} restarted after a crash"
+        outcome = self.core.abort_io(errno.EIO, why)
+        self.quarantined.extend(outcome.free)
+        for waiter in list(self._waiting):
+            if waiter.error is None:
+                waiter.error = (errno.EIO, why)
+                self.core.release(waiter.device, waiter.pages)
+        self._wake(list(self._waiting))
+        self._round = None
+        reads, self._open_reads = self._open_reads, {}
+        for msg in reads.values():
+            await self._notify(msg.notify, CacheFailed(msg.tag, msg.device, errno.EIO, why))
+
+    # ------------------------------------------------------------------ reading
+    @handles(CacheRead)
+    async def on_read(self, env: Envelope, msg: CacheRead) -> None:
+        """Answer the notify port, never the sender: a failure is a ``CacheFailed`` message there."""
+        key = next(self._read_ids)
+        self._open_reads[key] = msg  # left behind only if a crash cancels us: restart() answers
+        try:
+            waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill)
+        except OSError as exc:
+            del self._open_reads[key]
+            err, message = _errno_of(exc)
+            await self._notify(msg.notify, CacheFailed(msg.tag, msg.device, err, message))
+            return
+        del self._open_reads[key]
+        refs = [PageRef(lba, phys) for lba, phys in self.core.refs(waiter)]
+        if not await self._notify(msg.notify, SectorsReady(msg.tag, msg.device, refs)):
+            self.core.release(msg.device, waiter.pages)  # nobody will ever release these pins
+
+    @handles(CacheMap)
+    async def on_map(self, env: Envelope, msg: CacheMap) -> Pages:
+        waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill)
+        return Pages([PageRef(lba, phys) for lba, phys in self.core.refs(waiter)])
+
+    async def _notify(self, port: str, msg: SectorsReady | CacheFailed) -> bool:
+        try:
+            await self.endpoint.send(port, msg)
+        except _UNREACHABLE as exc:
+            self.log.warning("notify port unreachable", port=port, error=str(exc))
+            return False
+        return True
+
+    async def _fetch(self, name: str, extents: list[Extent], zero_fill: bool) -> Waiter:
+        """Admit a request, load what is missing, wait for what others load; return it pinned."""
+        device = self._device(name)
+        pages = device.pages.pages_of(extents)
+        if len(pages) > self.capacity:
+            raise CacheFull(f"request for {len(pages)} pages exceeds the cache of {self.capacity}")
+        whole = device.pages.whole_pages(extents) if zero_fill else set()
+        admission = await self._admit(device, pages, whole)
+        waiter = admission.waiter
+        self.memory.zero(admission.zero)
+        self._count(hits=admission.hits, misses=len(admission.to_read))
+        done = self._waiting[waiter] = anyio.Event()
+        if waiter.done:
+            self._wake([waiter])
+        if admission.to_read:
+            commands = device.pages.commands(
+                [(p.lba, p.phys) for p in admission.to_read], device.max_pages
+            )
+            async with anyio.create_task_group() as tg:
+                for command in commands:
+                    tg.start_soon(self._load, device, command)
+        await done.wait()
+        if waiter.error is not None:
+            raise DeviceError(f"reading {name}: {waiter.error[1]}", waiter.error[0])
+        return waiter
+
+    async def _load(self, device: CachedDevice, command: Command) -> None:
+        """One driver ``Read``; its outcome moves the pages on and wakes whoever completes."""
+        try:
+            await self._command(device, Read(command.lba, command.count, command.sg))
+        except OSError as exc:
+            outcome = self.core.load_failed(device.name, command.pages, *_errno_of(exc))
+            self._free(outcome.free)
+        else:
+            self._read_bytes += command.count * device.pages.sector_size
+            outcome = self.core.loaded(device.name, command.pages)
+            self.memory.zero(outcome.zero)
+        self._wake(outcome.finished)
+
+    def _wake(self, waiters: Iterable[Waiter]) -> None:
+        for waiter in waiters:
+            event = self._waiting.pop(waiter, None)
+            if event is not None:
+                event.set()
+
+    async def _command(self, device: CachedDevice, msg: Read | Write | Flush) -> IoDone:
+        self._commands += 1
+        done: IoDone = await self.endpoint.call(device.port, msg, IoDone, timeout=self._io_timeout)
+        return done
+
+    # -------------------------------------------------------------- admission
+    async def _admit(self, device: CachedDevice, pages: list[int], whole: set[int]) -> Admission:
+        """Find frames for the absent pages, reclaiming as needed, then admit without awaiting."""
+        for _ in range(_ADMIT_ATTEMPTS):
+            need = self.core.absent(device.name, pages)
+            frames = self._allocate(device, need)
+            if frames is not None:
+                admission = self.core.admit(device.name, pages, whole, frames)
+                if self._free_count() < self._low:
+                    self._kick()
+                return admission
+            await self._reclaim(need)
+        raise CacheFull(f"no frames for {len(pages)} pages of {device.name} after repeated reclaim")
+
+    def _allocate(self, device: CachedDevice, need: int) -> list[int] | None:
+        if need > self._free_count():
+            return None
+        try:
+            frames = self.memory.alloc(self.name, need, device.zone)
+        except (OutOfFrames, QuotaExceeded):
+            return None
+        self._frames += need
+        return frames
+
+    def _free_count(self) -> int:
+        return self.capacity - self._frames
+
+    def _free(self, frames: list[int]) -> None:
+        if frames:
+            self.memory.release(frames)
+            self._frames -= len(frames)
+
+    def _count(self, *, hits: int = 0, misses: int = 0, evictions: int = 0) -> None:
+        self._hits += hits
+        self._misses += misses
+        self._evictions += evictions
+        counters = self.router.counters
+        counters.cache_hits += hits
+        counters.cache_misses += misses
+        counters.cache_evictions += evictions
+
+    # ------------------------------------------------------------ replacement
+    def _sweep(self, want: int) -> Sweep:
+        """Evict up to ``want`` clean pages; dirty pages the clock passed go to the writer.
+
+        Writing them even when clean pages sufficed is what lets a page that
+        was dirtied once leave the cache later instead of squatting forever.
+        """
+        sweep = self.core.sweep(want)
+        self._free(sweep.evicted)
+        self._count(evictions=len(sweep.evicted))
+        for name, lbas in sweep.dirty.items():
+            self._backlog.setdefault(name, set()).update(lbas)
+        if sweep.dirty:
+            self._kick()
+        return sweep
+
+    def _kick(self) -> None:
+        if self._pressure is not None:
+            self._pressure.set()
+
+    async def _reclaim(self, need: int) -> None:
+        """Make ``need`` frames free or raise ``CacheFull``: evict, write dirty, then ask holders."""
+        if self._free_count() >= need:
+            # The machine's zone ran dry, not our quota: hand some of our frames back to it.
+            if not self._sweep(need).evicted:
+                raise CacheFull(f"physical memory has no {need} frames for the cache to take")
+            return
+        dirty = self._sweep(need + self._high - self._free_count()).dirty
+        if self._free_count() >= need:
+            return
+        if dirty:
+            await self._write_candidates(dirty)
+            return
+        if self._writes_in_flight():
+            await self._settled()
+            return
+        if not await self._give_back(need - self._free_count()):
+            raise CacheFull(
+                f"{need} frames wanted, {self._free_count()} free and every other page is pinned"
+            )
+
+    async def _write_candidates(self, dirty: dict[str, list[int]]) -> None:
+        for name, lbas in dirty.items():
+            try:
+                await self._write(self.devices[name], lbas)
+            except OSError as exc:
+                self.log.warning("writeback before eviction failed", device=name, error=str(exc))
+
+    def _writes_in_flight(self) -> bool:
+        return any(self.core.in_flight_writes(name) for name in self.devices)
+
+    async def _reclaimer(self) -> None:
+        """Write the dirty pages the clock passed; below low water, reclaim up to high water."""
+        assert self._pressure is not None
+        while True:
+            await self._pressure.wait()
+            self._pressure = anyio.Event()
+            backlog, self._backlog = self._backlog, {}
+            await self._write_candidates({name: sorted(lbas) for name, lbas in backlog.items()})
+            if self._free_count() < self._low:
+                self._sweep(self._high - self._free_count())
+
+    async def _give_back(self, pages: int) -> bool:
+        """Ask every holder to release about ``pages`` pins; wait (bounded) for their answers.
+
+        Returns whether any pin was released meanwhile. One round at a time: a
+        second short request joins the round in progress instead of asking again.
+        """
+        released = self._released
+        round_ = self._round
+        if round_ is None:
+            round_ = await self._start_round(pages)
+            if round_ is None:
+                return False
+        with anyio.move_on_after(self._giveback_timeout):
+            await round_.done.wait()
+        self._end_round(round_)
+        return self._released > released
+
+    async def _start_round(self, pages: int) -> _GiveBackRound | None:
+        round_ = _GiveBackRound(next(self._round_ids), set())
+        self._round = self._rounds[round_.request] = round_
+        for holder in self._holders:
+            try:
+                await self.endpoint.send(holder, GiveBack(round_.request, pages))
+            except _UNREACHABLE:
+                continue
+            round_.pending.add(holder)
+        if not round_.pending:
+            self._end_round(round_)
+            return None
+        return round_
+
+    def _end_round(self, round_: _GiveBackRound) -> None:
+        self._rounds.pop(round_.request, None)
+        if self._round is round_:
+            self._round = None
+
+    @handles(GiveBackDone)
+    async def on_give_back_done(self, env: Envelope, msg: GiveBackDone) -> None:
+        round_ = self._rounds.get(msg.request)
+        if round_ is None:
+            return  # answered after the wait timed out: the releases still counted
+        round_.pending.discard(env.src)
+        if not round_.pending:
+            round_.done.set()
+
+    # ----------------------------------------------------------------- pins
+    @handles(Release)
+    async def on_release(self, env: Envelope, msg: Release) -> None:
+        pages = self._pages(msg.device, msg.pages)
+        self._released += len(pages)
+        self.core.release(msg.device, pages)
+
+    @handles(MarkDirty)
+    async def on_mark_dirty(self, env: Envelope, msg: MarkDirty) -> None:
+        self.core.mark_dirty(msg.device, self._pages(msg.device, msg.pages))
+
+    @handles(Invalidate)
+    async def on_invalidate(self, env: Envelope, msg: Invalidate) -> None:
+        self._free(self.core.invalidate(msg.device, self._pages(msg.device, msg.pages)))
+
+    def _pages(self, name: str, lbas: Iterable[int]) -> list[int]:
+        """Page numbers for sector numbers (a holder may name any sector inside a page)."""
+        grid = self._device(name).pages
+        return [grid.page_of(lba) for lba in lbas]
+
+    def _device(self, name: str) -> CachedDevice:
+        device = self.devices.get(name)
+        if device is None:
+            raise NoSuchDevice(f"the cache has no device {name!r}")
+        return device
+
+    # ---------------------------------------------------------------- writing
+    @handles(Writeback)
+    async def on_writeback(self, env: Envelope, msg: Writeback) -> None:
+        device = self._device(msg.device)
+        await self._writeback(device, sorted(set(self._pages(msg.device, msg.pages))) or None)
+
+    @handles(FlushDevice)
+    async def on_flush(self, env: Envelope, msg: FlushDevice) -> None:
+        device = self._device(msg.device)
+        await self._writeback(device, None)
+        await self._command(device, Flush())
+
+    async def _writeback(self, device: CachedDevice, lbas: list[int] | None) -> None:
+        """Write the pages until none of them is dirty or in flight (writes by others included)."""
+        for _ in range(_WRITEBACK_ROUNDS):
+            await self._write(device, lbas)
+            if self.core.in_flight_writes(device.name, lbas):
+                await self._settled()
+            elif not self._dirty_among(device, lbas):
+                return
+
+    def _dirty_among(self, device: CachedDevice, lbas: list[int] | None) -> bool:
+        dirty = self.core.dirty_pages(device.name)
+        return bool(dirty) if lbas is None else not set(dirty).isdisjoint(lbas)
+
+    async def _write(self, device: CachedDevice, lbas: Iterable[int] | None) -> None:
+        """Write the dirty resident pages among ``lbas`` as whole pages, runs merged per command."""
+        pages = self.core.start_write(device.name, lbas)
+        if not pages:
+            return
+        commands = device.pages.commands([(p.lba, p.phys) for p in pages], device.max_pages)
+        errors: list[OSError] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                for command in commands:
+                    tg.start_soon(self._store, device, command, errors)
+        finally:
+            self._signal_settled()
+        if errors:
+            raise DeviceError(f"writing {device.name}: {errors[0]}", _errno_of(errors[0])[0])
+
+    async def _store(self, device: CachedDevice, command: Command, errors: list[OSError]) -> None:
+        try:
+            await self._command(device, Write(command.lba, command.count, command.sg))
+        except OSError as exc:
+            self.core.write_failed(device.name, command.pages)
+            errors.append(exc)
+        else:
+            self._write_bytes += command.count * device.pages.sector_size
+            self.core.written(device.name, command.pages)
+
+    async def _settled(self) -> None:
+        """Wait until some write batch completes."""
+        assert self._writes_settled is not None
+        await self._writes_settled.wait()
+
+    def _signal_settled(self) -> None:
+        if self._writes_settled is not None:
+            self._writes_settled.set()
+        self._writes_settled = anyio.Event()
+
+    async def _periodic_writeback(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            for device in list(self.devices.values()):
+                try:
+                    await self._write(device, None)
+                except OSError as exc:
+                    self.log.warning(
+                        "periodic writeback failed", device=device.name, error=str(exc)
+                    )
+
+    # ------------------------------------------------------------------ stats
+    @handles(GetCacheStats)
+    async def on_stats(self, env: Envelope, msg: GetCacheStats) -> CacheStats:
+        return self.cache_stats()
+
+    def cache_stats(self) -> CacheStats:
+        census = self.core.census()
+        return CacheStats(
+            pages_total=self.capacity,
+            pages_present=census.present,
+            pages_dirty=census.dirty,
+            pages_pinned=census.pinned,
+            hits=self._hits,
+            misses=self._misses,
+            evictions=self._evictions,
+            driver_commands=self._commands,
+            read_bytes=self._read_bytes,
+            write_bytes=self._write_bytes,
+        )
+
+
+__all__ = ["CacheServer", "CachedDevice"]
