@@ -45,7 +45,7 @@ class Geometry(msgspec.Struct, frozen=True, gc=False, tag=True):
     partitions: list[Partition] = msgspec.field(default_factory=list)
 
 
-class Identify(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+class Identify(msgspec.Struct, frozen=True, gc=False, tag=True):
     """Ask for the geometry (reply: ``Geometry``)."""
 
 
@@ -66,7 +66,7 @@ class Write(msgspec.Struct, frozen=True, gc=False, tag=True):
     fua: bool = False
 
 
-class Flush(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+class Flush(msgspec.Struct, frozen=True, gc=False, tag=True):
     """Make every completed write durable (fsync of the image; reply: ``IoDone``)."""
 
 
@@ -97,8 +97,10 @@ class DriverStats(msgspec.Struct, frozen=True, gc=False, tag=True):
     max_in_flight: int
 
 
-class GetStats(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+class GetStats(msgspec.Struct, frozen=True, gc=False, tag=True):
     """Ask for ``DriverStats``."""
 
 
+# msgspec decodes a tagged union only when its members agree on array_like; the
+# requests with list fields are maps, so the field-less ones are maps as well.
 BlockRequest = Identify | Read | Write | Flush | InjectFault | GetStats
