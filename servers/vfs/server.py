@@ -24,8 +24,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import msgspec
@@ -97,7 +97,7 @@ from servers.vfs.protocol import (
     Write,
     Written,
 )
-from servers.vfs.second_chance import scan
+from servers.vfs.second_chance import AGE_INITIAL, scan
 
 FILEMAP_OFFSET = 0
 STATE_OFFSET = PAGE_SIZE
@@ -172,7 +172,8 @@ class Window:
     procpage_frame: int
     writer: FileMapWriter
     procpage: ProcessFilePage
-    mapped: set[int] = field(default_factory=set)  # file pages mapped in this window
+    mapped: set[int] = field(default_factory=set)  # file pages linked into a FileMap part
+    generation: dict[int, int] = field(default_factory=dict)  # page -> times it was mapped
     parts: dict[int, tuple[int, int]] = field(default_factory=dict)  # part -> (first page, n)
     ages: dict[int, int] = field(default_factory=dict)
 
@@ -214,6 +215,7 @@ class VfsServer(Server):
         self._tags = itertools.count(1)
         self._fetches: dict[int, Fetch] = {}
         self._open_lock = anyio.Lock()
+        self._retiring: dict[tuple[str, str], anyio.Event] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def setup(self) -> None:
@@ -259,6 +261,9 @@ class VfsServer(Server):
 
     async def _central(self, path: str, flags: OpenFlags) -> CentralFile:
         key = (self.fs, _normalise(path))
+        retiring = self._retiring.get(key)
+        if retiring is not None:
+            await retiring.wait()
         cfile = self.files.get(key)
         create, excl = bool(flags & OpenFlags.CREATE), bool(flags & OpenFlags.EXCLUSIVE)
         if cfile is not None:
@@ -342,15 +347,26 @@ class VfsServer(Server):
             await self._retire(cfile)
 
     async def _retire(self, cfile: CentralFile) -> None:
-        """Last close: write back, give the pages back to the cache, close in the file system."""
-        await self._write_back(cfile)
-        await self._trim(cfile)
-        if cfile.modified:
-            await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, time.time()), Ok)
-        self._drop_pages(cfile, list(cfile.pages))
-        self.files.pop(cfile.key, None)
-        self.memory.release([cfile.state_frame])
-        await self.endpoint.call(cfile.fs, FsClose(cfile.fs_handle), Ok)
+        """Last close: write back, give the pages back to the cache, close in the file system.
+
+        The file leaves the table first and an open of the same path waits for
+        the retirement, so no new window can join a central file being torn down.
+        """
+        if self.files.get(cfile.key) is cfile:
+            del self.files[cfile.key]
+        done = self._retiring[cfile.key] = anyio.Event()
+        try:
+            await self._write_back(cfile)
+            await self._trim(cfile)
+            if cfile.modified:
+                await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, time.time()), Ok)
+            self._drop_pages(cfile, list(cfile.pages))
+            self.memory.release([cfile.state_frame])
+            await self.endpoint.call(cfile.fs, FsClose(cfile.fs_handle), Ok)
+        finally:
+            if self._retiring.get(cfile.key) is done:
+                del self._retiring[cfile.key]
+            done.set()
 
     # ------------------------------------------------------------------ CachePart
     @handles(CachePart)
@@ -485,6 +501,8 @@ class VfsServer(Server):
             frames = [window.file.pages[p].phys for p in run]
             window.space.map(DATA_OFFSET + run[0] * PAGE_SIZE, frames, writable=window.writable)
             window.mapped.update(run)
+            for p in run:
+                window.generation[p] = window.generation.get(p, 0) + 1
             zero_copy = sum(1 for p in run if window.file.pages[p].cache_lba is not None)
             self.router.counters.bytes_zero_copy += zero_copy * PAGE_SIZE
             self._insert_part(window, run)
@@ -503,7 +521,7 @@ class VfsServer(Server):
             )
         window.procpage.reset_part(index)
         window.parts[index] = (run[0], len(run))
-        window.ages[index] = 1
+        window.ages[index] = AGE_INITIAL
 
     # ------------------------------------------------------------- removing parts
     def _evict_parts(self, window: Window, count: int) -> None:
@@ -521,11 +539,16 @@ class VfsServer(Server):
                 self._mark_dirty(window.file, range(first, first + n))
             window.writer.remove(index)
             removed_pages.extend(range(first, first + n))
+            # The pages count as unmapped at once (a miss maps them again under a new
+            # part); the real unmap waits out the grace and spares pages mapped again.
+            window.mapped.difference_update(range(first, first + n))
             self._later(window, index, first, n)
         return removed_pages
 
     def _later(self, window: Window, index: int, first: int, n: int) -> None:
         """Clear the entry after one grace period and unmap after another."""
+
+        generations = {p: window.generation.get(p, 0) for p in range(first, first + n)}
 
         async def retire() -> None:
             await anyio.sleep(GRACE_S)
@@ -537,8 +560,13 @@ class VfsServer(Server):
                 window.writer.clear_part(index)
             await anyio.sleep(GRACE_S)
             if window.handle in self.windows:
-                window.space.unmap(DATA_OFFSET + first * PAGE_SIZE, n, discard=True)
-                window.mapped.difference_update(range(first, first + n))
+                stale = [
+                    p
+                    for p, g in generations.items()
+                    if p not in window.mapped and window.generation.get(p) == g
+                ]
+                for run in _runs(stale):
+                    window.space.unmap(DATA_OFFSET + run[0] * PAGE_SIZE, len(run), discard=True)
 
         self._spawn(retire)
 
@@ -668,7 +696,7 @@ class VfsServer(Server):
             return
         if size < cfile.size:
             await self._shrink(cfile, size)
-        if size < cfile.fat_size and size < cfile.size or size > cfile.fat_size:
+        if (size < cfile.fat_size and size < cfile.size) or size > cfile.fat_size:
             await self._fs_set_size(cfile, size)
         cfile.published = size
         self._publish_state(cfile)

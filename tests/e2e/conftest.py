@@ -37,7 +37,9 @@ def mtype(image: Path, path: str) -> bytes:
 
 
 def fsck_ok(image: Path) -> None:
-    done = subprocess.run(["fsck.fat", "-n", str(image)], capture_output=True, timeout=60, check=False)
+    done = subprocess.run(
+        ["fsck.fat", "-n", str(image)], capture_output=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
 
 
@@ -52,7 +54,9 @@ def make_image(tmp_path: Path) -> ImageFactory:
     require_tool("mkfs.fat", "fsck.fat", "mcopy", "mmd", "mtype")
     counter = iter(range(1000))
 
-    def factory(files: dict[str, bytes] | None = None, *, aligned: bool = True, sectors: int = 65536) -> Path:
+    def factory(
+        files: dict[str, bytes] | None = None, *, aligned: bool = True, sectors: int = 65536
+    ) -> Path:
         image = tmp_path / f"disk{next(counter)}.img"
         if aligned:
             run("mkfs.fat", "-C", "-F", "16", "-s", "8", "-S", "512", image, str(sectors // 2))

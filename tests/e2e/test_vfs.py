@@ -153,7 +153,9 @@ async def test_unaligned_volume_takes_the_copy_path_with_identical_results(
     assert hashlib.sha256(mtype(image, "/big.bin")).digest() == hashlib.sha256(expected).digest()
 
 
-async def test_no_page_shows_bytes_past_eof_or_from_freed_clusters(make_image: ImageFactory) -> None:
+async def test_no_page_shows_bytes_past_eof_or_from_freed_clusters(
+    make_image: ImageFactory,
+) -> None:
     canary = b"\xca\xfe\xba\xbe" * (2 << 20 // 4)
     image = make_image({"/canary.bin": canary})
     async with microkernel.boot(image=image, memory="64M") as system:
@@ -181,7 +183,9 @@ async def test_no_page_shows_bytes_past_eof_or_from_freed_clusters(make_image: I
     fsck_ok(image)
 
 
-async def test_second_chance_evicts_untouched_parts_and_keeps_touched(make_image: ImageFactory) -> None:
+async def test_second_chance_evicts_untouched_parts_and_keeps_touched(
+    make_image: ImageFactory,
+) -> None:
     image = make_image({"/a.bin": BIG[: 1 << 20]})
     async with microkernel.boot(image=image, memory="64M") as system:
         proc = await system.spawn("p")
