@@ -1,0 +1,71 @@
+"""Tracing one read() through every server, and the viewers on a real trace."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+import microkernel
+from microkernel.traceview import mermaid_diagrams, render
+from tests.e2e.conftest import ImageFactory
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_one_read_is_traced_across_every_server(
+    make_image: ImageFactory, tmp_path: Path
+) -> None:
+    image = make_image({"/notes.txt": b"traced bytes\n" * 1000})
+    trace = tmp_path / "trace.jsonl"
+    async with microkernel.boot(image=image, memory="64M", trace=trace) as system:
+        proc = await system.spawn("reader")
+        async with await proc.open("/notes.txt", "rb") as f:
+            assert (await f.read()).startswith(b"traced bytes")
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    msgs = [e for e in events if e["event"] == "msg"]
+    (part,) = [m for m in msgs if m["msg"] == "CachePart"]
+    flow = [(m["src"], m["dst"], m["msg"]) for m in msgs if m["corr"] == part["corr"]]
+    # DESIGN §4: the cache answers the kernel file driver directly, not the file system.
+    assert sorted(flow) == sorted(
+        [
+            ("proc:1", "vfs", "CachePart"),
+            ("vfs", "fat0", "MapRange"),
+            ("fat0", "cache", "CacheRead"),
+            ("fat0", "vfs", "Mapped"),
+            ("cache", "nvme0", "Read"),
+            ("nvme0", "cache", "IoDone"),
+            ("cache", "vfs", "SectorsReady"),
+            ("vfs", "proc:1", "PartReady"),
+        ]
+    )
+    assert flow[0] == ("proc:1", "vfs", "CachePart")
+    assert flow[-1] == ("vfs", "proc:1", "PartReady")
+    spans = {
+        (e["server"], e["name"])
+        for e in events
+        if e["event"] == "span" and e["corr"] == part["corr"]
+    }
+    assert {
+        ("vfs", "CachePart"),
+        ("fat0", "MapRange"),
+        ("cache", "CacheRead"),
+        ("nvme0", "Read"),
+    } <= spans
+    (diagram,) = mermaid_diagrams(str(trace), corr=part["corr"])
+    for src, dst, name in flow:
+        assert name in diagram
+    out = io.StringIO()
+    render(str(trace), "perfetto", out=out)
+    assert json.loads(out.getvalue())["traceEvents"]
+
+
+async def test_tracing_off_writes_nothing(make_image: ImageFactory, tmp_path: Path) -> None:
+    image = make_image({"/a.txt": b"a"})
+    async with microkernel.boot(image=image, memory="64M") as system:
+        assert not system.tracer.enabled
+        proc = await system.spawn("p")
+        assert await proc.read_file("/a.txt") == b"a"
+    assert list(tmp_path.glob("*.jsonl")) == []
