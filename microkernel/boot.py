@@ -142,11 +142,14 @@ async def boot(
     caps = cfg.capabilities or default_capabilities(devices, filesystems)
     router = Router(capabilities=caps, counters=counters, tracer=tracer)
     system = System(cfg, router, mem, tracer)
+    failure: Exception | None = None
     try:
         async with anyio.create_task_group() as tg:
             try:
                 await _start_all(system, tg)
                 yield system
+            except Exception as exc:  # re-raised below, unwrapped from the task group
+                failure = exc
             finally:
                 with anyio.CancelScope(shield=True):
                     await _stop_all(system)
@@ -154,6 +157,8 @@ async def boot(
     finally:
         tracer.close()
         mem.close()
+    if failure is not None:
+        raise failure
 
 
 def _round_pages(n: int) -> int:
