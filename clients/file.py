@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 from types import TracebackType
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from microkernel.addrspace import AddressSpace
@@ -159,10 +160,23 @@ class File:
         end = self.size if size < 0 else min(self.size, pos + size)
         if pos >= end:
             return b""
-        out = bytearray(end - pos)
-        await self._copy_out(pos, memoryview(out))
+        if end > WINDOW_DATA:
+            out = bytearray(end - pos)
+            await self._legacy_read(pos, memoryview(out))
+            data = bytes(out)
+        else:
+            data = b"".join([view async for view in self._views(pos, end)])  # one copy
         self._page.set_position(self._slot, end)
-        return bytes(out)
+        return data
+
+    async def _views(self, pos: int, end: int) -> AsyncIterator[memoryview]:
+        """The mapped bytes pos..end, one read-only view per FileMap part crossed."""
+        while pos < end:
+            index, avail = await self._span(pos, end - pos)
+            n = min(avail, end - pos)
+            yield self._raw(pos, n)
+            self._page.note_read(index)
+            pos += n
 
     async def readinto(self, buffer: Any) -> int:
         """Read into a writable buffer; returns the byte count."""

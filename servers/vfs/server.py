@@ -21,6 +21,7 @@ by counted copies. Bytes past end of file always read as zero.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -451,8 +452,9 @@ class VfsServer(Server):
         ss = self.volume.logical_sector_size
         frames = {p.lba: p.phys for p in ready.pages}
         used: set[int] = set()
+        starts = [e.file_offset for e in extents]
         for page in pages:
-            direct = _direct_lba(page, extents, ss, self.volume.alignment_offset)
+            direct = _direct_lba(page, extents, starts, ss, self.volume.alignment_offset)
             if direct is not None and direct in frames:
                 cfile.pages[page] = FilePage(frames[direct], direct, [])
                 used.add(direct)
@@ -864,16 +866,22 @@ def _page_lba(lba: int, ss: int, align: int) -> int:
     return lba - (lba - origin) % spp
 
 
-def _direct_lba(page: int, extents: list[FileExtent], ss: int, align: int) -> int | None:
-    """The cache page that *is* this file page, if its 4 KiB lie in one extent on a page boundary."""
+def _direct_lba(
+    page: int, extents: list[FileExtent], starts: list[int], ss: int, align: int
+) -> int | None:
+    """The cache page that *is* this file page, if its 4 KiB lie in one extent on a page boundary.
+
+    ``starts`` are the extents' file offsets (sorted), so the lookup is a bisection.
+    """
     lo = page * PAGE_SIZE
-    for e in extents:
-        if e.file_offset <= lo and lo + PAGE_SIZE <= e.file_offset + e.count * ss:
-            lba = e.lba + (lo - e.file_offset) // ss
-            return (
-                lba if (lo - e.file_offset) % ss == 0 and _page_lba(lba, ss, align) == lba else None
-            )
-    return None
+    i = bisect.bisect_right(starts, lo) - 1
+    if i < 0:
+        return None
+    e = extents[i]
+    if lo + PAGE_SIZE > e.file_offset + e.count * ss or (lo - e.file_offset) % ss:
+        return None
+    lba = e.lba + (lo - e.file_offset) // ss
+    return lba if _page_lba(lba, ss, align) == lba else None
 
 
 def _byte_sources(
