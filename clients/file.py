@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from types import TracebackType
 from collections.abc import AsyncIterator
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from microkernel.addrspace import AddressSpace
