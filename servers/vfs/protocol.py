@@ -13,7 +13,6 @@ import enum
 
 import msgspec
 
-
 # Requests are map-encoded (not array_like): the kernel file driver's inbox also accepts
 # the cache's notifications, and a msgspec union cannot mix the two encodings.
 
