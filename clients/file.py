@@ -15,9 +15,7 @@ doubles while access stays sequential (readahead), up to ``MAX_PART``.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -123,10 +121,11 @@ class File:
 
     # ------------------------------------------------------------------ mapping
     def _raw(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
-        """The process's own load/store window onto file bytes (no checks: the FileMap vouched)."""
-        addr = self._space.base + DATA_OFFSET + offset
-        view = memoryview((ctypes.c_char * length).from_address(addr)).cast("B")
-        return view if writable else view.toreadonly()
+        """The process's own load/store onto file bytes (the FileMap vouched for them).
+
+        Used only for a copy finished before the next await, so it need not be tracked.
+        """
+        return self._space.raw_view(DATA_OFFSET + offset, length, writable=writable)
 
     async def _miss(self, position: int, want: int) -> None:
         """``CachePart`` for the part around ``position``; readahead grows while sequential."""
@@ -160,23 +159,17 @@ class File:
         end = self.size if size < 0 else min(self.size, pos + size)
         if pos >= end:
             return b""
-        if end > WINDOW_DATA:
-            out = bytearray(end - pos)
-            await self._legacy_read(pos, memoryview(out))
-            data = bytes(out)
-        else:
-            data = b"".join([view async for view in self._views(pos, end)])  # one copy
-        self._page.set_position(self._slot, end)
-        return data
-
-    async def _views(self, pos: int, end: int) -> AsyncIterator[memoryview]:
-        """The mapped bytes pos..end, one read-only view per FileMap part crossed."""
-        while pos < end:
+        if end <= WINDOW_DATA:
             index, avail = await self._span(pos, end - pos)
-            n = min(avail, end - pos)
-            yield self._raw(pos, n)
-            self._page.note_read(index)
-            pos += n
+            if avail >= end - pos:  # one part: one copy, straight out of the mapping
+                data = bytes(self._raw(pos, end - pos))
+                self._page.note_read(index)
+                self._page.set_position(self._slot, end)
+                return data
+        out = bytearray(end - pos)
+        await self._copy_out(pos, memoryview(out))
+        self._page.set_position(self._slot, end)
+        return bytes(out)
 
     async def readinto(self, buffer: Any) -> int:
         """Read into a writable buffer; returns the byte count."""
@@ -216,12 +209,24 @@ class File:
         end = size if length is None else min(size, offset + length)
         if offset < 0 or offset > end:
             raise OSError(errno.EINVAL, f"{self.name}: view {offset}+{length} outside the file")
+        for _ in range(MISS_RETRIES):
+            pos = offset
+            while pos < end:  # map every part of the range (misses may await)
+                index, avail = await self._span(pos, end - pos)
+                self._page.note_read(index)
+                pos += avail
+            if self._covered(offset, end):  # no await since: nothing was evicted meanwhile
+                return self._space.export(DATA_OFFSET + offset, end - offset)
+        raise OSError(errno.EIO, f"{self.name}: {offset}..{end} cannot stay mapped at once")
+
+    def _covered(self, offset: int, end: int) -> bool:
         pos = offset
         while pos < end:
-            index, avail = await self._span(pos, end - pos)
-            self._page.note_read(index)
-            pos += avail
-        return self._raw(offset, end - offset)
+            hit = self._filemap.find(pos)
+            if hit is None:
+                return False
+            pos = hit[1].position + hit[1].size
+        return True
 
     # ------------------------------------------------------------------- writes
     async def write(self, data: Any) -> int:

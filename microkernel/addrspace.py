@@ -24,6 +24,7 @@ import ctypes.util
 import errno
 import mmap
 import os
+import weakref
 from collections.abc import Sequence
 
 from microkernel.memory import PAGE_SIZE, BadAddress, PhysicalMemory
@@ -59,6 +60,18 @@ def _mmap(addr: int | None, length: int, prot: int, flags: int, fd: int, offset:
     return int(result)
 
 
+class _DeferredUnmap:
+    """Unmaps a closed range once the last view exported from it is garbage."""
+
+    def __init__(self, base: int, size: int, views: int) -> None:
+        self.base, self.size, self.views = base, size, views
+
+    def drop(self) -> None:
+        self.views -= 1
+        if self.views == 0:
+            _libc.munmap(self.base, self.size)
+
+
 class AddressSpace:
     """A reserved virtual range of ``size`` bytes whose pages map physical frames."""
 
@@ -78,6 +91,8 @@ class AddressSpace:
             0,
         )
         self._frames: dict[int, int] = {}  # page offset -> physical address
+        # Exported views by id (ctypes arrays are weak-referenceable but not hashable).
+        self._exports: dict[int, weakref.ref[ctypes.Array[ctypes.c_char]]] = {}
         self._closed = False
 
     def _check(self, offset: int, length: int) -> None:
@@ -146,15 +161,52 @@ class AddressSpace:
             raise BadAddress(f"view {offset:#x}+{length} outside the address space")
         if not self.is_mapped(offset, length):
             raise BadAddress(f"view {offset:#x}+{length} touches unmapped pages")
+        return self.export(offset, length, writable=writable)
+
+    def export(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
+        """A view that may outlive a part's mapping: tracked, so :meth:`close` never pulls
+        memory out from under it (a ctypes array is weak-referenceable, and every view or
+        slice of it keeps it alive)."""
+        buf = (ctypes.c_char * length).from_address(self.base + offset)
+        key = id(buf)
+        exports = self._exports
+
+        def forget(_: object) -> None:
+            exports.pop(key, None)
+
+        exports[key] = weakref.ref(buf, forget)
+        mv = memoryview(buf).cast("B")
+        return mv if writable else mv.toreadonly()
+
+    def raw_view(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
+        """An untracked view for a load or store the caller finishes before its next await."""
         buf = (ctypes.c_char * length).from_address(self.base + offset)
         mv = memoryview(buf).cast("B")
         return mv if writable else mv.toreadonly()
 
     def close(self) -> None:
-        if not self._closed:
+        """Give the range back. Views still exported keep it reserved, reading zeros."""
+        if self._closed:
+            return
+        self._closed = True
+        live = [buf for ref in list(self._exports.values()) if (buf := ref()) is not None]
+        if not live:
             _libc.munmap(self.base, self.size)
             self._frames.clear()
-            self._closed = True
+            return
+        for first in sorted(self._frames):
+            _mmap(
+                self.base + first,
+                PAGE_SIZE,
+                mmap.PROT_READ | mmap.PROT_WRITE,
+                MAP_FIXED | mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
+                -1,
+                0,
+            )
+        self._frames.clear()
+        release = _DeferredUnmap(self.base, self.size, len(live))
+        for buf in live:
+            weakref.finalize(buf, release.drop)
 
 
 class StitchedAddressSpace(AddressSpace):
@@ -199,6 +251,12 @@ class StitchedAddressSpace(AddressSpace):
                 raise NotContiguous(f"pages at {first:#x}.. are not one frame run in stitched mode")
         mv = self.memory.view(phys0 + offset - first, length)
         return mv if writable else mv.toreadonly()
+
+    def export(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
+        return self.view(offset, length, writable=writable)
+
+    def raw_view(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
+        return self.view(offset, length, writable=writable)
 
     def close(self) -> None:
         self._frames.clear()

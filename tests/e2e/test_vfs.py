@@ -275,3 +275,16 @@ async def test_read_larger_than_the_cache(make_image: ImageFactory) -> None:
                 digest.update(chunk)
         assert digest.digest() == hashlib.sha256(big).digest()
         assert system.statistics().cache_evictions > 0
+
+
+async def test_a_view_kept_after_close_reads_zeros_and_never_faults(make_image: ImageFactory) -> None:
+    image = make_image({"/v.bin": SMALL})
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("p")
+        async with await proc.open("/v.bin", "rb") as f:
+            view = await f.view(0)
+            assert bytes(view) == SMALL
+        assert bytes(view) == bytes(len(SMALL))  # the frames went back; the view sees zeros
+        async with await proc.open("/v.bin", "rb") as f:
+            assert await f.read() == SMALL
+    assert bytes(view[:10]) == bytes(10)
