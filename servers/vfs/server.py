@@ -105,6 +105,7 @@ STATE_OFFSET = PAGE_SIZE
 PROCPAGE_OFFSET = 2 * PAGE_SIZE
 DATA_OFFSET = 3 * PAGE_SIZE
 WINDOW_DATA = 1 << 31  # part bases are int32: a window maps up to 2 GiB of a file
+PARTS_BEFORE_SCAN = 112  # a miss runs second chance once the FileMap is half full
 GRACE_S = 0.02  # removal -> clear entry -> unmap: longer than any prompt reader's lookup
 
 
@@ -380,6 +381,8 @@ class VfsServer(Server):
         if msg.position >= limit or msg.position < 0:
             return PartReady(msg.position, 0)
         pages = list(range(first, _pages(end)))
+        if window.writer.count > PARTS_BEFORE_SCAN:
+            await self._second_chance(window)  # DESIGN §5: the scan also runs on a miss
         await self._ensure_pages(cfile, pages)
         self._map_into(window, pages)
         return PartReady(first * PAGE_SIZE, len(pages) * PAGE_SIZE)

@@ -74,6 +74,9 @@ async def test_processes_share_one_set_of_frames(make_image: ImageFactory) -> No
             assert bytes(await f.view(0)) == BIG[: 512 * 1024]
             if i == 0:
                 free_after_first = system.memory.frames_free
+                fs_messages = system.counters.messages_by_type["MapRange"]
+        # Already-cached frames are mapped into the others without a file-system message.
+        assert system.counters.messages_by_type["MapRange"] == fs_messages
         assert free_after_first is not None
         # Later processes cost only their control pages, never another copy of the data.
         assert free_after_first - system.memory.frames_free <= 3 * 19
@@ -288,3 +291,18 @@ async def test_a_view_kept_after_close_reads_zeros_and_never_faults(make_image: 
         async with await proc.open("/v.bin", "rb") as f:
             assert await f.read() == SMALL
     assert bytes(view[:10]) == bytes(10)
+
+
+async def test_misses_run_second_chance_once_the_filemap_fills(make_image: ImageFactory) -> None:
+    from servers.vfs.protocol import CachePart, PartReady
+
+    image = make_image({"/parts.bin": BIG[: 1 << 20]})
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("p")
+        async with await proc.open("/parts.bin", "rb") as f:
+            window = vfs_of(system).windows[f.handle]
+            for page in range(0, 256, 2):  # 128 one-page parts, never touched
+                await proc.syscall(CachePart(f.handle, page * 4096, 1), PartReady)
+            assert window.writer.count < 128
+            f.seek(0)
+            assert await f.read() == BIG[: 1 << 20]
