@@ -180,6 +180,9 @@ async def cli_run(args: argparse.Namespace) -> int:
 
     image = args.image
     tmp = None
+    if args.config is not None:
+        async with microkernel.boot(config=args.config, trace=args.trace) as system:
+            return await _run_and_report(system, args)
     if image is None:
         tmp = tempfile.TemporaryDirectory(prefix="microkernel-")
         image = str(Path(tmp.name) / "demo.img")
@@ -189,16 +192,19 @@ async def cli_run(args: argparse.Namespace) -> int:
         async with microkernel.boot(
             image=image, driver=args.driver, memory=args.memory, trace=args.trace
         ) as system:
-            if system.missing:
-                print(f"booted {[s.name for s in system.servers]}; missing: {system.missing}")
-                return 1
-            report = await run_demo(system)
-        stats = system.statistics()
-        assert report.stats is not None
-        print_report(report, report.stats)
-        if args.stats:
-            Path(args.stats).write_bytes(stats.to_json())
-        return 1 if report.errors else 0
+            return await _run_and_report(system, args)
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+async def _run_and_report(system: System, args: argparse.Namespace) -> int:
+    if system.missing:
+        print(f"booted {[s.name for s in system.servers]}; missing: {system.missing}")
+        return 1
+    report = await run_demo(system)
+    assert report.stats is not None
+    print_report(report, report.stats)
+    if args.stats:
+        Path(args.stats).write_bytes(system.statistics().to_json())
+    return 1 if report.errors else 0

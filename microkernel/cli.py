@@ -41,6 +41,9 @@ def _add_global(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log info events"
     )
+    g.add_argument(
+        "--config", default=argparse.SUPPRESS, metavar="TOML", help="boot configuration file"
+    )
 
 
 GLOBAL_DEFAULTS: dict[str, Any] = {
@@ -51,6 +54,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "uvloop": False,
     "partition": 0,
     "verbose": False,
+    "config": None,
 }
 
 
@@ -174,16 +178,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"microkernel {args.command}: not available in this build ({exc})", file=sys.stderr)
         return 2
     from microkernel.boot import run
+    from microkernel.config import ConfigError, load_config
 
     try:
-        result: int = run(lambda: handler(args), use_uvloop=args.uvloop)
+        use_uvloop = args.uvloop or (args.config is not None and load_config(args.config).uvloop)
+        result: int = run(lambda: handler(args), use_uvloop=use_uvloop)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
         name = f"{exc.filename}: " if exc.filename else ""
         print(f"microkernel {args.command}: {name}{exc.strerror or exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:
+    except (ValueError, ConfigError) as exc:
         print(f"microkernel {args.command}: {exc}", file=sys.stderr)
         return 2
     return result
