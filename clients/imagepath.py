@@ -1,0 +1,48 @@
+"""``IMAGE::/path`` locations on the command line (DESIGN §7), like mtools' ``::``.
+
+Pure parsing, no I/O: the shell commands and their tests share one rule for
+telling an image path from a host path and for normalising the path inside
+the volume (FAT names cannot contain ``:``, so the *last* ``::`` separates).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+SEPARATOR = "::"
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePath:
+    """A path inside the FAT volume of an image file."""
+
+    image: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.image}{SEPARATOR}{self.path}"
+
+    def child(self, name: str) -> ImagePath:
+        return ImagePath(self.image, posixpath.join(self.path, name))
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+
+def normalise(path: str) -> str:
+    """An absolute volume path without ``.``, ``..``, repeated or trailing slashes."""
+    clean = posixpath.normpath("/" + path.lstrip("/"))
+    return "/" + clean.lstrip("/")
+
+
+def parse(arg: str) -> ImagePath | None:
+    """The image location written in ``arg``, or None when ``arg`` is a host path."""
+    image, sep, path = arg.rpartition(SEPARATOR)
+    if not sep or not image:
+        return None
+    return ImagePath(image, normalise(path))
+
+
+__all__ = ["SEPARATOR", "ImagePath", "normalise", "parse"]

@@ -1,0 +1,157 @@
+"""``microkernel mount``: real shell tools on a FUSE mount of an image, judged by fsck and mtools.
+
+The mount runs as a background subprocess, as a user would run it. Where FUSE
+is unavailable (no ``/dev/fuse``, no ``fusermount3``, mounting not permitted)
+the tests skip with the reason, and fail instead under
+``MICROKERNEL_REQUIRE_ORACLES=1`` (CI runs as root with ``/dev/fuse``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from tests.oracles import require_tool
+from tests.tools.helpers import MEMORY, ORACLES, REPO, assert_clean, fat16, fetch, listing, put
+
+MOUNT_WAIT = 20.0  # seconds for the system to boot and the mount to appear
+EXIT_WAIT = 30.0  # seconds for a clean shutdown after unmounting
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("MICROKERNEL_REQUIRE_ORACLES") == "1":
+        pytest.fail(f"FUSE unavailable: {reason} (MICROKERNEL_REQUIRE_ORACLES=1)")
+    pytest.skip(f"FUSE unavailable: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _fuse() -> None:
+    require_tool(*ORACLES)
+    if not os.path.exists("/dev/fuse"):
+        _unavailable("no /dev/fuse")
+    if shutil.which("fusermount3") is None:
+        _unavailable("fusermount3 not installed")
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError:
+        _unavailable("pyfuse3 not installed (pip install microkernel[fuse])")
+
+
+def sh(*argv: str | os.PathLike[str]) -> bytes:
+    """A shell tool on the mount; bounded, so a hung file system fails instead of hanging."""
+    done = subprocess.run(
+        [os.fspath(a) for a in argv], capture_output=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, (argv, done.stderr.decode(errors="replace"))
+    return done.stdout
+
+
+def _wait_mounted(proc: subprocess.Popen[bytes], mnt: Path, log: Path) -> None:
+    deadline = time.monotonic() + MOUNT_WAIT
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None:
+            message = log.read_text(errors="replace")
+            if "ermission" in message or "not permitted" in message or "fuse:" in message:
+                _unavailable(f"mounting failed: {message.strip()}")
+            pytest.fail(f"microkernel mount exited with {proc.returncode}: {message}")
+        assert time.monotonic() < deadline, f"not mounted after {MOUNT_WAIT}s"
+        time.sleep(0.05)
+
+
+@contextmanager
+def mounted(image: Path, mnt: Path, stats: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``microkernel mount`` in the background; on the way out, make sure it is gone."""
+    mnt.mkdir(exist_ok=True)
+    log = mnt.with_suffix(".log")
+    argv = [
+        sys.executable,
+        "-m",
+        "microkernel",
+        "--memory",
+        MEMORY,
+        "--stats",
+        os.fspath(stats),
+        "mount",
+        os.fspath(image),
+        os.fspath(mnt),
+    ]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=err, stderr=subprocess.STDOUT)
+    try:
+        _wait_mounted(proc, mnt, log)
+        yield proc
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", os.fspath(mnt)], timeout=30, check=False)
+        try:
+            proc.wait(timeout=EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"microkernel mount did not exit: {log.read_text(errors='replace')}")
+
+
+def _unmount(proc: subprocess.Popen[bytes], mnt: Path) -> None:
+    sh("fusermount3", "-u", mnt)
+    assert proc.wait(timeout=EXIT_WAIT) == 0
+    assert not os.path.ismount(mnt)
+
+
+def test_shell_tools_on_a_mount(tmp_path: Path) -> None:
+    image = fat16(tmp_path / "disk.img")
+    inner = os.urandom(200_000)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "inner.bin").write_bytes(inner)
+    (tmp_path / "hello.txt").write_bytes(b"hello\n")
+    put(image, tmp_path / "dir")
+    put(image, tmp_path / "hello.txt")
+    big = os.urandom(2 * 2**20 + 77)
+    (tmp_path / "big.bin").write_bytes(big)
+    mnt, stats = tmp_path / "mnt", tmp_path / "stats.json"
+
+    with mounted(image, mnt, stats) as proc:
+        assert sh("ls", mnt).split() == [b"dir", b"hello.txt"]
+        assert sh("cat", mnt / "hello.txt") == b"hello\n"
+        digest = sh("sha256sum", mnt / "dir" / "inner.bin").split()[0].decode()
+        assert digest == hashlib.sha256(inner).hexdigest()
+        sh("cp", tmp_path / "big.bin", mnt / "big.bin")
+        sh("mkdir", "-p", mnt / "new" / "sub")
+        sh("mv", mnt / "hello.txt", mnt / "new" / "sub" / "hello.txt")
+        sh("sh", "-c", f"echo more >> '{mnt}/new/sub/hello.txt'")
+        sh("rm", mnt / "dir" / "inner.bin")
+        sh("rmdir", mnt / "dir")
+        digest = sh("sha256sum", mnt / "big.bin").split()[0].decode()
+        assert digest == hashlib.sha256(big).hexdigest()
+        _unmount(proc, mnt)
+
+    assert_clean(image)
+    assert listing(image) == {"/big.bin", "/new/", "/new/sub/", "/new/sub/hello.txt"}
+    assert fetch(image, "/big.bin") == big
+    assert fetch(image, "/new/sub/hello.txt") == b"hello\nmore\n"
+    counters = json.loads(stats.read_bytes())
+    assert counters["copies_by_reason"]["fuse"] >= len(big) + len(inner)
+
+
+def test_sigterm_unmounts_and_shuts_down_cleanly(tmp_path: Path) -> None:
+    image = fat16(tmp_path / "disk.img")
+    mnt = tmp_path / "mnt"
+    with mounted(image, mnt, tmp_path / "stats.json") as proc:
+        (mnt / "note.txt").write_bytes(b"written before SIGTERM\n")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=EXIT_WAIT) == 0
+        assert not os.path.ismount(mnt)
+
+    assert_clean(image)
+    assert fetch(image, "/note.txt") == b"written before SIGTERM\n"
