@@ -266,7 +266,13 @@ class File:
     async def _reserve(self, end: int) -> None:
         """Room for coming writes, grown geometrically so appends rarely need it."""
         slack = min(max(end - self.size, RESERVE_MIN), RESERVE_MAX)
-        await self.proc.syscall(SetSize(self.handle, end + slack, reserve=True), SizeSet)
+        try:
+            await self.proc.syscall(SetSize(self.handle, end + slack, reserve=True), SizeSet)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            slack = 0  # the disk is nearly full: reserve exactly what this write needs
+            await self.proc.syscall(SetSize(self.handle, end, reserve=True), SizeSet)
         self._reserved = end + slack
 
     async def _set_size(self, size: int) -> SizeSet:

@@ -27,6 +27,8 @@ from servers.cache.protocol import (
     Release,
 )
 
+CHUNK_BYTES = 1 << 20  # at most 256 cache pages pinned per request
+
 
 class CacheSectorIO:
     """Logical-sector access to one volume (LBA 0 = its boot sector) through the cache."""
@@ -50,6 +52,7 @@ class CacheSectorIO:
         self.partition_start = partition_start
         self.partition_offset = partition_start * sector_size
         self.total_sectors = total_sectors
+        self._chunk_sectors = CHUNK_BYTES // sector_size
 
     async def _map(self, lba: int, count: int, *, zero_fill: bool) -> list[PageRef]:
         if lba < 0 or count < 0 or lba + count > self.total_sectors:
@@ -78,6 +81,10 @@ class CacheSectorIO:
         await self.endpoint.send(self.cache, Release(self.device, [p.lba for p in pages]))
 
     async def read(self, lba: int, count: int) -> bytes:
+        step = self._chunk_sectors
+        if count > step:  # bounded pins: a request never needs more than a chunk of cache
+            parts = [await self.read(lba + i, min(step, count - i)) for i in range(0, count, step)]
+            return b"".join(parts)
         pages = await self._map(lba, count, zero_fill=False)
         try:
             out = bytearray(count * self.sector_size)
@@ -93,6 +100,13 @@ class CacheSectorIO:
                 22, f"write of {len(data)} bytes is not whole {self.sector_size}-byte sectors"
             )
         count = len(data) // self.sector_size
+        step = self._chunk_sectors
+        if count > step:  # e.g. zero filling a large extension: pin one chunk at a time
+            view = memoryview(data)
+            for i in range(0, count, step):
+                n = min(step, count - i)
+                await self.write(lba + i, bytes(view[i * self.sector_size : (i + n) * self.sector_size]))
+            return
         pages = await self._map(lba, count, zero_fill=True)
         try:
             src = memoryview(data)

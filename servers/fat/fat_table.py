@@ -38,6 +38,7 @@ class FatTable:
         self._dirty: set[int] = set()
         self.free_count = sum(1 for v in self._entries[2:] if v == FREE)
         self.next_free = 2
+        self.version = 0  # bumped by every change, so walks of the table can be cached
 
     # -- raw encoding -----------------------------------------------------
     def _decode(self, n: int) -> int:
@@ -78,6 +79,7 @@ class FatTable:
     def set(self, n: int, value: int) -> None:
         """Set entry ``n`` (0 and 1 are the reserved media/flags entries)."""
         value &= self.mask
+        self.version += 1
         old = self._entries[n]
         if n >= 2:
             self.free_count += (value == FREE) - (old == FREE)

@@ -61,7 +61,7 @@ from servers.fat.errors import (
     NotFound,
     ReadOnlyVolume,
 )
-from servers.fat.fat_table import FatTable
+from servers.fat.fat_table import FREE, FatTable
 from servers.fat.names import (
     encode_lfn,
     exact_short_name,
@@ -157,6 +157,7 @@ class FatVolume:
         self.fat = fat
         self.read_only = read_only
         self.problems: list[str] = []  # what mount found and tolerated (or repaired)
+        self._chains: dict[int, tuple[int, list[int]]] = {}  # start -> (FAT version, chain)
         self.was_dirty = False
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
@@ -759,9 +760,13 @@ class FatVolume:
         if want > len(chain):
             new = self.fat.allocate(want - len(chain), after=chain[-1] if chain else None)
             first = chain[0] if chain else new[0]
+            try:  # zero the new clusters before any on-disk structure points at them
+                if zero_fill:
+                    await self._zero(chain, old_size, new, min(size, len(chain) * cs))
+            except BaseException:
+                self._unallocate(chain, new)
+                raise
             await self._flush_fat()
-            if zero_fill:
-                await self._zero(chain, old_size, new, min(size, len(chain) * cs))
             node.entry = node.entry.with_(cluster=first, size=size, mdate=date, mtime=tm,
                                           adate=date)
             await self._rewrite_entry(node)
@@ -776,16 +781,34 @@ class FatVolume:
             await self._flush_fat()
         return []
 
+    def _unallocate(self, chain: list[int], new: list[int]) -> None:
+        """Undo an in-memory allocation whose zero fill failed: the disk never saw it."""
+        if chain:
+            self.fat.set(chain[-1], self.fat.eoc)
+        for cluster in new:
+            self.fat.set(cluster, FREE)
+
     def _chain(self, node: _Node, need: int) -> list[int]:
         """The file's chain, walked no further than its size needs (plus any tail)."""
         if node.entry.cluster == 0:
             if need:
                 raise BadChain(f"{node.name}: size {node.entry.size} but no first cluster")
             return []
-        chain = self.fat.chain(node.entry.cluster)
+        chain = self._walk(node.entry.cluster)
         if len(chain) < need:
             raise BadChain(f"{node.name}: chain of {len(chain)} clusters is shorter than its "
                            f"size ({need} clusters)")
+        return chain
+
+    def _walk(self, start: int) -> list[int]:
+        """``fat.chain(start)``, cached until the FAT changes (MapRange asks again and again)."""
+        hit = self._chains.get(start)
+        if hit is not None and hit[0] == self.fat.version:
+            return hit[1]
+        chain = self.fat.chain(start)
+        if len(self._chains) > 256:
+            self._chains.clear()
+        self._chains[start] = (self.fat.version, chain)
         return chain
 
     def _new_extents(self, clusters: list[int], file_offset: int) -> list[Extent]:
@@ -825,19 +848,15 @@ class FatVolume:
         need = -(-end // cs)
         chain = self._chain(node, -(-node.entry.size // cs))[:need]
         out: list[Extent] = []
-        pos = offset
-        while pos < end:
-            cl = chain[pos // cs]
-            within = pos % cs
-            sec = self.boot.cluster_to_sector(cl) + within // ss
-            n = -(-(min(cs - within, end - pos)) // ss)
-            lba = sec * self._scale
-            if out and out[-1].lba + out[-1].count == lba:
-                last = out[-1]
-                out[-1] = Extent(last.file_offset, last.lba, last.count + n * self._scale)
-            else:
-                out.append(Extent(pos, lba, n * self._scale))
-            pos += n * ss
+        index = 0  # file cluster index of the run's first cluster
+        for first, count in self.fat.runs(chain):
+            lo, hi = max(offset, index * cs), min(end, (index + count) * cs)
+            index += count
+            if lo >= hi:
+                continue
+            sec = self.boot.cluster_to_sector(first) + (lo - (index - count) * cs) // ss
+            n = -(-(hi - lo) // ss)
+            out.append(Extent(lo, sec * self._scale, n * self._scale))
         return out
 
     async def read(self, ref: FileRef, offset: int = 0, length: int | None = None) -> bytes:

@@ -306,3 +306,31 @@ async def test_misses_run_second_chance_once_the_filemap_fills(make_image: Image
             assert window.writer.count < 128
             f.seek(0)
             assert await f.read() == BIG[: 1 << 20]
+
+
+async def test_extension_larger_than_the_cache_and_a_nearly_full_disk(
+    make_image: ImageFactory,
+) -> None:
+    image = make_image({}, sectors=40000)  # 20 MiB FAT16 volume
+    cfg = SystemConfig(
+        memory="16M",
+        devices=[DeviceConfig(image=str(image), driver="nvme")],
+        cache=CacheConfig(pages=512),  # 2 MiB of cache
+    )
+    async with microkernel.boot(config=cfg) as system:
+        proc = await system.spawn("p")
+        free = (await proc.statfs()).free_clusters * 4096
+        async with await proc.open("/big.bin", "wb") as f:
+            await f.truncate(6 << 20)  # three times the cache, zero filled through it
+            assert f.size == 6 << 20
+        async with await proc.open("/fill.bin", "wb") as f:
+            chunk = b"F" * 65536
+            left = free - (6 << 20) - 4096
+            while left > 0:  # no room for the usual reservation slack near the end
+                left -= await f.write(chunk[: min(len(chunk), left)])
+        with pytest.raises(OSError) as info:
+            async with await proc.open("/more.bin", "wb") as f:
+                await f.write(b"x" * (1 << 20))
+        assert info.value.errno == errno.ENOSPC
+    fsck_ok(image)
+    assert mtype(image, "/big.bin") == bytes(6 << 20)
