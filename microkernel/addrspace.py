@@ -109,9 +109,12 @@ class AddressSpace:
         i = 0
         while i < len(frames):
             start = mem.index_of(frames[i])
+            base = frames[i]
             j = i + 1
-            while j < len(frames) and mem.index_of(frames[j]) == start + (j - i):
+            # Physically contiguous frames of one zone are contiguous in the memfd too.
+            while j < len(frames) and frames[j] == base + (j - i) * PAGE_SIZE:
                 j += 1
+            mem.index_of(frames[j - 1])  # the run's last frame must be RAM as well
             _mmap(
                 self.base + offset + i * PAGE_SIZE,
                 (j - i) * PAGE_SIZE,

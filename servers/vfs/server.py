@@ -21,10 +21,9 @@ by counted copies. Bytes past end of file always read as zero.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -455,15 +454,18 @@ class VfsServer(Server):
         ss = self.volume.logical_sector_size
         frames = {p.lba: p.phys for p in ready.pages}
         used: set[int] = set()
-        starts = [e.file_offset for e in extents]
-        for page in pages:
-            direct = _direct_lba(page, extents, starts, ss, self.volume.alignment_offset)
-            if direct is not None and direct in frames:
-                cfile.pages[page] = FilePage(frames[direct], direct, [])
-                used.add(direct)
-            else:
-                cfile.pages[page] = self._copy_page(cfile, page, extents, frames, ss)
-            self._zero_past_eof(cfile, page)
+        wanted = set(pages)
+        for page, lba in _direct_pages(extents, ss, self.volume.alignment_offset):
+            phys = frames.get(lba)
+            if page in wanted and phys is not None:
+                cfile.pages[page] = FilePage(phys, lba, [])
+                used.add(lba)
+                wanted.discard(page)
+        for page in sorted(wanted):
+            cfile.pages[page] = self._copy_page(cfile, page, extents, frames, ss)
+        last = (cfile.fat_size - 1) // PAGE_SIZE
+        if last in cfile.pages and last in set(pages):
+            self._zero_past_eof(cfile, last)
         extra = [lba for lba in frames if lba not in used]
         if extra:
             self.endpoint.send_nowait(self.cache, Release(ready.device, extra))
@@ -869,22 +871,23 @@ def _page_lba(lba: int, ss: int, align: int) -> int:
     return lba - (lba - origin) % spp
 
 
-def _direct_lba(
-    page: int, extents: list[FileExtent], starts: list[int], ss: int, align: int
-) -> int | None:
-    """The cache page that *is* this file page, if its 4 KiB lie in one extent on a page boundary.
+def _direct_pages(extents: list[FileExtent], ss: int, align: int) -> Iterator[tuple[int, int]]:
+    """(file page, cache page) for every file page that *is* one aligned cache page.
 
-    ``starts`` are the extents' file offsets (sorted), so the lookup is a bisection.
+    A file page qualifies when its 4 KiB lie inside one extent and start on a
+    cache page boundary; within an extent that holds for all pages or for none.
     """
-    lo = page * PAGE_SIZE
-    i = bisect.bisect_right(starts, lo) - 1
-    if i < 0:
-        return None
-    e = extents[i]
-    if lo + PAGE_SIZE > e.file_offset + e.count * ss or (lo - e.file_offset) % ss:
-        return None
-    lba = e.lba + (lo - e.file_offset) // ss
-    return lba if _page_lba(lba, ss, align) == lba else None
+    spp = PAGE_SIZE // ss
+    for e in extents:
+        first = -(-e.file_offset // PAGE_SIZE)
+        end = (e.file_offset + e.count * ss) // PAGE_SIZE
+        if first >= end or (first * PAGE_SIZE - e.file_offset) % ss:
+            continue
+        lba0 = e.lba + (first * PAGE_SIZE - e.file_offset) // ss
+        if _page_lba(lba0, ss, align) != lba0:
+            continue
+        for k in range(end - first):
+            yield first + k, lba0 + k * spp
 
 
 def _byte_sources(
