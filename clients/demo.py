@@ -25,7 +25,7 @@ import anyio
 
 from clients.process import UserProcess
 from microkernel.boot import System
-from microkernel.stats import Statistics
+from microkernel.stats import SCALAR_COUNTERS, Statistics
 
 DEFAULT_IMAGE_SIZE = "272M"  # FAT32 with 4 KiB clusters needs about 260 MiB
 
@@ -152,20 +152,7 @@ def print_report(report: DemoReport, stats: Statistics, out: object = None) -> N
         ("syscalls for tiny reads (misses)", report.tiny_read_syscalls),
         ("errors", len(report.errors)),
     ]
-    for name in (
-        "bytes_copied",
-        "bytes_zero_copy",
-        "messages_total",
-        "syscalls",
-        "cache_hits",
-        "cache_misses",
-        "cache_evictions",
-        "disk_read_bytes",
-        "disk_write_bytes",
-        "partial_sector_writes",
-        "dma_bounce_bytes",
-        "frames_free",
-    ):
+    for name in SCALAR_COUNTERS:
         rows.append((name, getattr(stats, name)))
     for name, value in rows:
         table.add_row(name, f"{value:,}")

@@ -296,26 +296,15 @@ class Endpoint:
 
     def reply(self, request: Envelope, msg: msgspec.Struct) -> None:
         """Answer a call (never blocks: the reply resolves the caller's future)."""
-        if request.kind != CALL:
-            return
-        self.router.complete(
-            Envelope(
-                self.name,
-                request.src,
-                self.router.next_id(),
-                request.corr,
-                request.id,
-                REPLY,
-                type(msg).__name__,
-                _encoder.encode(msg),
-            )
-        )
+        self._answer(request, REPLY, type(msg).__name__, msg)
 
     def reply_error(self, request: Envelope, exc: BaseException) -> None:
         """Answer a call with an error as data (errno, message, kind)."""
+        self._answer(request, ERROR, "ErrorReply", ErrorReply(*error_to_wire(exc)))
+
+    def _answer(self, request: Envelope, kind: int, name: str, msg: msgspec.Struct) -> None:
         if request.kind != CALL:
             return
-        err, message, kind = error_to_wire(exc)
         self.router.complete(
             Envelope(
                 self.name,
@@ -323,9 +312,9 @@ class Endpoint:
                 self.router.next_id(),
                 request.corr,
                 request.id,
-                ERROR,
-                "ErrorReply",
-                _encoder.encode(ErrorReply(err, message, kind)),
+                kind,
+                name,
+                _encoder.encode(msg),
             )
         )
 

@@ -13,6 +13,22 @@ from collections import Counter
 
 import msgspec
 
+#: The scalar counters of DESIGN §7, in the order reports show them.
+SCALAR_COUNTERS = (
+    "bytes_copied",
+    "bytes_zero_copy",
+    "messages_total",
+    "syscalls",
+    "cache_hits",
+    "cache_misses",
+    "cache_evictions",
+    "disk_read_bytes",
+    "disk_write_bytes",
+    "partial_sector_writes",
+    "dma_bounce_bytes",
+    "frames_free",
+)
+
 
 class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     """Immutable snapshot of the counters named in DESIGN §7 (plus breakdowns)."""
