@@ -9,6 +9,8 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from microkernel.errors import (
     CallTimeout,
@@ -238,3 +240,28 @@ async def test_bounded_inbox_slows_the_sender() -> None:
     with anyio.move_on_after(0.05) as scope:
         await client.send("slow", Ping(3))
     assert scope.cancelled_caught
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bodies=st.lists(st.tuples(st.binary(max_size=64), st.sampled_from([0, 1])), max_size=20))
+def test_arbitrary_bytes_never_crash_a_server(bodies: list[tuple[bytes, int]]) -> None:
+    async def scenario() -> None:
+        router = Router()
+        echo = Echo("echo", router)
+        client = router.register("client", capacity=0)
+        async with anyio.create_task_group() as tg:
+            await tg.start(echo.serve)
+            for body, kind in bodies:
+                env = Envelope("client", "echo", router.next_id(), 0, 0, kind, "Fuzz", body)
+                future = router.expect_reply(env.id, "echo") if kind == 1 else None
+                await router.deliver(env)
+                if future is not None:
+                    with anyio.fail_after(5):
+                        reply = await future
+                    assert reply.kind in (2, 3)  # a reply or an error reply, never silence
+                    router.forget(env.id)
+            assert await client.call("echo", Ping(1), Pong) == Pong(2, 0)
+            assert echo.statistics().crashes == 0
+            await echo.stop()
+
+    anyio.run(scenario)

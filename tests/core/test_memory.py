@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +138,23 @@ def test_sizes_and_config(tmp_path: Path) -> None:
     cfg_file.write_text('memory = "128M"\nbogus = 1\n')
     with pytest.raises(ConfigError, match="bogus"):
         load_config(cfg_file)
+
+
+def test_read_only_mapping_refuses_writes_at_the_mmu() -> None:
+    """A store through a PROT_READ mapping faults (checked in a child process)."""
+    code = (
+        "import ctypes\n"
+        "from microkernel.memory import PhysicalMemory\n"
+        "from microkernel.addrspace import AddressSpace\n"
+        "mem = PhysicalMemory(16 * 4096)\n"
+        "(f,) = mem.alloc('t')\n"
+        "space = AddressSpace(mem, 4 * 4096)\n"
+        "space.map(0, [f], writable=False)\n"
+        "print(bytes(space.view(0, 2)), flush=True)\n"
+        "ctypes.memmove(space.base, b'xx', 2)\n"
+        "print('wrote', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("b'\\x00\\x00'")
+    assert "wrote" not in done.stdout
+    assert done.returncode == -signal.SIGSEGV
