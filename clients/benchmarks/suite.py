@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from clients.benchmarks import contenders
+from clients.benchmarks import contenders, router
 from clients.benchmarks.harness import (
     BenchResult,
     BenchSkipped,
@@ -240,6 +240,21 @@ async def aligned_vs_unaligned(ctx: Context) -> BenchResult:
     return result
 
 
+# ---------------------------------------------------------------- 8. router
+async def router_round_trip(ctx: Context) -> BenchResult:
+    """A routed, msgspec-encoded call against a bare anyio memory-stream round trip."""
+    sides: list[tuple[str, Measure]] = [
+        ("routed call", router.routed_round_trips),
+        ("bare streams", router.bare_round_trips),
+    ]
+    notes = [f"time per round trip, {router.ROUND_TRIPS} round trips per repetition"]
+    result = await _result(ctx, "router", sides, notes)
+    result.ratio("routed call", "bare streams")
+    for side in result.sides:
+        result.figures[f"{side.name} us"] = side.median_s * 1e6
+    return result
+
+
 # ------------------------------------------------------------------ the suite
 def _title(name: str, settings: Settings) -> str:
     size, tiny = _mib(settings.file_size), _mib(settings.tiny_file_size)
@@ -251,6 +266,7 @@ def _title(name: str, settings: Settings) -> str:
         "zero-copy-vs-legacy": f"cold read of a {size} file: mapping vs legacy Read syscall",
         "tiny-reads": f"1..16-byte reads at random offsets in a {tiny} file, warm",
         "aligned-vs-unaligned": f"cold read of a {size} file, aligned vs copy-path volume",
+        "router": "one request/reply: routed msgspec call vs bare anyio streams",
     }[name]
 
 
@@ -262,6 +278,7 @@ BENCHMARKS: tuple[tuple[str, BenchFn], ...] = (
     ("zero-copy-vs-legacy", zero_copy_vs_legacy),
     ("tiny-reads", tiny_reads),
     ("aligned-vs-unaligned", aligned_vs_unaligned),
+    ("router", router_round_trip),
 )
 NAMES = tuple(name for name, _ in BENCHMARKS)
 
