@@ -210,6 +210,7 @@ async def _start_all(system: System, tg: anyio.abc.TaskGroup) -> None:
             low_water=cfg.cache.low_water,
             high_water=cfg.cache.high_water,
             writeback_interval=cfg.cache.writeback_interval,
+            io_timeout=cfg.cache.io_timeout,
         ),
     )
     fat_cls = _import("servers.fat.server:FatServer")

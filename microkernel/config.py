@@ -75,6 +75,7 @@ class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     writeback_interval: float | None = 1.0
     low_water: float = 0.05
     high_water: float = 0.15
+    io_timeout: float | None = 30.0  # a driver command not answered by then fails with EIO
 
 
 class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -37,6 +37,7 @@ from microkernel.memory import PAGE_SIZE, PhysicalMemory
 from microkernel.process import Process, ProcessTable
 from microkernel.protocol import Ok
 from microkernel.server import Server, handles
+from microkernel.trace import current_corr
 from servers.cache.protocol import (
     CacheFailed,
     CacheMap,
@@ -105,7 +106,8 @@ PROCPAGE_OFFSET = 2 * PAGE_SIZE
 DATA_OFFSET = 3 * PAGE_SIZE
 WINDOW_DATA = 1 << 31  # part bases are int32: a window maps up to 2 GiB of a file
 PARTS_BEFORE_SCAN = 112  # a miss runs second chance once the FileMap is half full
-GRACE_S = 0.02  # removal -> clear entry -> unmap: longer than any prompt reader's lookup
+GRACE_S = 0.02
+FETCH_TIMEOUT_S = 60.0  # a disk that never answers becomes ETIMEDOUT, not a hang  # removal -> clear entry -> unmap: longer than any prompt reader's lookup
 
 
 class BadHandle(KernelError):
@@ -402,7 +404,7 @@ class VfsServer(Server):
                     cfile.inflight.pop(p, None)
                 fetch.done.set()
         for fetch in waits.values():
-            await fetch.done.wait()
+            await self._traced_wait(fetch.done)
             if fetch.error is not None:
                 raise OSError(fetch.error.errno, fetch.error.strerror)
 
@@ -418,8 +420,8 @@ class VfsServer(Server):
                 raise OSError(
                     5, f"{cfile.key[1]}: no clusters behind bytes {start}..{start + length}"
                 )
-            with anyio.fail_after(60):
-                await fetch.arrived.wait()
+            with anyio.fail_after(FETCH_TIMEOUT_S):
+                await self._traced_wait(fetch.arrived)
             if fetch.error is not None:
                 raise fetch.error
         except OSError as exc:
@@ -429,6 +431,16 @@ class VfsServer(Server):
             self._fetches.pop(tag, None)
         assert fetch.ready is not None
         self._install(cfile, fetch.pages, mapped.extents, fetch.ready)
+
+    async def _traced_wait(self, event: anyio.Event) -> None:
+        """Wait for the cache (or a joined fetch); a "wait" span when tracing."""
+        tracer = self.router.tracer
+        if not tracer.enabled or event.is_set():
+            await event.wait()
+            return
+        start = time.monotonic_ns()
+        await event.wait()
+        tracer.span(self.name, "wait", 0, current_corr.get(), start, time.monotonic_ns())
 
     @handles(SectorsReady)
     async def on_sectors_ready(self, env: Envelope, msg: SectorsReady) -> None:

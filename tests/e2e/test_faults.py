@@ -133,3 +133,27 @@ async def test_processes_cannot_reach_servers_other_than_the_vfs(make_image: Ima
             await proc.syscall(Stat("/missing"), FsVolume)
         with pytest.raises(MalformedMessage):
             await proc.syscall(FsStatFs(), FsVolume)  # not a syscall
+
+
+async def test_a_disk_that_stops_answering_gives_an_error_not_a_hang(
+    make_image: ImageFactory,
+) -> None:
+    from microkernel.config import CacheConfig, DeviceConfig, SystemConfig
+
+    image = make_image({"/slow.bin": DATA})
+    cfg = SystemConfig(
+        memory="64M",
+        devices=[DeviceConfig(image=str(image), driver="nvme")],
+        cache=CacheConfig(io_timeout=0.5),
+    )
+    async with microkernel.boot(config=cfg) as system:
+        proc = await system.spawn("p")
+        f = await proc.open("/slow.bin", "rb")
+        await system.kernel.call("nvme0", InjectFault(hang=True), Ok)
+        with anyio.fail_after(20):
+            with pytest.raises(OSError):
+                await f.read()
+        await system.kernel.call("nvme0", InjectFault(), Ok)
+        f.seek(0)
+        assert await f.read() == DATA
+        await f.close()
