@@ -81,6 +81,7 @@ class File:
         self._part = INITIAL_PART
         self._last_miss_end = -1
         self._reserved = 0
+        self._last: tuple[int, int, int] | None = None  # (index, position, size) of the last hit
         self.closed = False
 
     # ---------------------------------------------------------------- context
@@ -143,10 +144,16 @@ class File:
 
     async def _span(self, position: int, want: int) -> tuple[int, int]:
         """(part index, bytes available from ``position`` in that part), mapping it in if needed."""
+        last = self._last
+        if last is not None:
+            index, start, size = last
+            if start <= position < start + size and self._filemap.still(index, start, size):
+                return index, start + size - position
         for _ in range(MISS_RETRIES):
             hit = self._filemap.find(position)
             if hit is not None:
                 index, part = hit
+                self._last = (index, part.position, part.size)
                 return index, part.position + part.size - position
             await self._miss(position, want)
         raise OSError(errno.EIO, f"{self.name}: part at {position} keeps disappearing")

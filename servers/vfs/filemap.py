@@ -452,6 +452,19 @@ class FileMapReader:
             return None
         return found, Part(start, size, base)
 
+    def still(self, index: int, position: int, size: int) -> bool:
+        """Whether entry ``index`` still describes the part a recent ``find`` returned.
+
+        Two loads instead of a search, for a reader that remembers its last part. As
+        safe as a search landing on that entry: a removed part's entry stays readable
+        until the grace period ends, then its size is cleared (so this says no), and
+        the index is reused only after that.
+        """
+        ints = self._words.i
+        if ints[(PARTS_OFFSET >> 2) + 4 * index - 2] != size:
+            return False
+        return bool(self._words.q[(PARTS_OFFSET >> 3) + 2 * index - 2] == position)
+
     def lookup(self, file_position: int) -> Part | None:
         """The part holding ``file_position``, or None (a miss: ask the kernel)."""
         hit = self.find(file_position)
