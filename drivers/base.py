@@ -55,7 +55,7 @@ from drivers.protocol import (
     Segment,
     Write,
 )
-from drivers.sg import split_at_boundaries
+from drivers.sg import merge_contiguous, split_at_boundaries
 from microkernel.ipc import Envelope, Router
 from microkernel.memory import PAGE_SIZE, PhysicalMemory, Zone
 from microkernel.server import Server, handles
@@ -358,9 +358,10 @@ class BlockDriver(Server):
             raise BadRequest(f"{nbytes}-byte transfer exceeds the maximum of {self.max_transfer}")
         if not 0 < len(sg) <= self.max_segments:
             raise BadRequest(f"{len(sg)} sg segments; this controller takes 1..{self.max_segments}")
-        if any(seg.length <= 0 or seg.phys < 0 for seg in sg):
+        lengths = [seg.length for seg in sg]
+        if min(lengths) <= 0 or min([seg.phys for seg in sg]) < 0:
             raise BadRequest("sg segments must have a positive length and address")
-        total = sum(seg.length for seg in sg)
+        total = sum(lengths)
         if total != nbytes:
             raise BadRequest(f"sg describes {total} bytes but {count} sectors are {nbytes} bytes")
         return nbytes
@@ -368,11 +369,12 @@ class BlockDriver(Server):
     def plan_dma(self, sg: Sequence[Segment], plan: DmaPlan, *, write: bool) -> None:
         """Fill ``plan``: how the controller reaches the caller's memory.
 
-        The default reaches every segment directly. Frames borrowed on the way
+        The default reaches every segment directly (segments that continue
+        each other in memory through one iovec). Frames borrowed on the way
         go into ``plan.frames`` at once, so they are released even when a later
         check rejects the request.
         """
-        plan.views = self.segment_views(sg)
+        plan.views = self.segment_views(merge_contiguous(sg))
 
     def segment_views(self, sg: Sequence[Segment]) -> list[memoryview]:
         """Views of the caller's segments (``BadAddress`` when one is not RAM)."""

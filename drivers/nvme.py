@@ -23,22 +23,45 @@ MAX_TRANSFER = 1 << 20  # MDTS: 256 pages
 LIST_ENTRIES = PAGE_SIZE // 8
 
 
+_IN_PAGE = PAGE_SIZE - 1
+
+
 def prp_entries(sg: Sequence[Segment]) -> list[int]:
     """The page addresses of a transfer, validated against the PRP rules."""
-    entries: list[int] = []
+    return _prp_entries(sg)[0]
+
+
+def _prp_entries(sg: Sequence[Segment]) -> tuple[list[int], int]:
+    """``prp_entries`` and the transfer's byte count."""
+    # The usual transfer: whole, page-aligned frames (the last one may be short).
+    # One entry per segment; checked with C-level loops, no per-segment Python.
+    lengths = [seg.length for seg in sg]
+    entries = [seg.phys for seg in sg]
+    if (
+        entries
+        and not any(map(_IN_PAGE.__and__, entries))
+        and lengths.count(PAGE_SIZE) + (lengths[-1] != PAGE_SIZE) == len(lengths)
+        and 0 < lengths[-1] <= PAGE_SIZE
+    ):
+        return entries, sum(lengths)
+    entries = []
     last = len(sg) - 1
     for i, seg in enumerate(sg):
-        offset = seg.phys % PAGE_SIZE
-        if seg.phys % 4:
-            raise BadRequest(f"PRP: segment {i} at {seg.phys:#x} is not dword aligned")
+        phys, length = seg.phys, seg.length
+        offset = phys % PAGE_SIZE
+        if phys % 4:
+            raise BadRequest(f"PRP: segment {i} at {phys:#x} is not dword aligned")
         if i > 0 and offset:
-            raise BadRequest(f"PRP: segment {i} at {seg.phys:#x} must start on a page boundary")
-        if i < last and (offset + seg.length) % PAGE_SIZE:
+            raise BadRequest(f"PRP: segment {i} at {phys:#x} must start on a page boundary")
+        if i < last and (offset + length) % PAGE_SIZE:
             raise BadRequest(
                 f"PRP: segment {i} must end on a page boundary (only the last may not)"
             )
-        entries.extend(_pages_of(seg))
-    return entries
+        if offset + length <= PAGE_SIZE:
+            entries.append(phys)  # the common case: a segment within one page
+        else:
+            entries.extend(_pages_of(seg))
+    return entries, sum(lengths)
 
 
 def _pages_of(seg: Segment) -> list[int]:
@@ -48,22 +71,49 @@ def _pages_of(seg: Segment) -> list[int]:
 
 
 def prp_views(memory: PhysicalMemory, prp1: int, prp2: int, nbytes: int) -> list[memoryview]:
-    """Walk PRP1, PRP2 and (when needed) the PRP list as a controller does."""
+    """Walk PRP1, PRP2 and (when needed) the PRP list as a controller does.
+
+    Entries that continue the previous one in physical memory are reached
+    through one view (one iovec for ``preadv``): the bytes are the same, and
+    each view is checked to be RAM as a whole.
+    """
     first = min(nbytes, PAGE_SIZE - prp1 % PAGE_SIZE)
-    views = [memory.view(prp1, first)]
     rest = nbytes - first
     if rest <= 0:
-        return views
+        return [memory.view(prp1, first)]
     pages = -(-rest // PAGE_SIZE)
     if pages == 1:
-        addresses: Sequence[int] = [prp2]
+        addresses: Sequence[int] = (prp2,)
     else:
         addresses = struct.unpack_from(f"<{pages}Q", memory.view(prp2, 8 * pages))
+    return [memory.view(start, length) for start, length in _runs(prp1, first, addresses, rest)]
+
+
+def _runs(prp1: int, first: int, addresses: Sequence[int], rest: int) -> list[tuple[int, int]]:
+    """``(address, bytes)`` of the transfer's physically contiguous runs, in order.
+
+    ``first`` bytes at ``prp1``, then ``rest`` bytes through the page entries
+    ``addresses``: whole pages, the last one possibly short.
+    """
+    start = addresses[0]
+    end = start + PAGE_SIZE * len(addresses)
+    if tuple(range(start, end, PAGE_SIZE)) == tuple(addresses):  # one run of frames
+        if prp1 + first == start:
+            return [(prp1, first + rest)]
+        return [(prp1, first), (start, rest)]
+    runs = [(prp1, first)]
+    run_start, run_len = prp1, first
     for address in addresses:
         take = min(PAGE_SIZE, rest)
-        views.append(memory.view(address, take))
         rest -= take
-    return views
+        if address == run_start + run_len:
+            run_len += take
+        else:
+            runs[-1] = (run_start, run_len)
+            runs.append((address, take))
+            run_start, run_len = address, take
+    runs[-1] = (run_start, run_len)
+    return runs
 
 
 class NvmeDriver(BlockDriver):
@@ -76,8 +126,7 @@ class NvmeDriver(BlockDriver):
     max_segments = MAX_TRANSFER // PAGE_SIZE + 1
 
     def plan_dma(self, sg: Sequence[Segment], plan: DmaPlan, *, write: bool) -> None:
-        entries = prp_entries(sg)
-        nbytes = sum(seg.length for seg in sg)
+        entries, nbytes = _prp_entries(sg)
         prp1, prp2 = entries[0], 0
         if len(entries) == 2:
             prp2 = entries[1]

@@ -8,7 +8,7 @@ Keeping those rules as small pure functions lets them be tested on their own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from drivers.errors import BadRequest
 from drivers.protocol import Segment
@@ -35,6 +35,25 @@ def merge_adjacent(segments: Iterable[Segment], limit: int) -> list[Segment]:
                 seg = Segment(seg.phys + take, seg.length - take)
         out.extend(split_by_length([seg], limit) if seg.length else [])
     return out
+
+
+def merge_contiguous(segments: Sequence[Segment]) -> Sequence[Segment]:
+    """Join segments that continue each other in physical memory, without a size limit.
+
+    Returns ``segments`` itself when nothing joins (the usual scattered case costs no copies).
+    """
+    out: list[Segment] = []
+    start = end = -1
+    for seg in segments:
+        if seg.phys == end:
+            end += seg.length
+            continue
+        if end >= 0:
+            out.append(Segment(start, end - start))
+        start, end = seg.phys, seg.phys + seg.length
+    if end >= 0:
+        out.append(Segment(start, end - start))
+    return segments if len(out) == len(segments) else out
 
 
 def split_by_length(segments: Iterable[Segment], limit: int) -> Iterator[Segment]:

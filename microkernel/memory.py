@@ -163,11 +163,26 @@ class PhysicalMemory:
         if sum(len(s) for s in stacks) < count:
             raise OutOfFrames(f"{count} frames wanted in zone {zone.value}, not enough free")
         out: list[int] = []
+        refs, owners = self._refs, self._owner
         for stack in stacks:
-            while stack and len(out) < count:
-                index = stack.pop()
-                self._refs[index] = 1
-                self._owner[index] = owner
+            take = min(count - len(out), len(stack))
+            if take <= 0:
+                continue
+            # The same frames, in the same order, as popping them one at a time.
+            indices = stack[len(stack) - take :]
+            del stack[len(stack) - take :]
+            indices.reverse()
+            first = indices[0]
+            if indices == list(range(first, first + take)):  # usual: one run of free frames
+                refs[first : first + take] = array("i", [1]) * take
+                owners[first : first + take] = [owner] * take
+                # one stack holds one zone, so the run's addresses are consecutive too
+                base = self.phys_of(first)
+                out.extend(range(base, base + take * PAGE_SIZE, PAGE_SIZE))
+                continue
+            for index in indices:
+                refs[index] = 1
+                owners[index] = owner
                 out.append(self.phys_of(index))
         self._used[owner] = used + count
         return out
@@ -221,10 +236,17 @@ class PhysicalMemory:
 
     # ------------------------------------------------------------- kernel access
     def view(self, phys: int, length: int = PAGE_SIZE) -> memoryview:
-        """Kernel-only writable view of ``length`` bytes at ``phys`` (must stay inside one frame run)."""
+        """Kernel-only writable view of ``length`` bytes at ``phys`` (must stay inside one frame run).
+
+        One view may cover many frames (a physically contiguous run, e.g. a
+        scatter/gather segment of several pages): its last byte must be RAM
+        and the run must not straddle the hole between the zones.
+        """
         start = self.offset_of(phys)
-        if length > 1:
-            self.offset_of(phys + length - 1)  # the last byte must be RAM of the same zone too
+        if length > 1 and self.offset_of(phys + length - 1) != start + length - 1:
+            raise BadAddress(
+                f"{length} bytes at {phys:#x} are not one contiguous run of physical memory"
+            )
         return self._view[start : start + length]
 
     def frame_views(self, frames: Sequence[int]) -> list[memoryview]:

@@ -78,15 +78,26 @@ class PageGeometry:
         """First logical sector (possibly negative, for the head page) of the page holding ``lba``."""
         return self.origin + ((lba - self.origin) // self.spp) * self.spp
 
+    def pages_for(self, lbas: Iterable[int]) -> list[int]:
+        """``page_of`` for each sector, in order."""
+        origin, spp = self.origin, self.spp
+        return [origin + ((lba - origin) // spp) * spp for lba in lbas]
+
     def pages_of(self, extents: Iterable[Extent]) -> list[int]:
         """Sorted distinct pages covering the extents; out-of-range extents are refused."""
-        pages: set[int] = set()
+        ranges: list[tuple[int, int]] = []
         for extent in extents:
             self.check(extent)
-            first = self.page_of(extent.lba)
-            last = self.page_of(extent.lba + extent.count - 1)
-            pages.update(range(first, last + 1, self.spp))
-        return sorted(pages)
+            ranges.append((self.page_of(extent.lba), self.page_of(extent.lba + extent.count - 1)))
+        ranges.sort()
+        spp = self.spp
+        pages: list[int] = []
+        for first, last in ranges:  # page runs, merged where they overlap
+            if pages and first <= pages[-1]:
+                first = pages[-1] + spp
+            if first <= last:
+                pages.extend(range(first, last + 1, spp))
+        return pages
 
     def check(self, extent: Extent) -> None:
         """Refuse an empty, negative or past-the-end extent (ERANGE/EINVAL at the boundary)."""
@@ -105,18 +116,26 @@ class PageGeometry:
 
     def span(self, page_lba: int) -> Span:
         """The sectors of the page that exist on the disk, clipped at both ends."""
+        if page_lba >= 0 and page_lba + self.spp <= self.total_sectors:
+            return Span(page_lba, self.spp, 0)  # an interior page: the common case
         first = max(page_lba, 0)
         end = min(page_lba + self.spp, self.total_sectors)
         return Span(first, max(end - first, 0), (first - page_lba) * self.sector_size)
 
     def is_partial(self, page_lba: int) -> bool:
-        return self.span(page_lba).count != self.spp
+        """Whether the page misses sectors at the disk's edges (``span(page).count != spp``)."""
+        return page_lba < 0 or page_lba + self.spp > self.total_sectors
 
     def whole_pages(self, extents: Sequence[Extent]) -> set[int]:
         """Pages whose every on-disk sector lies inside the extents (their old bytes are moot)."""
         whole: set[int] = set()
+        spp = self.spp
         for lba, end in _merged(extents):
-            for page in range(self.page_of(lba), self.page_of(end - 1) + 1, self.spp):
+            for page in range(self.page_of(lba), self.page_of(end - 1) + 1, spp):
+                if not self.is_partial(page):
+                    if lba <= page and page + spp <= end:
+                        whole.add(page)
+                    continue
                 span = self.span(page)
                 if lba <= span.lba and span.lba + span.count <= end:
                     whole.add(page)
@@ -124,6 +143,8 @@ class PageGeometry:
 
     # ---------------------------------------------------------------- commands
     def segment(self, page_lba: int, phys: int) -> Segment:
+        if not self.is_partial(page_lba):
+            return Segment(phys, PAGE_SIZE)
         span = self.span(page_lba)
         return Segment(phys + span.offset, span.count * self.sector_size)
 
@@ -135,21 +156,38 @@ class PageGeometry:
         segment limits). The frames need not be contiguous: that is what the
         scatter/gather list is for.
         """
+        ordered = sorted(pages)
+        lbas = [page for page, _ in ordered]
+        frames = [phys for _, phys in ordered]
+        spp, n = self.spp, len(ordered)
         out: list[Command] = []
-        run: list[tuple[int, int]] = []
-        for page, phys in sorted(pages):
-            if run and (page != run[-1][0] + self.spp or len(run) >= max_pages):
-                out.append(self._command(run))
-                run = []
-            run.append((page, phys))
-        if run:
-            out.append(self._command(run))
+        start = 0
+        while start < n:
+            end = min(start + max_pages, n)
+            first = lbas[start]
+            if lbas[start:end] != list(range(first, first + (end - start) * spp, spp)):
+                end = start + 1  # the run breaks inside this window: find where
+                while end < n and end - start < max_pages and lbas[end] == lbas[end - 1] + spp:
+                    end += 1
+            out.append(self._command(lbas[start:end], frames[start:end]))
+            start = end
         return out
 
-    def _command(self, run: list[tuple[int, int]]) -> Command:
-        spans = [self.span(page) for page, _ in run]
-        sg = [self.segment(page, phys) for page, phys in run]
-        return Command(spans[0].lba, sum(s.count for s in spans), sg, [p for p, _ in run])
+    def _command(self, run: list[int], frames: list[int]) -> Command:
+        """One command for consecutive pages: only the disk's edge pages need a clipped segment."""
+        sg = [Segment(phys, PAGE_SIZE) for phys in frames]
+        # Clipped pages (before sector 0, past the end) can only open or close a run.
+        i = 0
+        while i < len(run) and run[i] < 0:
+            sg[i] = self.segment(run[i], frames[i])
+            i += 1
+        j = len(run) - 1
+        while j >= i and run[j] + self.spp > self.total_sectors:
+            sg[j] = self.segment(run[j], frames[j])
+            j -= 1
+        lba = max(run[0], 0)
+        end = min(run[-1] + self.spp, self.total_sectors)
+        return Command(lba, max(end - lba, 0), sg, run)
 
 
 def _merged(extents: Iterable[Extent]) -> list[tuple[int, int]]:

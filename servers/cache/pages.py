@@ -28,6 +28,7 @@ reported so the shell writes it first, a clean one is evicted.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ class State(enum.Enum):
     PRESENT = "present"
     WRITING = "writing"
 
+    # Members are singletons compared by identity, so identity hashing agrees with
+    # equality; it keeps the per-page table lookups out of Enum's Python-level __hash__.
+    __hash__ = object.__hash__
+
 
 class Event(enum.Enum):
     LOAD = "load"
@@ -54,6 +59,8 @@ class Event(enum.Enum):
     WRITE_FAILED = "write_failed"
     EVICT = "evict"
     DISCARD = "discard"
+
+    __hash__ = object.__hash__  # see State
 
 
 TRANSITIONS: Final[dict[tuple[State, Event], State]] = {
@@ -70,6 +77,14 @@ TRANSITIONS: Final[dict[tuple[State, Event], State]] = {
 
 # States whose frame holds the page's current bytes.
 RESIDENT: Final = frozenset({State.PRESENT, State.WRITING})
+
+
+def next_state(lba: int, state: State, event: Event) -> State:
+    """The table's answer for ``event`` in ``state``; anything not in it is a typed error."""
+    nxt = TRANSITIONS.get((state, event))
+    if nxt is None:
+        raise IllegalTransition(f"page {lba}: {event.value} is not allowed in state {state.value}")
+    return nxt
 
 
 @dataclass(eq=False, slots=True)
@@ -101,12 +116,18 @@ class Page:
 
     def fire(self, event: Event) -> None:
         """Apply ``event`` through the transition table; anything not in it is a typed error."""
-        nxt = TRANSITIONS.get((self.state, event))
-        if nxt is None:
-            raise IllegalTransition(
-                f"page {self.lba}: {event.value} is not allowed in state {self.state.value}"
-            )
-        self.state = nxt
+        self.state = next_state(self.lba, self.state, event)
+
+
+def fire_all(pages: Iterable[Page], event: Event) -> None:
+    """``page.fire(event)`` for each page in turn, asking the table once per run of equal states."""
+    state: State | None = None
+    nxt = State.ABSENT
+    for page in pages:
+        if page.state is not state:
+            state = page.state
+            nxt = next_state(page.lba, state, event)
+        page.state = nxt
 
 
 @dataclass(slots=True)
@@ -169,7 +190,7 @@ class PageCache:
     def absent(self, device: str, pages: Iterable[int]) -> int:
         """How many of these pages need a new frame."""
         table = self.table(device)
-        return sum(1 for lba in pages if lba not in table)
+        return len(list(itertools.filterfalse(table.__contains__, pages)))
 
     def admit(
         self, device: str, pages: list[int], whole_zero: set[int], frames: list[int]
@@ -183,42 +204,82 @@ class PageCache:
         geometry = self.geometry[device]
         waiter = Waiter(device, list(pages))
         result = Admission(waiter, [], [], 0)
+        # A new page starts ABSENT; the table says where LOAD and ZERO_FILL take it.
+        loading = next_state(0, State.ABSENT, Event.LOAD)
+        filled = next_state(0, State.ABSENT, Event.ZERO_FILL)
+        reading = State.READING
+        if (
+            pages
+            and not whole_zero
+            and len(frames) == len(pages)
+            and table.keys().isdisjoint(pages)
+            and len(set(pages)) == len(pages)
+        ):
+            self._admit_cold(device, result, frames, loading)
+            return result
         spare = iter(frames)
+        missing, to_read, zero_frames = waiter.missing, result.to_read, result.zero
+        clock = self._clock
+        spp, total = geometry.spp, geometry.total_sectors
+        hits = 0
         for lba in pages:
             page = table.get(lba)
             zero = lba in whole_zero
             if page is None:
-                page = self._new_page(device, lba, next(spare))
+                phys = next(spare)
                 if zero:
-                    page.fire(Event.ZERO_FILL)
-                    page.dirty = True
-                    result.zero.append(page.phys)
+                    page = Page(lba, phys, filled, dirty=True)
+                    zero_frames.append(phys)
                 else:
-                    page.fire(Event.LOAD)
-                    result.to_read.append(page)
-                    if geometry.is_partial(lba):
-                        result.zero.append(page.phys)  # the bytes past the disk's edge read as zero
+                    page = Page(lba, phys, loading)
+                    to_read.append(page)
+                    if lba < 0 or lba + spp > total:  # geometry.is_partial(lba)
+                        zero_frames.append(phys)  # the bytes past the disk's edge read as zero
+                table[lba] = page
+                clock[(device, lba)] = None
             else:
-                result.hits += 1
+                hits += 1
                 if zero and page.state in RESIDENT:
                     page.dirty = True
-                    result.zero.append(page.phys)
+                    zero_frames.append(page.phys)
                 elif zero:
                     page.zero_on_arrival = True
-            if page.state is State.READING:
-                waiter.missing.add(lba)
+            if page.state is reading:
+                missing.add(lba)
                 page.waiters.append(waiter)
             page.pins += 1
             page.referenced = True
+        result.hits = hits
         if next(spare, None) is not None:
             raise ValueError("admit() was given more frames than absent pages")
         return result
 
-    def _new_page(self, device: str, lba: int, phys: int) -> Page:
-        page = Page(lba, phys)
-        self.tables[device][lba] = page
-        self._clock[(device, lba)] = None
-        return page
+    def _admit_cold(
+        self, device: str, result: Admission, frames: list[int], loading: State
+    ) -> None:
+        """``admit`` when every page is new and none is zero-filled: the same records, in bulk."""
+        waiter = result.waiter
+        pages = waiter.pages
+        geometry = self.geometry[device]
+        spp, total = geometry.spp, geometry.total_sectors
+        join = loading is State.READING  # the request waits for the pages being read
+        created = [
+            Page(lba, phys, loading, 1, False, True, False, [waiter] if join else [])
+            for lba, phys in zip(pages, frames, strict=True)
+        ]
+        if join:
+            waiter.missing.update(pages)
+        self.tables[device].update(zip(pages, created, strict=True))
+        clock = self._clock
+        for key in zip(itertools.repeat(device), pages):  # (OrderedDict.update is slower)
+            clock[key] = None
+        result.to_read.extend(created)
+        if min(pages) < 0 or max(pages) + spp > total:  # the disk's edge pages read zeros past it
+            result.zero.extend(
+                phys
+                for lba, phys in zip(pages, frames, strict=True)
+                if lba < 0 or lba + spp > total
+            )
 
     def _drop(self, device: str, page: Page) -> None:
         del self.tables[device][page.lba]
@@ -229,18 +290,27 @@ class PageCache:
         """The driver filled these frames: wake the waiters whose last page this was."""
         table = self.table(device)
         out = Outcome()
+        state: State | None = None
+        nxt = State.ABSENT
         for lba in lbas:
             page = table[lba]
-            page.fire(Event.LOADED)
+            if page.state is not state:  # as page.fire(Event.LOADED), one lookup per state
+                state = page.state
+                nxt = next_state(lba, state, Event.LOADED)
+            page.state = nxt
             if page.zero_on_arrival:
                 page.zero_on_arrival = False
                 page.dirty = True
                 out.zero.append(page.phys)
-            for waiter in page.waiters:
-                waiter.missing.discard(lba)
-                if waiter.done and waiter.error is None:
+            waiters = page.waiters
+            if not waiters:
+                continue
+            for waiter in waiters:
+                missing = waiter.missing
+                missing.discard(lba)
+                if not missing and waiter.error is None:  # it is done, and did not fail
                     out.finished.append(waiter)
-            page.waiters.clear()
+            waiters.clear()
         return out
 
     def load_failed(self, device: str, lbas: Iterable[int], err: int, message: str) -> Outcome:
@@ -348,8 +418,7 @@ class PageCache:
 
     def written(self, device: str, lbas: Iterable[int]) -> None:
         table = self.table(device)
-        for lba in lbas:
-            table[lba].fire(Event.WRITTEN)
+        fire_all((table[lba] for lba in lbas), Event.WRITTEN)
 
     def write_failed(self, device: str, lbas: Iterable[int]) -> None:
         """The bytes did not reach the disk: the pages stay resident and dirty."""

@@ -210,14 +210,14 @@ class CacheServer(Server):
             await self._notify(msg.notify, CacheFailed(msg.tag, msg.device, err, message))
             return
         del self._open_reads[key]
-        refs = [PageRef(lba, phys) for lba, phys in self.core.refs(waiter)]
+        refs = list(itertools.starmap(PageRef, self.core.refs(waiter)))
         if not await self._notify(msg.notify, SectorsReady(msg.tag, msg.device, refs)):
             self.core.release(msg.device, waiter.pages)  # nobody will ever release these pins
 
     @handles(CacheMap)
     async def on_map(self, env: Envelope, msg: CacheMap) -> Pages:
         waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill)
-        return Pages([PageRef(lba, phys) for lba, phys in self.core.refs(waiter)])
+        return Pages(list(itertools.starmap(PageRef, self.core.refs(waiter))))
 
     async def _notify(self, port: str, msg: SectorsReady | CacheFailed) -> bool:
         try:
@@ -442,8 +442,7 @@ class CacheServer(Server):
 
     def _pages(self, name: str, lbas: Iterable[int]) -> list[int]:
         """Page numbers for sector numbers (a holder may name any sector inside a page)."""
-        grid = self._device(name).pages
-        return [grid.page_of(lba) for lba in lbas]
+        return self._device(name).pages.pages_for(lbas)
 
     def _device(self, name: str) -> CachedDevice:
         device = self.devices.get(name)

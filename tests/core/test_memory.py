@@ -65,6 +65,35 @@ def test_refcounts_free_only_at_zero_and_catch_double_free() -> None:
         mem.view(12345)
 
 
+def test_alloc_hands_out_lowest_addresses_first_across_zones() -> None:
+    mem = PhysicalMemory(32 * PAGE_SIZE, low_size=8 * PAGE_SIZE)
+    frames = mem.alloc("t", 28)  # ANY: the 24 high frames, then low ones
+    high = [HIGH_BASE + i * PAGE_SIZE for i in range(24)]
+    assert frames == [
+        *high,
+        LOW_BASE,
+        LOW_BASE + PAGE_SIZE,
+        LOW_BASE + 2 * PAGE_SIZE,
+        LOW_BASE + 3 * PAGE_SIZE,
+    ]
+    assert all(mem.refcount(f) == 1 for f in frames)
+    mem.release(frames[:2])
+    assert mem.alloc("u", 3) == [high[1], high[0], LOW_BASE + 4 * PAGE_SIZE]  # a stack: LIFO
+    assert mem.statistics().frames_by_owner == {"t": 26, "u": 3}
+
+
+def test_a_view_spans_contiguous_frames_but_never_the_hole_between_zones() -> None:
+    mem = PhysicalMemory(32 * PAGE_SIZE, low_size=8 * PAGE_SIZE)
+    run = mem.alloc("t", 3, Zone.HIGH)
+    mem.view(run[1])[:] = b"y" * PAGE_SIZE
+    assert bytes(mem.view(run[0], 3 * PAGE_SIZE))[PAGE_SIZE : 2 * PAGE_SIZE] == b"y" * PAGE_SIZE
+    last_low = LOW_BASE + 7 * PAGE_SIZE
+    with pytest.raises(BadAddress):  # from the last low frame into the first high one
+        mem.view(last_low, HIGH_BASE + PAGE_SIZE - last_low)
+    with pytest.raises(BadAddress):  # past the end of the low zone
+        mem.view(last_low, 2 * PAGE_SIZE)
+
+
 def test_copy_is_the_counted_path() -> None:
     counters = Counters()
     mem = PhysicalMemory(16 * PAGE_SIZE, counters=counters)

@@ -10,7 +10,7 @@ from drivers.ahci import PRD_MAX_BYTES, build_prdt
 from drivers.ide import build_prd
 from drivers.nvme import prp_entries, prp_views
 from drivers.protocol import Segment
-from drivers.sg import merge_adjacent, split_at_boundaries
+from drivers.sg import merge_adjacent, merge_contiguous, split_at_boundaries
 from microkernel.memory import PAGE_SIZE, PhysicalMemory, Zone
 
 P = PAGE_SIZE
@@ -38,11 +38,30 @@ def test_prp_rejects_what_prps_cannot_express(sg: list[Segment]) -> None:
 def test_prp_views_walk_a_real_list() -> None:
     memory = PhysicalMemory(1 << 20)
     try:
-        pages = memory.alloc("t", 4, Zone.LOW)
+        pages = memory.alloc("t", 8, Zone.LOW)
+        for i, page in enumerate(pages):
+            memory.view(page)[:] = bytes([i]) * P
         listed = memory.alloc("t", 1, Zone.LOW)[0]
-        memory.view(listed)[:24] = b"".join(p.to_bytes(8, "little") for p in pages[1:])
-        views = prp_views(memory, pages[0] + 512, listed, 3 * P + 512)
-        assert [len(v) for v in views] == [P - 512, P, P, 1024]
+
+        def walk(first: int, entries: list[int], nbytes: int) -> list[memoryview]:
+            memory.view(listed)[: 8 * len(entries)] = b"".join(
+                p.to_bytes(8, "little") for p in entries
+            )
+            return prp_views(memory, first, listed, nbytes)
+
+        # scattered frames: one iovec per physically contiguous run, bytes as the PRPs say
+        views = walk(pages[0] + 512, [pages[2], pages[3], pages[6]], 3 * P + 512)
+        assert [len(v) for v in views] == [P - 512, 2 * P, 1024]
+        expected = bytes([0]) * (P - 512) + bytes([2]) * P + bytes([3]) * P + bytes([6]) * 1024
+        assert b"".join(views) == expected
+        # consecutive frames: one iovec for the whole transfer
+        views = walk(pages[0] + 512, pages[1:4], 3 * P + 512)
+        assert [len(v) for v in views] == [3 * P + 512]
+        assert bytes(views[0]) == bytes(memory.view(pages[0], 4 * P))[512 : 512 + 3 * P + 512]
+        # a list entry outside RAM is a typed error, as for any segment
+        with pytest.raises(OSError) as info:
+            walk(pages[0], [pages[1], 1 << 40], 3 * P)
+        assert info.value.errno == errno.EFAULT
     finally:
         memory.close()
 
@@ -72,3 +91,11 @@ def test_merge_and_split_helpers() -> None:
         Segment(8, 8),
         Segment(16, 2),
     ]
+
+
+def test_merge_contiguous_joins_runs_without_a_limit() -> None:
+    sg = [Segment(0x10000, P), Segment(0x11000, P), Segment(0x12000, 512), Segment(0x30000, P)]
+    assert merge_contiguous(sg) == [Segment(0x10000, 2 * P + 512), Segment(0x30000, P)]
+    scattered = [Segment(0x10000, P), Segment(0x30000, P)]
+    assert merge_contiguous(scattered) is scattered
+    assert merge_contiguous([]) == []
