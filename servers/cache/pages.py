@@ -34,6 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 from servers.cache.errors import IllegalTransition, NoSuchDevice, UnknownPage
 from servers.cache.geometry import PageGeometry
 
@@ -101,9 +103,13 @@ class Waiter:
         return self.error is not None or not self.missing
 
 
-@dataclass(eq=False, slots=True)
-class Page:
-    """The cache's record of one page of one device."""
+class Page(msgspec.Struct, gc=False, eq=False):
+    """The cache's record of one page of one device.
+
+    A ``gc=False`` struct: there is one per cached page (tens of thousands), none
+    is part of a reference cycle, and untracked records keep the garbage
+    collector's full passes short while a large read creates thousands of them.
+    """
 
     lba: int
     phys: int
@@ -112,7 +118,7 @@ class Page:
     dirty: bool = False
     referenced: bool = True
     zero_on_arrival: bool = False
-    waiters: list[Waiter] = field(default_factory=list)
+    waiters: list[Waiter] = msgspec.field(default_factory=list)
 
     def fire(self, event: Event) -> None:
         """Apply ``event`` through the transition table; anything not in it is a typed error."""

@@ -114,15 +114,17 @@ class BadHandle(KernelError):
     default_errno = 9  # EBADF
 
 
-@dataclass(slots=True)
-class FilePage:
-    """One cached 4 KiB page of a file: a cache frame (zero-copy) or a private copy."""
+class FilePage(msgspec.Struct, gc=False):
+    """One cached 4 KiB page of a file: a cache frame (zero-copy) or a private copy.
+
+    Untracked by the garbage collector (``gc=False``: no cycles), since a large
+    read creates thousands at once.
+    """
 
     phys: int
     cache_lba: int | None  # the cache page mapped as is; None for a private frame
-    sources: list[
-        tuple[int, int, int, int]
-    ]  # copy path: (cache page, offset in it, offset here, n)
+    sources: tuple[tuple[int, int, int, int], ...] = ()  # copy path: (cache page, offset in
+    # it, offset in this page, length)
     dirty: bool = False
 
 
@@ -470,7 +472,7 @@ class VfsServer(Server):
         for page, lba in _direct_pages(extents, ss, self.volume.alignment_offset):
             phys = frames.get(lba)
             if page in wanted and phys is not None:
-                cfile.pages[page] = FilePage(phys, lba, [])
+                cfile.pages[page] = FilePage(phys, lba)
                 used.add(lba)
                 wanted.discard(page)
         for page in sorted(wanted):
@@ -505,7 +507,7 @@ class VfsServer(Server):
                 reason="copy-path",
             )
             sources.append((plba, inpage, dst_off, n))
-        return FilePage(frame, None, sources)
+        return FilePage(frame, None, tuple(sources))
 
     def _zero_past_eof(self, cfile: CentralFile, page: int) -> None:
         tail = cfile.fat_size - page * PAGE_SIZE
