@@ -158,6 +158,7 @@ class FatVolume:
         self.read_only = read_only
         self.problems: list[str] = []  # what mount found and tolerated (or repaired)
         self._chains: dict[int, tuple[int, list[int]]] = {}  # start -> (FAT version, chain)
+        self._dirs: dict[int, tuple[int, _Dir]] = {}  # key -> (FAT version, parsed directory)
         self.was_dirty = False
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
@@ -257,7 +258,11 @@ class FatVolume:
         return await self.io.read(sector * self._scale, count * self._scale)
 
     async def _write(self, sector: int, data: bytes) -> None:
-        await self.io.write(sector * self._scale, data)
+        self._dirs.clear()  # any metadata write may change a directory: drop parsed copies
+        try:
+            await self.io.write(sector * self._scale, data)
+        finally:
+            self._dirs.clear()
 
     async def _flush_fat(self) -> None:
         """Write the dirty FAT sectors, in contiguous runs, to every (mirrored) FAT copy."""
@@ -289,6 +294,22 @@ class FatVolume:
         return self.boot.root_cluster if self.boot.fat_type == 32 else 0
 
     async def _load_dir(self, key: int) -> _Dir:
+        """A directory, parsed; kept until the next metadata write or FAT change.
+
+        Lookups walk the same directories again and again (every open and stat
+        resolves its path from the root); the volume is their only writer, so a
+        parsed copy stays true until it writes.
+        """
+        hit = self._dirs.get(key)
+        if hit is not None and hit[0] == self.fat.version:
+            return hit[1]
+        d = await self._read_dir(key)
+        if len(self._dirs) > 64:
+            self._dirs.clear()
+        self._dirs[key] = (self.fat.version, d)
+        return d
+
+    async def _read_dir(self, key: int) -> _Dir:
         """Read a whole directory in as few calls as its cluster runs allow."""
         if key == 0 and self.boot.fat_type != 32:
             start, n = self.boot.root_dir_start, self.boot.root_dir_sectors

@@ -271,6 +271,9 @@ def _check_range(position: int, size: int, base: int) -> None:
         raise InvalidPart(errno.EINVAL, f"part base {base} (+{size}) leaves the int32 window")
 
 
+_EMPTY_MAP = bytes(FILEMAP_SIZE)
+
+
 class FileMapWriter:
     """The kernel's side of one FileMap: inserts, removes and clears parts lock-free.
 
@@ -291,6 +294,9 @@ class FileMapWriter:
 
     def _adopt(self) -> None:
         """Rebuild the bookkeeping from the page, refusing a page that breaks invariants."""
+        if self._words.raw.tobytes() == _EMPTY_MAP:  # a fresh page: every index is free
+            self._free = list(range(1, MAX_PARTS + 1))
+            return
         try:
             linked = check_filemap(self._words.raw)
         except FileMapCorrupt:
