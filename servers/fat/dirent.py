@@ -147,6 +147,23 @@ class DirListing:
     end: int = 0  # index of the end marker (entries from here on are free)
     orphan_lfn: int = 0
     bad_checksum: int = 0
+    _by_name: dict[str, DirSlot] | None = None
+
+    def find(self, wanted_upper: str) -> DirSlot | None:
+        """The first live file or directory entry whose long or short name matches.
+
+        The index is built on first use: a parsed directory is looked up many times.
+        """
+        if self._by_name is None:
+            index: dict[str, DirSlot] = {}
+            for slot in self.slots:
+                if slot.entry.is_label or slot.entry.is_dot:
+                    continue
+                if slot.long_name is not None:
+                    index.setdefault(slot.long_name.upper(), slot)
+                index.setdefault(short_display(slot.entry.name).upper(), slot)
+            self._by_name = index
+        return self._by_name.get(wanted_upper)
 
 
 @dataclass(slots=True)

@@ -376,10 +376,7 @@ class FatVolume:
         wanted = name.upper()
         if name in (".", ".."):
             return None
-        for slot in d.listing.slots:
-            if not slot.entry.is_label and not slot.entry.is_dot and slot.matches(wanted):
-                return slot
-        return None
+        return d.listing.find(wanted)
 
     async def _existing(self, path: str) -> _Found:
         found = await self._find(path)
