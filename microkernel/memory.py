@@ -26,7 +26,7 @@ import errno
 import mmap
 import os
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from microkernel.stats import Counters
@@ -139,10 +139,6 @@ class PhysicalMemory:
         page = phys & ~(PAGE_SIZE - 1)
         return self.index_of(page) * PAGE_SIZE + (phys - page)
 
-    @staticmethod
-    def is_low(phys: int) -> bool:
-        return phys < DMA32_LIMIT
-
     # ------------------------------------------------------------------ allocation
     def set_quota(self, owner: str, frames: int | None) -> None:
         """Limit how many frames ``owner`` may hold (None removes the limit)."""
@@ -248,11 +244,6 @@ class PhysicalMemory:
                 f"{length} bytes at {phys:#x} are not one contiguous run of physical memory"
             )
         return self._view[start : start + length]
-
-    def frame_views(self, frames: Sequence[int]) -> list[memoryview]:
-        """One 4 KiB view per frame: the iovec list a driver hands to preadv/pwritev."""
-        view = self._view
-        return [view[o : o + PAGE_SIZE] for o in (self.index_of(p) * PAGE_SIZE for p in frames)]
 
     def zero(self, frames: Iterable[int]) -> None:
         """Zero-fill frames (newly allocated file space); not a data copy."""

@@ -22,9 +22,3 @@ def parse_size(text: str | int) -> int:
         raise ValueError(f"negative size {text!r}")
     return int(value * _UNITS[unit])
 
-
-def format_size(n: int) -> str:
-    for unit in ("T", "G", "M", "K"):
-        if n >= _UNITS[unit] and n % _UNITS[unit] == 0:
-            return f"{n // _UNITS[unit]}{unit}"
-    return str(n)

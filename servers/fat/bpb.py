@@ -8,7 +8,7 @@ anything else FAT32.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from servers.fat.errors import BadBootSector, TruncatedImage
 
@@ -117,10 +117,6 @@ class BootSector:
 
     def cluster_to_sector(self, cluster: int) -> int:
         return self.data_start + (cluster - 2) * self.sectors_per_cluster
-
-    def with_flags(self, flags: int) -> BootSector:
-        return replace(self, flags=flags)
-
 
 def parse_boot_sector(data: bytes, device_bytes: int | None = None) -> BootSector:
     """Parse and validate sector 0; ``device_bytes`` (volume size) detects truncated images."""

@@ -134,13 +134,6 @@ class DirSlot:
     def name(self) -> str:
         return self.long_name if self.long_name is not None else self.short_name
 
-    def matches(self, wanted_upper: str) -> bool:
-        """Case-insensitive match against the long or the short name."""
-        if self.long_name is not None and self.long_name.upper() == wanted_upper:
-            return True
-        return short_display(self.entry.name).upper() == wanted_upper
-
-
 @dataclass(slots=True)
 class DirListing:
     slots: list[DirSlot] = field(default_factory=list)

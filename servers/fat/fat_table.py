@@ -245,9 +245,6 @@ class FatTable:
             out.append((first, bytes(self._raw[first * ss:(first + n) * ss])))
         return out
 
-    def mark_all_dirty(self) -> None:
-        self._dirty.update(range(len(self._raw) // self.sector_size))
-
     def mark_sector_dirty(self, index: int) -> None:
         self._dirty.add(index)
 

@@ -165,7 +165,6 @@ class FatVolume:
         self._handles: dict[int, _Node] = {}
         self._next_handle = itertools.count(1)
         self._mounted = True
-        self._fsinfo_dirty = False
 
     # ================================================================ mount
     @classmethod
@@ -220,7 +219,6 @@ class FatVolume:
             if 2 <= info.next_free <= self.boot.max_cluster:
                 self.fat.next_free = info.next_free
             return
-        self._fsinfo_dirty = True
 
     async def _set_dirty(self, dirty: bool) -> None:
         self.fat.set_clean(not dirty)
@@ -326,10 +324,6 @@ class FatVolume:
             d = _Dir(key, sectors, bytearray(b"".join(parts)), clusters, False)
         d.listing = parse_directory(d.data)
         return d
-
-    def _dir_key(self, entry: ShortEntry) -> int:
-        """The directory key an entry's cluster field names ('..' uses 0 for the root)."""
-        return self._root_cluster if entry.cluster == 0 else entry.cluster
 
     async def _write_entries(self, d: _Dir, first: int, count: int) -> None:
         """Write back the sectors holding entries first..first+count-1."""
