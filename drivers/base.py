@@ -24,6 +24,7 @@ the memory its "hardware" touches (:meth:`BlockDriver.plan_dma`):
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from drivers.sg import merge_contiguous, split_at_boundaries
 from microkernel.ipc import Envelope, Router
 from microkernel.memory import PAGE_SIZE, PhysicalMemory, Zone
 from microkernel.server import Server, handles
+from microkernel.trace import current_corr
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 ImagePath = str | os.PathLike[str]
@@ -338,7 +340,11 @@ class BlockDriver(Server):
             plan = DmaPlan([])
             try:
                 self.plan_dma(sg, plan, write=write)
+                tracer = self.router.tracer
+                start = time.monotonic_ns() if tracer.enabled else 0
                 await self._execute(plan, lba * self.logical_sector_size, write=write, fua=fua)
+                if tracer.enabled:  # the transfer itself, apart from queueing and planning
+                    tracer.span(self.name, "dma", 0, current_corr.get(), start, time.monotonic_ns())
             finally:
                 self.memory.release(plan.frames)
         self._account(lba, count, nbytes, write)

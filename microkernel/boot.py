@@ -137,6 +137,7 @@ async def boot(
     )
     counters = Counters()
     mem = PhysicalMemory(_round_pages(cfg.memory_bytes), low_size=_low(cfg), counters=counters)
+    mem.tracer = tracer
     devices = [d.name for d in cfg.devices]
     filesystems = [f"fat{i}" for i in range(len(cfg.devices))]
     caps = cfg.capabilities or default_capabilities(devices, filesystems)

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from microkernel.stats import Counters
+from microkernel.trace import DISABLED, Tracer
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -106,6 +107,7 @@ class PhysicalMemory:
         self.high_frames = (size - low_size) // PAGE_SIZE
         self.frames_total = self.low_frames + self.high_frames
         self.counters = counters if counters is not None else Counters()
+        self.tracer: Tracer = DISABLED  # boot sets the system's tracer: copies become events
         self.fd, self.is_memfd = _memfd(size)
         self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._view = memoryview(self._map)
@@ -259,12 +261,14 @@ class PhysicalMemory:
         if len(dst) != n:
             raise ValueError(f"copy of {n} bytes into a {len(dst)}-byte destination ({reason})")
         dst[:] = src
-        self.counters.count_copy(n, reason)
+        self.count_copy(n, reason)
         return n
 
     def count_copy(self, n: int, reason: str) -> None:
         """Account a copy done outside Python (e.g. PIO through a kernel buffer)."""
         self.counters.count_copy(n, reason)
+        if self.tracer.enabled:
+            self.tracer.copy("memory", reason, n)
 
     def close(self) -> None:
         self._view.release()

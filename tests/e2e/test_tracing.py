@@ -69,3 +69,20 @@ async def test_tracing_off_writes_nothing(make_image: ImageFactory, tmp_path: Pa
         proc = await system.spawn("p")
         assert await proc.read_file("/a.txt") == b"a"
     assert list(tmp_path.glob("*.jsonl")) == []
+
+
+async def test_dma_spans_and_counted_copies_appear_in_the_trace(
+    make_image: ImageFactory, tmp_path: Path
+) -> None:
+    image = make_image({"/pio.bin": b"p" * 50_000})
+    trace = tmp_path / "pio.jsonl"
+    async with microkernel.boot(image=image, memory="64M", driver="ide-pio", trace=trace) as system:
+        proc = await system.spawn("reader")
+        assert await proc.read_file("/pio.bin") == b"p" * 50_000
+    copied = system.statistics().copies_by_reason["pio"]  # after shutdown: every copy
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert any(e["event"] == "span" and e["name"] == "dma" and e["server"] == "ide0" for e in events)
+    assert sum(e["bytes"] for e in events if e["event"] == "copy" and e["reason"] == "pio") == copied
+    out = io.StringIO()
+    render(str(trace), "summary", out=out)
+    assert "pio" in out.getvalue()
