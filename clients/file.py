@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from microkernel.addrspace import AddressSpace
+from servers.fat.protocol import FsInfo
 from servers.vfs.filemap import FileMapReader
 from servers.vfs.pages import FileStatePage, ProcessFilePage
 from servers.vfs.protocol import (
@@ -33,6 +34,7 @@ from servers.vfs.protocol import (
     PartReady,
     Read,
     SetSize,
+    SetTimes,
     SizeSet,
     Write,
     Written,
@@ -293,6 +295,11 @@ class File:
         size = self.tell() if size is None else size
         await self._set_size(size)
         return size
+
+    async def set_times(self, mtime: float) -> None:
+        """Set the modification time (seconds since the epoch), like ``os.utime``."""
+        self._check()
+        await self.proc.syscall(SetTimes(self.handle, mtime), FsInfo)
 
     async def flush(self) -> None:
         self._check()

@@ -42,6 +42,7 @@ from clients.file import File
 from clients.process import UserProcess
 from microkernel.trace import log
 from servers.fat.protocol import FsInfo
+from servers.vfs.protocol import OpenFlags
 from servers.vfs.server import WINDOW_DATA
 
 P = ParamSpec("P")
@@ -203,10 +204,22 @@ class ImageOperations(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        """Only the size is stored: the system call set has no way to set times or modes."""
+        """Size and modification time are stored; FAT has no modes or owners to keep."""
         if fields.update_size:
             await self._truncate(inode, fh, attr.st_size)
+        if fields.update_mtime:
+            await self._set_mtime(inode, fh, attr.st_mtime_ns / 1e9)
         return await self._entry(self.inodes.path(inode))
+
+    async def _set_mtime(self, inode: int, fh: int | None, mtime: float) -> None:
+        entry = self.files.get(fh) if fh is not None else None
+        if entry is not None and entry.file.flags & OpenFlags.WRITE:
+            await entry.file.set_times(mtime)
+            return
+        if (await self.proc.stat(self.inodes.path(inode))).is_dir:
+            return  # a directory's times live in its parent's entry; not exposed here
+        async with await self.proc.open(self.inodes.path(inode), "r+b") as f:
+            await f.set_times(mtime)
 
     async def _truncate(self, inode: int, fh: int | None, size: int) -> None:
         entry = self.files.get(fh) if fh is not None else None

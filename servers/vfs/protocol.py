@@ -113,6 +113,13 @@ class StatFs(msgspec.Struct, frozen=True, gc=False, tag=True):
     pass
 
 
+class SetTimes(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Set the modification (and access) time, seconds since the epoch, like ``os.utime``."""
+
+    handle: int
+    mtime: float
+
+
 Syscall = (
     Open
     | Close
@@ -130,6 +137,7 @@ Syscall = (
     | Write
     | Exit
     | StatFs
+    | SetTimes
 )
 
 

@@ -66,6 +66,7 @@ from servers.fat.protocol import (
     FsSetTimes,
     FsStat,
     FsStatFs,
+    FsStatHandle,
     FsUnlink,
     FsVolume,
     Mapped,
@@ -90,6 +91,7 @@ from servers.vfs.protocol import (
     Rename,
     Rmdir,
     SetSize,
+    SetTimes,
     SizeSet,
     Stat,
     StatFs,
@@ -691,6 +693,20 @@ class VfsServer(Server):
         if cfile.modified:
             await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, time.time()), Ok)
         await self.endpoint.call(cfile.fs, FsFsync(cfile.fs_handle), Ok, timeout=120)
+
+    @handles(SetTimes)
+    async def on_set_times(self, env: Envelope, msg: SetTimes) -> FsInfo:
+        window = self._window(env, msg.handle)
+        if not window.writable:
+            raise OSError(9, "file not open for writing")
+        cfile = window.file
+        await self._write_back(cfile)
+        await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, msg.mtime), Ok)
+        cfile.modified = False  # an explicit time wins over the automatic one at close
+        info: FsInfo = await self.endpoint.call(cfile.fs, FsStatHandle(cfile.fs_handle), FsInfo)
+        cfile.info = msgspec.structs.replace(info, size=cfile.fat_size)
+        self._publish_state(cfile)
+        return msgspec.structs.replace(info, size=cfile.size)
 
     # ------------------------------------------------------------------ SetSize
     @handles(SetSize)

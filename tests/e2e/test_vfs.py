@@ -334,3 +334,15 @@ async def test_extension_larger_than_the_cache_and_a_nearly_full_disk(
         assert info.value.errno == errno.ENOSPC
     fsck_ok(image)
     assert mtype(image, "/big.bin") == bytes(6 << 20)
+
+
+async def test_set_times_like_utime(make_image: ImageFactory) -> None:
+    image = make_image({"/t.txt": b"times"})
+    stamp = 1_600_000_000.0  # 2020-09-13, an even number of DOS seconds
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("p")
+        async with await proc.open("/t.txt", "r+b") as f:
+            await f.write(b"T")
+            await f.set_times(stamp)
+        assert abs((await proc.stat("/t.txt")).mtime - stamp) <= 2
+    fsck_ok(image)
