@@ -157,3 +157,26 @@ async def test_a_disk_that_stops_answering_gives_an_error_not_a_hang(
         f.seek(0)
         assert await f.read() == DATA
         await f.close()
+
+
+async def test_garbage_to_every_real_server_is_rejected_and_nobody_crashes(
+    make_image: ImageFactory,
+) -> None:
+    import random
+
+    image = make_image({"/ok.txt": b"still here"})
+    rng = random.Random(99)
+    async with microkernel.boot(image=image, memory="64M") as system:
+        router = system.router
+        for server in list(system.servers):
+            for _ in range(40):
+                body = rng.randbytes(rng.randrange(0, 40))
+                env = Envelope("kernel", server.name, router.next_id(), 0, 0, 1, "Fuzz", body)
+                future = router.expect_reply(env.id, server.name)
+                await router.deliver(env)
+                with anyio.fail_after(5):
+                    reply = await future
+                assert reply.kind == 3  # an error reply, never silence and never a crash
+            assert server.statistics().crashes == 0, server.name
+        proc = await system.spawn("p")
+        assert await proc.read_file("/ok.txt") == b"still here"
