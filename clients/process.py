@@ -125,8 +125,8 @@ class UserProcess:
     async def rename(self, src: str, dst: str) -> None:
         await self.syscall(Rename(src, dst), None)
 
-    async def statfs(self) -> FsVolume:
-        volume: FsVolume = await self.syscall(StatFs(), FsVolume)
+    async def statfs(self, path: str = "/") -> FsVolume:
+        volume: FsVolume = await self.syscall(StatFs(path), FsVolume)
         return volume
 
     async def read_file(self, path: str) -> bytes:

@@ -162,6 +162,14 @@ async def boot(
         raise failure
 
 
+def mount_points(devices: list[DeviceConfig], filesystems: list[str]) -> dict[str, str]:
+    """The first volume at ``/``, every further one at ``/<device name>``."""
+    return {
+        ("/" if i == 0 else f"/{dev.name}"): fs
+        for i, (dev, fs) in enumerate(zip(devices, filesystems, strict=True))
+    }
+
+
 def _round_pages(n: int) -> int:
     return n - n % 4096
 
@@ -239,7 +247,12 @@ async def _start_all(system: System, tg: anyio.abc.TaskGroup) -> None:
         system,
         tg,
         vfs_cls(
-            "vfs", system.router, system.memory, system.processes, filesystems=system.filesystems
+            "vfs",
+            system.router,
+            system.memory,
+            system.processes,
+            filesystems=system.filesystems,
+            mounts=mount_points(cfg.devices, system.filesystems),
         ),
     )
 

@@ -110,7 +110,9 @@ class Exit(msgspec.Struct, frozen=True, gc=False, tag=True):
 
 
 class StatFs(msgspec.Struct, frozen=True, gc=False, tag=True):
-    pass
+    """The volume that serves ``path``."""
+
+    path: str = "/"
 
 
 class SetTimes(msgspec.Struct, frozen=True, gc=False, tag=True):

@@ -204,6 +204,7 @@ class VfsServer(Server):
         processes: ProcessTable,
         *,
         filesystems: list[str],
+        mounts: dict[str, str] | None = None,
         cache: str = "cache",
         scan_interval: float = 1.0,
     ) -> None:
@@ -212,10 +213,11 @@ class VfsServer(Server):
             raise ValueError("the kernel file driver needs at least one file system")
         self.memory = memory
         self.processes = processes
-        self.fs = filesystems[0]
+        self.filesystems = list(filesystems)
+        self.mounts = MountTable(mounts or {"/": filesystems[0]})
         self.cache = cache
         self.scan_interval = scan_interval
-        self.volume: FsVolume | None = None
+        self.volumes: dict[str, FsVolume] = {}
         self.files: dict[tuple[str, str], CentralFile] = {}
         self.windows: dict[int, Window] = {}
         self._handles = itertools.count(1)
@@ -226,7 +228,8 @@ class VfsServer(Server):
 
     # ------------------------------------------------------------------ lifecycle
     async def setup(self) -> None:
-        self.volume = await self.endpoint.call(self.fs, FsStatFs(), FsVolume)
+        for fs in self.filesystems:
+            self.volumes[fs] = await self.endpoint.call(fs, FsStatFs(), FsVolume)
 
     async def teardown(self) -> None:
         for window in list(self.windows.values()):
@@ -239,11 +242,6 @@ class VfsServer(Server):
             for window in list(self.windows.values()):
                 if window.handle in self.windows:
                     await self._second_chance(window)
-
-    @property
-    def device(self) -> str:
-        assert self.volume is not None
-        return self.volume.device
 
     def _window(self, env: Envelope, handle: int) -> Window:
         window = self.windows.get(handle)
@@ -258,16 +256,16 @@ class VfsServer(Server):
         if proc is None:
             raise BadHandle(f"{env.src} is not a process")
         flags = OpenFlags(msg.flags)
-        if flags & OpenFlags.WRITE and self.volume is not None and self.volume.read_only:
+        fs, path = self.mounts.route(msg.path)
+        if flags & OpenFlags.WRITE and self.volumes[fs].read_only:
             raise OSError(30, f"{msg.path}: read-only file system")
         async with self._open_lock:
-            cfile = await self._central(msg.path, flags)
+            cfile = await self._central(fs, path, flags)
             window = self._new_window(proc, cfile, flags)
-        zero_copy = self.volume is not None and self.volume.aligned
-        return Opened(window.handle, 0, cfile.size, zero_copy)
+        return Opened(window.handle, 0, cfile.size, self.volumes[fs].aligned)
 
-    async def _central(self, path: str, flags: OpenFlags) -> CentralFile:
-        key = (self.fs, _normalise(path))
+    async def _central(self, fs: str, path: str, flags: OpenFlags) -> CentralFile:
+        key = (fs, _normalise(path))
         retiring = self._retiring.get(key)
         if retiring is not None:
             await retiring.wait()
@@ -280,13 +278,13 @@ class VfsServer(Server):
                 await self._set_size(cfile, 0)
             return cfile
         opened: FsOpened = await self.endpoint.call(
-            self.fs, FsOpen(path, create, excl, bool(flags & OpenFlags.TRUNCATE)), FsOpened
+            fs, FsOpen(path, create, excl, bool(flags & OpenFlags.TRUNCATE)), FsOpened
         )
         (frame,) = self.memory.alloc("vfs", 1)
         self.memory.zero([frame])
         cfile = CentralFile(
             key,
-            self.fs,
+            fs,
             opened.handle,
             opened.info,
             frame,
@@ -466,12 +464,12 @@ class VfsServer(Server):
         self, cfile: CentralFile, pages: list[int], extents: list[FileExtent], ready: SectorsReady
     ) -> None:
         """Turn the delivered cache pages into file pages: mapped as is, or copied when not aligned."""
-        assert self.volume is not None
-        ss = self.volume.logical_sector_size
+        volume = self.volumes[cfile.fs]
+        ss = volume.logical_sector_size
         frames = {p.lba: p.phys for p in ready.pages}
         used: set[int] = set()
         wanted = set(pages)
-        for page, lba in _direct_pages(extents, ss, self.volume.alignment_offset):
+        for page, lba in _direct_pages(extents, ss, volume.alignment_offset):
             phys = frames.get(lba)
             if page in wanted and phys is not None:
                 cfile.pages[page] = FilePage(phys, lba)
@@ -499,7 +497,7 @@ class VfsServer(Server):
         self.memory.zero([frame])
         sources = []
         lo, hi = page * PAGE_SIZE, min((page + 1) * PAGE_SIZE, cfile.fat_size)
-        align = self.volume.alignment_offset if self.volume else 0
+        align = self.volumes[cfile.fs].alignment_offset
         for src_lba, src_off, dst_off, n in _byte_sources(lo, hi, extents, ss, align):
             plba = _page_lba(src_lba, ss, align)
             inpage = (src_lba - plba) * ss + src_off
@@ -635,27 +633,27 @@ class VfsServer(Server):
         dirty = [p for p, fp in cfile.pages.items() if fp.dirty and p * PAGE_SIZE < cfile.fat_size]
         marked: list[int] = []
         written: list[int] = []
+        volume = self.volumes[cfile.fs]
         for p in dirty:
             fp = cfile.pages[p]
             fp.dirty = False
             if fp.cache_lba is not None:
                 marked.append(fp.cache_lba)
             else:
-                written.extend(await self._copy_back(fp))
+                written.extend(await self._copy_back(volume, fp))
         if marked:
-            await self.endpoint.call(self.cache, MarkDirty(self.device, marked), Ok)
+            await self.endpoint.call(self.cache, MarkDirty(volume.device, marked), Ok)
         if durable and (marked or written):
             await self.endpoint.call(
-                self.cache, Writeback(self.device, sorted({*marked, *written})), Ok, timeout=120
+                self.cache, Writeback(volume.device, sorted({*marked, *written})), Ok, timeout=120
             )
 
-    async def _copy_back(self, fp: FilePage) -> list[int]:
-        assert self.volume is not None
-        ss = self.volume.logical_sector_size
+    async def _copy_back(self, volume: FsVolume, fp: FilePage) -> list[int]:
+        ss, device = volume.logical_sector_size, volume.device
         extents = [Extent(lba, PAGE_SIZE // ss) for lba in sorted({s[0] for s in fp.sources})]
         if not extents:
             return []
-        reply: Pages = await self.endpoint.call(self.cache, CacheMap(self.device, extents), Pages)
+        reply: Pages = await self.endpoint.call(self.cache, CacheMap(device, extents), Pages)
         frames = {p.lba: p.phys for p in reply.pages}
         for plba, inpage, dst, n in fp.sources:
             self.memory.copy(
@@ -664,8 +662,8 @@ class VfsServer(Server):
                 reason="copy-path",
             )
         lbas = list(frames)
-        await self.endpoint.call(self.cache, MarkDirty(self.device, lbas), Ok)
-        self.endpoint.send_nowait(self.cache, Release(self.device, lbas))
+        await self.endpoint.call(self.cache, MarkDirty(device, lbas), Ok)
+        self.endpoint.send_nowait(self.cache, Release(device, lbas))
         return lbas
 
     def _drop_pages(self, cfile: CentralFile, pages: list[int]) -> None:
@@ -679,7 +677,7 @@ class VfsServer(Server):
             else:
                 self.memory.release([fp.phys])
         if pins:
-            self.endpoint.send_nowait(self.cache, Release(self.device, pins))
+            self.endpoint.send_nowait(self.cache, Release(self.volumes[cfile.fs].device, pins))
 
     @handles(Flush)
     async def on_flush(self, env: Envelope, msg: Flush) -> None:
@@ -806,38 +804,53 @@ class VfsServer(Server):
     # ----------------------------------------------------------------- namespace
     @handles(Stat)
     async def on_stat(self, env: Envelope, msg: Stat) -> FsInfo:
-        cfile = self.files.get((self.fs, _normalise(msg.path)))
+        fs, path = self.mounts.route(msg.path)
+        cfile = self.files.get((fs, _normalise(path)))
         if cfile is not None:
             return msgspec.structs.replace(cfile.info, size=cfile.size)
-        info: FsInfo = await self.endpoint.call(self.fs, FsStat(msg.path), FsInfo)
+        info: FsInfo = await self.endpoint.call(fs, FsStat(path), FsInfo)
         return info
 
     @handles(ReadDir)
     async def on_readdir(self, env: Envelope, msg: ReadDir) -> FsDir:
-        listing: FsDir = await self.endpoint.call(self.fs, FsReadDir(msg.path), FsDir)
-        return listing
+        fs, path = self.mounts.route(msg.path)
+        listing: FsDir = await self.endpoint.call(fs, FsReadDir(path), FsDir)
+        extra = [await self._mount_info(name, f) for name, f in self.mounts.below(msg.path)]
+        return FsDir(listing.entries + extra) if extra else listing
+
+    async def _mount_info(self, name: str, fs: str) -> FsInfo:
+        """A mount point shows in its parent's listing as the mounted volume's root."""
+        root: FsInfo = await self.endpoint.call(fs, FsStat("/"), FsInfo)
+        return msgspec.structs.replace(root, name=name, short_name=name.upper()[:12])
 
     @handles(Mkdir)
     async def on_mkdir(self, env: Envelope, msg: Mkdir) -> FsInfo:
-        info: FsInfo = await self.endpoint.call(self.fs, FsMkdir(msg.path), FsInfo)
+        fs, path = self.mounts.route(msg.path)
+        info: FsInfo = await self.endpoint.call(fs, FsMkdir(path), FsInfo)
         return info
 
     @handles(Rmdir)
     async def on_rmdir(self, env: Envelope, msg: Rmdir) -> None:
-        await self.endpoint.call(self.fs, FsRmdir(msg.path), Ok)
+        fs, path = self.mounts.route(msg.path)
+        await self.endpoint.call(fs, FsRmdir(path), Ok)
 
     @handles(Unlink)
     async def on_unlink(self, env: Envelope, msg: Unlink) -> None:
-        await self.endpoint.call(self.fs, FsUnlink(msg.path), Ok)
-        cfile = self.files.pop((self.fs, _normalise(msg.path)), None)
+        fs, path = self.mounts.route(msg.path)
+        await self.endpoint.call(fs, FsUnlink(path), Ok)
+        cfile = self.files.pop((fs, _normalise(path)), None)
         if cfile is not None:  # still open: keep it under a key no path can reach
-            self.files[(self.fs, f"\0unlinked:{cfile.fs_handle}")] = cfile
-            cfile.key = (self.fs, f"\0unlinked:{cfile.fs_handle}")
+            cfile.key = (fs, f"\0unlinked:{cfile.fs_handle}")
+            self.files[cfile.key] = cfile
 
     @handles(Rename)
     async def on_rename(self, env: Envelope, msg: Rename) -> None:
-        await self.endpoint.call(self.fs, FsRename(msg.src, msg.dst), Ok)
-        old, new = (self.fs, _normalise(msg.src)), (self.fs, _normalise(msg.dst))
+        fs, src = self.mounts.route(msg.src)
+        dst_fs, dst = self.mounts.route(msg.dst)
+        if dst_fs != fs:
+            raise OSError(18, f"{msg.src} -> {msg.dst}: rename across volumes")  # EXDEV
+        await self.endpoint.call(fs, FsRename(src, dst), Ok)
+        old, new = (fs, _normalise(src)), (fs, _normalise(dst))
         cfile = self.files.pop(old, None)
         if cfile is not None:
             cfile.key = new
@@ -845,8 +858,9 @@ class VfsServer(Server):
 
     @handles(StatFs)
     async def on_statfs(self, env: Envelope, msg: StatFs) -> FsVolume:
-        volume: FsVolume = await self.endpoint.call(self.fs, FsStatFs(), FsVolume)
-        self.volume = volume
+        fs, _ = self.mounts.route(msg.path)
+        volume: FsVolume = await self.endpoint.call(fs, FsStatFs(), FsVolume)
+        self.volumes[fs] = volume
         return volume
 
     # ---------------------------------------------------------------- low memory
@@ -867,6 +881,44 @@ class VfsServer(Server):
             released += sum(1 for p in idle if cfile.pages[p].cache_lba is not None)
             self._drop_pages(cfile, idle)
         await self.endpoint.send(self.cache, GiveBackDone(msg.request, released))
+
+
+class MountTable:
+    """Which file system serves a path: the longest mounted prefix wins (case-insensitive).
+
+    The first volume is mounted at ``/``; boot mounts each further device at
+    ``/<device name>``, like a Unix mount shadowing a directory of that name.
+    """
+
+    def __init__(self, mounts: dict[str, str]) -> None:
+        if "/" not in mounts:
+            raise ValueError(f"no file system is mounted at / (mounts: {mounts})")
+        self._mounts = sorted(
+            ((_normalise(point), fs) for point, fs in mounts.items()),
+            key=lambda m: -len(m[0]),
+        )
+
+    def route(self, path: str) -> tuple[str, str]:
+        """(file system, path within it) for an absolute path."""
+        norm = _normalise(path)
+        for point, fs in self._mounts:
+            if point == "/":
+                return fs, path
+            if norm == point or norm.startswith(point + "/"):
+                depth = point.count("/")
+                inner = "/".join(p for p in path.split("/") if p and p != ".")
+                return fs, "/" + "/".join(inner.split("/")[depth:])
+        raise AssertionError("unreachable: / is always mounted")
+
+    def below(self, directory: str) -> list[tuple[str, str]]:
+        """(name, file system) of the mount points directly inside ``directory``."""
+        norm = _normalise(directory).rstrip("/")
+        out = []
+        for point, fs in self._mounts:
+            parent, _, name = point.rpartition("/")
+            if point != "/" and parent == norm:
+                out.append((name, fs))
+        return out
 
 
 # ---------------------------------------------------------------------- helpers
