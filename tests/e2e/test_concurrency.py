@@ -11,6 +11,7 @@ import microkernel
 from clients.process import UserProcess
 from microkernel.config import CacheConfig, DeviceConfig, SystemConfig
 from tests.e2e.conftest import ImageFactory, fsck_ok, mtype
+from tests.e2e.model import append_random, truncate_random
 
 pytestmark = pytest.mark.anyio
 
@@ -26,15 +27,9 @@ async def _worker(
             await proc.write_file(path, data)
             model[path] = data
         elif op == "append":
-            extra = rng.randbytes(rng.randrange(1, 30_000))
-            async with await proc.open(path, "ab") as f:
-                await f.write(extra)
-            model[path] += extra
+            await append_random(proc, rng, model, path, 30_000)
         elif op == "truncate":
-            size = rng.randrange(0, len(model[path]) + 20_000)
-            async with await proc.open(path, "r+b") as f:
-                await f.truncate(size)
-            model[path] = model[path][:size] + bytes(max(0, size - len(model[path])))
+            await truncate_random(proc, rng, model, path, 20_000)
         else:
             path = "/shared.bin" if op == "shared" else path
             async with await proc.open(path, "rb") as f:

@@ -10,6 +10,7 @@ import pytest
 import microkernel
 from clients.process import UserProcess
 from tests.e2e.conftest import ImageFactory, fsck_ok, mtype, run
+from tests.e2e.model import append_random, truncate_random
 
 pytestmark = pytest.mark.anyio
 
@@ -30,15 +31,9 @@ async def _step(proc: UserProcess, rng: random.Random, files: dict[str, bytes]) 
         return
     path = rng.choice(existing)
     if op == "append":
-        extra = rng.randbytes(rng.randrange(1, 20_000))
-        async with await proc.open(path, "ab") as f:
-            await f.write(extra)
-        files[path] += extra
+        await append_random(proc, rng, files, path, 20_000)
     elif op == "truncate":
-        size = rng.randrange(0, len(files[path]) + 10_000)
-        async with await proc.open(path, "r+b") as f:
-            await f.truncate(size)
-        files[path] = files[path][:size] + bytes(max(0, size - len(files[path])))
+        await truncate_random(proc, rng, files, path, 10_000)
     elif op == "overwrite":
         data = files[path]
         pos = rng.randrange(0, len(data) + 1)
