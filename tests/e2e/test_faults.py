@@ -180,3 +180,23 @@ async def test_garbage_to_every_real_server_is_rejected_and_nobody_crashes(
             assert server.statistics().crashes == 0, server.name
         proc = await system.spawn("p")
         assert await proc.read_file("/ok.txt") == b"still here"
+
+
+@pytest.mark.parametrize("fat", [12, 16, 32])
+async def test_damaged_chain_is_eio_for_that_file_only_through_the_stack(
+    tmp_path: Path, fat: int
+) -> None:
+    from tests.fat.test_corrupt import clean_image, edit_fat
+
+    image, first = await clean_image(tmp_path, fat)
+    a = first["/a.bin"]
+    edit_fat(image, {a + 1: a})  # a cycle in /a.bin's chain
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("p")
+        with anyio.fail_after(10):
+            with pytest.raises(OSError, match="cyclic") as info:
+                await proc.read_file("/a.bin")
+        assert info.value.errno == errno.EIO
+        assert (await proc.read_file("/b.bin")).startswith(b"B")
+        assert await proc.read_file("/d/e/f.txt") == b"ffff"
+        assert all(s.statistics().crashes == 0 for s in system.servers)
