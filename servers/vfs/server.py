@@ -550,21 +550,18 @@ class VfsServer(Server):
         victims = sorted(window.parts, key=lambda i: window.ages.get(i, 0))[:count]
         self._remove_parts(window, victims)
 
-    def _remove_parts(self, window: Window, indexes: Iterable[int]) -> list[int]:
+    def _remove_parts(self, window: Window, indexes: Iterable[int]) -> None:
         """Unlink parts (lock-free order), collect dirt, schedule clear + unmap after the grace."""
-        removed_pages: list[int] = []
         for index in indexes:
             first, n = window.parts.pop(index)
             window.ages.pop(index, None)
             if window.procpage.take_dirty(index):
                 self._mark_dirty(window.file, range(first, first + n))
             window.writer.remove(index)
-            removed_pages.extend(range(first, first + n))
             # The pages count as unmapped at once (a miss maps them again under a new
             # part); the real unmap waits out the grace and spares pages mapped again.
             window.mapped.difference_update(range(first, first + n))
             self._later(window, index, first, n)
-        return removed_pages
 
     def _later(self, window: Window, index: int, first: int, n: int) -> None:
         """Clear the entry after one grace period and unmap after another."""
