@@ -249,6 +249,12 @@ class VfsServer(Server):
             raise BadHandle(f"handle {handle} is not open in {env.src}")
         return window
 
+    def _writable_window(self, env: Envelope, handle: int) -> Window:
+        window = self._window(env, handle)
+        if not window.writable:
+            raise OSError(9, f"handle {handle} is not open for writing")  # EBADF
+        return window
+
     # ------------------------------------------------------------------ open/close
     @handles(Open)
     async def on_open(self, env: Envelope, msg: Open) -> Opened:
@@ -363,8 +369,7 @@ class VfsServer(Server):
         try:
             await self._write_back(cfile)
             await self._trim(cfile)
-            if cfile.modified:
-                await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, time.time()), Ok)
+            await self._stamp_mtime(cfile)
             self._drop_pages(cfile, list(cfile.pages))
             self.memory.release([cfile.state_frame])
             await self.endpoint.call(cfile.fs, FsClose(cfile.fs_handle), Ok)
@@ -685,15 +690,12 @@ class VfsServer(Server):
         cfile = self._window(env, msg.handle).file
         await self._trim(cfile)
         await self._write_back(cfile, durable=True)
-        if cfile.modified:
-            await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, time.time()), Ok)
+        await self._stamp_mtime(cfile)
         await self.endpoint.call(cfile.fs, FsFsync(cfile.fs_handle), Ok, timeout=120)
 
     @handles(SetTimes)
     async def on_set_times(self, env: Envelope, msg: SetTimes) -> FsInfo:
-        window = self._window(env, msg.handle)
-        if not window.writable:
-            raise OSError(9, "file not open for writing")
+        window = self._writable_window(env, msg.handle)
         cfile = window.file
         await self._write_back(cfile)
         await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, msg.mtime), Ok)
@@ -706,9 +708,7 @@ class VfsServer(Server):
     # ------------------------------------------------------------------ SetSize
     @handles(SetSize)
     async def on_set_size(self, env: Envelope, msg: SetSize) -> SizeSet:
-        window = self._window(env, msg.handle)
-        if not window.writable:
-            raise OSError(9, "file not open for writing")
+        window = self._writable_window(env, msg.handle)
         if msg.size < 0:
             raise OSError(22, f"negative size {msg.size}")
         await self._set_size(window.file, msg.size, reserve=msg.reserve)
@@ -740,6 +740,11 @@ class VfsServer(Server):
         last = (size - 1) // PAGE_SIZE if size else -1
         if last in cfile.pages:
             self._zero_past_eof(cfile, last)
+
+    async def _stamp_mtime(self, cfile: CentralFile) -> None:
+        """A file written since its last stamp gets the current time (at fsync and last close)."""
+        if cfile.modified:
+            await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, time.time()), Ok)
 
     async def _trim(self, cfile: CentralFile) -> None:
         """Give back a writer's unused reservation, so the directory entry says the true size."""
@@ -778,9 +783,7 @@ class VfsServer(Server):
 
     @handles(Write)
     async def on_write(self, env: Envelope, msg: Write) -> Written:
-        window = self._window(env, msg.handle)
-        if not window.writable:
-            raise OSError(9, "file not open for writing")
+        window = self._writable_window(env, msg.handle)
         cfile = window.file
         end = msg.position + len(msg.data)
         if end > cfile.size:
