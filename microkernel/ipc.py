@@ -105,6 +105,11 @@ class Capabilities:
         return ok
 
 
+    def forget(self, port: str) -> None:
+        """Drop remembered answers about a port that went away (processes come and go)."""
+        self._memo = {k: v for k, v in self._memo.items() if port not in k}
+
+
 class _Pending:
     __slots__ = ("dst", "future")
 
@@ -155,6 +160,7 @@ class Router:
         port = self.ports.pop(name, None)
         if port is not None and port.outbox is not None:
             port.outbox.close()
+        self.capabilities.forget(name)
         self.fail_pending(name, ServerStopped(f"port {name} was closed"))
 
     def next_id(self) -> int:
