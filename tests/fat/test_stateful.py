@@ -191,11 +191,11 @@ _SETTINGS = settings(max_examples=25, stateful_step_count=15, deadline=None)
 @pytest.mark.oracle
 def test_fat12_random_operations() -> None:
     require_tool("fsck.fat", "mdir", "mcopy")
-    run_state_machine_as_test(FatMachine, settings=_SETTINGS)  # type: ignore[no-untyped-call]
+    run_state_machine_as_test(FatMachine, settings=_SETTINGS)
 
 
 @pytest.mark.oracle
 def test_fat32_random_operations() -> None:
     require_tool("fsck.fat", "mdir", "mcopy")
-    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+    run_state_machine_as_test(
         Fat32Machine, settings=settings(_SETTINGS, max_examples=10))
