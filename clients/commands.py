@@ -1,11 +1,14 @@
-"""The shell commands of DESIGN §7: ``ls cat stat cp mkdir rmdir rm mv`` on ``IMAGE::/path``.
+"""The shell commands of DESIGN §7: ``ls cat stat cp mkdir rmdir rm mv du df`` on ``IMAGE::/path``.
 
 Each command boots the whole system on its image and works through the file
 library (``system.spawn``, ``proc.open`` ...), so every invocation exercises the
 real message path and honours ``--trace``/``--stats``/``--driver``/``--memory``/
-``--partition``. Operands on one image share one boot; a copy between two
-different images boots them one after the other through a host temporary
-directory, because one system serves one volume.
+``--partition``/``--read-only``/``--config``. Operands on one image share one
+boot; a copy between two different images boots them one after the other
+through a host temporary directory, because one system serves one volume.
+Commands that only read (``ls cat stat du df``, ``cp`` out of an image) boot
+the image read-only: it is opened ``O_RDONLY`` under a shared lock, so an
+image the user may only read works, and several readers may run at once.
 
 Messages and exit codes follow the Unix tools: a failing operand prints
 ``microkernel CMD: OPERAND: reason`` on stderr and the command carries on with
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fnmatch
 import itertools
 import mmap
 import os
@@ -31,35 +35,32 @@ import stat as stat_module
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from io import StringIO
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+import msgspec
 
 from clients import imagepath
 from clients.file import File
 from clients.imagepath import ImagePath
 from clients.process import UserProcess
 from microkernel.boot import boot
+from microkernel.config import DeviceConfig, SystemConfig, load_config
+from microkernel.imagelock import ImageInUse
 from microkernel.stats import Statistics
 from servers.fat.protocol import FsInfo
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+    from rich.table import Table
 
 PROG = "microkernel"
 CHUNK = 1 << 20  # bytes per read/write system call of a copy
 PROGRESS_MIN = 1 << 20  # files at least this big get a progress bar (on a terminal)
+MAX_MATCHES = 100_000  # a wildcard expands to at most this many paths
+MAX_DEPTH = 256  # recursion bound for -r/-R/du on a damaged volume
 
 ATTR_READ_ONLY, ATTR_HIDDEN, ATTR_SYSTEM, ATTR_VOLUME, ATTR_DIR, ATTR_ARCHIVE = (
     0x01,
@@ -82,12 +83,32 @@ class UsageError(Exception):
     """Bad operands: reported like argparse does, exit status 2."""
 
 
+class Explained(OSError):
+    """An error whose text is the whole explanation (printed as is, not as strerror(errno))."""
+
+
 class Located(OSError):
     """An error pinned to the operand it concerns: a copy can fail on either side."""
 
     def __init__(self, where: str, exc: OSError) -> None:
         super().__init__(exc.errno, exc.strerror)
         self.where = where
+        self.cause = exc
+
+
+def human(n: int) -> str:
+    """``4.0K``, ``1.2M`` like ``du -h``; whole bytes below 1 KiB."""
+    value = float(n)
+    for unit in ("", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}" if not unit else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _printable(text: str) -> str:
+    """A host name that is not UTF-8 shown with ``\\xff`` escapes, never a crash."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------- invocation
@@ -109,18 +130,32 @@ class Invocation:
         """Report a failed operand; ``detail`` adds the kernel's explanation (as ``-v`` does)."""
         self.status = 1
         if isinstance(exc, Located):
-            where = exc.where
-        print(
-            f"{PROG} {self.args.command}: {where}: {_reason(exc, detail or self.args.verbose)}",
-            file=sys.stderr,
+            where, exc = exc.where, exc.cause
+        reason = _reason(exc, detail or self.args.verbose)
+        print(f"{PROG} {self.args.command}: {_printable(str(where))}: {reason}", file=sys.stderr)
+
+    def boot_failed(self, image: str, exc: OSError) -> None:
+        """The image could not be booted: name the file that failed and say what to do."""
+        where = exc.filename if isinstance(exc.filename, str) and exc.filename else image
+        if isinstance(exc, ImageInUse | FileNotFoundError | PermissionError):
+            self.fail(where, exc)
+            return
+        hint = _partition_hint(image, self.args.partition)
+        self.fail(
+            where, Explained(exc.errno, _reason(exc, True) + hint) if hint else exc, detail=True
         )
 
     @contextlib.asynccontextmanager
-    async def session(self, image: str) -> AsyncIterator[UserProcess]:
-        """Boot the system on ``image`` and give the command one user process in it."""
+    async def session(self, image: str, *, writing: bool) -> AsyncIterator[UserProcess]:
+        """Boot the system on ``image`` and give the command one user process in it.
+
+        A command that only reads boots the image read-only (``O_RDONLY``,
+        shared lock); ``--read-only`` makes every command do so.
+        """
         trace = self._trace_path()
+        read_only = self.args.read_only or not writing
         try:
-            async with self._boot(image, trace) as proc:
+            async with self._boot(image, trace, read_only) as proc:
                 yield proc
         except BaseExceptionGroup as group:  # a server task's failure, from boot's task group
             raise _sole(group) from None
@@ -128,13 +163,12 @@ class Invocation:
             _append_file(self.args.trace, trace)
 
     @contextlib.asynccontextmanager
-    async def _boot(self, image: str, trace: str | None) -> AsyncIterator[UserProcess]:
+    async def _boot(
+        self, image: str, trace: str | None, read_only: bool
+    ) -> AsyncIterator[UserProcess]:
         async with boot(
-            image=image,
-            driver=self.args.driver,
-            memory=self.args.memory,
+            config=system_config(self.args, image, read_only=read_only),
             trace=trace,
-            partition=self.args.partition,
             log_level="info" if self.args.verbose else "warning",
         ) as system:
             proc = await system.spawn(f"{PROG}-{self.args.command}")
@@ -159,6 +193,76 @@ class Invocation:
         return self.status
 
 
+def system_config(args: argparse.Namespace, image: str, *, read_only: bool) -> SystemConfig:
+    """The boot configuration for one image operand.
+
+    Without ``--config``: one device with ``--driver`` and ``--memory``. With
+    it: the file's memory, cache and trace settings, and its first device's
+    driver settings (sector sizes, partition, options, read_only) applied to
+    the operand's image. A ramdisk a command writes to writes back to the
+    image on a clean shutdown unless ``--driver-option write_back=false``.
+    """
+    base = load_config(args.config) if args.config else SystemConfig(memory=args.memory)
+    template = base.devices[0] if base.devices else DeviceConfig(image=image, driver=args.driver)
+    options = {**template.options, **_driver_options(args.driver_options)}
+    read_only = read_only or template.read_only
+    if not read_only and _is_ramdisk(template.driver):
+        options.setdefault("write_back", True)
+    device = msgspec.structs.replace(
+        template,
+        image=image,
+        partition=args.partition or template.partition,
+        read_only=read_only,
+        options=options,
+    )
+    return msgspec.structs.replace(base, devices=[device])
+
+
+def _driver_options(items: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; true/false/none and integers are converted."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--driver-option {item!r}: write KEY=VALUE")
+        words: dict[str, Any] = {"true": True, "false": False, "none": None}
+        value: Any = words.get(text.lower(), text)
+        with contextlib.suppress(ValueError):
+            value = int(text, 0)
+        options[key] = value
+    return options
+
+
+def _is_ramdisk(driver: str) -> bool:
+    from drivers.ramdisk import RamDisk
+    from drivers.registry import load_driver
+
+    try:
+        return issubclass(load_driver(driver), RamDisk)
+    except Exception:  # an unknown driver is reported by boot, with its own message
+        return False
+
+
+def _partition_hint(image: str, partition: int) -> str:
+    """For a volume that would not mount: the MBR partitions there are, and what to pass."""
+    from drivers.mbr import parse_mbr
+
+    try:
+        with open(image, "rb") as f:
+            sector = f.read(512)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return ""
+    parts = [p for p in parse_mbr(sector, size // 512) if p.index != partition]
+    if not parts:
+        return ""
+    listed = ", ".join(
+        f"{p.index} (type 0x{p.type:02x}, {human(p.sectors * 512)} at sector {p.start})"
+        for p in parts
+    )
+    return f"; the image has MBR partitions {listed}: pass --partition {parts[0].index}"
+
+
 def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one real error inside an exception group (cancellations aside), else the group."""
     leaves: list[BaseException] = []
@@ -173,12 +277,19 @@ def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _reason(exc: OSError | str, verbose: bool) -> str:
-    """``No such file or directory`` like the Unix tools; the kernel's detail with -v."""
+    """``No such file or directory`` like the Unix tools; the kernel's detail with -v.
+
+    An invalid name (EINVAL) always gets the detail: "Invalid argument" alone
+    does not tell the user that FAT forbids ``:`` in names.
+    """
     if isinstance(exc, str):
         return exc
+    if isinstance(exc, Explained | ImageInUse):
+        return str(exc.strerror)
     if not exc.errno:
         return str(exc)
     plain = os.strerror(exc.errno)
+    verbose = verbose or exc.errno == errno.EINVAL
     return f"{plain} ({exc.strerror})" if verbose and exc.strerror not in (None, plain) else plain
 
 
@@ -234,27 +345,85 @@ def _image_operand(arg: str) -> ImagePath:
     return loc
 
 
+async def expand(proc: UserProcess, loc: ImagePath) -> list[ImagePath]:
+    """Shell-style wildcards in ``loc`` matched against the volume, like mtools does.
+
+    Matching is case-insensitive (FAT names are); volume labels never match;
+    results are sorted. A path without wildcards, or one that exists as
+    written (FAT long names may contain ``[``), is returned unchanged.
+    """
+    if not loc.has_wildcards:
+        return [loc]
+    with contextlib.suppress(OSError):
+        await proc.stat(loc.path)
+        return [loc]
+    found = ["/"]
+    for part in (p for p in loc.path.split("/") if p):
+        if not any(ch in part for ch in imagepath.WILDCARDS):
+            found = [posixpath.join(d, part) for d in found]
+            continue
+        found = await _matches(proc, found, part)
+    if not found:
+        raise Explained(errno.ENOENT, "no file matches the pattern")
+    return [loc.at(path) for path in found]
+
+
+async def _matches(proc: UserProcess, dirs: list[str], pattern: str) -> list[str]:
+    folded = pattern.casefold()
+    out: list[str] = []
+    for d in dirs:
+        try:
+            entries = await proc.scandir(d)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        names = sorted(
+            e.name
+            for e in entries
+            if not e.attributes & ATTR_VOLUME and fnmatch.fnmatchcase(e.name.casefold(), folded)
+        )
+        out.extend(posixpath.join(d, name) for name in names)
+        if len(out) > MAX_MATCHES:
+            raise Explained(errno.E2BIG, f"the pattern matches more than {MAX_MATCHES} paths")
+    return out
+
+
 async def _for_each(
     inv: Invocation,
     operands: list[str],
     action: Callable[[UserProcess, ImagePath], Awaitable[None]],
+    *,
+    writing: bool,
+    wildcards: bool = True,
 ) -> None:
     """Apply ``action`` to every operand, booting once per run of operands on the same image."""
     locations = [_image_operand(arg) for arg in operands]
     for image, group in itertools.groupby(locations, key=lambda loc: loc.image):
         try:
-            async with inv.session(image) as proc:
-                for loc in group:
+            async with inv.session(image, writing=writing) as proc:
+                for operand in group:
                     try:
-                        await action(proc, loc)
-                    except BrokenPipeError:
-                        raise  # stdout went away: stop quietly (``_run``)
+                        for loc in await expand(proc, operand) if wildcards else [operand]:
+                            await _apply(inv, action, proc, loc)
                     except OSError as exc:
-                        inv.fail(loc, exc)
+                        inv.fail(operand, exc)
         except BrokenPipeError:
             raise
         except OSError as exc:  # the image could not be booted (or shut down)
-            inv.fail(image, exc, detail=True)
+            inv.boot_failed(image, exc)
+
+
+async def _apply(
+    inv: Invocation,
+    action: Callable[[UserProcess, ImagePath], Awaitable[None]],
+    proc: UserProcess,
+    loc: ImagePath,
+) -> None:
+    try:
+        await action(proc, loc)
+    except BrokenPipeError:
+        raise  # stdout went away: stop quietly (``_run``)
+    except OSError as exc:
+        inv.fail(loc, exc)
 
 
 # ---------------------------------------------------------------------- listing
@@ -271,49 +440,100 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
 
 
-def _listing_table(entries: list[FsInfo], long: bool, terminal: bool) -> Table:
-    table = Table(box=None, show_header=terminal and long, pad_edge=False, highlight=False)
+def _rows(entries: list[FsInfo], long: bool) -> list[list[str]]:
+    if not long:
+        return [[e.name] for e in entries]
+    return [[_attributes(e), str(e.size), _when(e.mtime), e.name] for e in entries]
+
+
+def _print_rows(rows: list[list[str]], entries: list[FsInfo], long: bool) -> None:
+    """Rich on a terminal; plain aligned lines without trailing blanks in a pipe (for scripts)."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console(highlight=False).print(_rich_table(rows, entries, long))
+        return
+    _print_plain(rows, right=(1,) if long else ())
+
+
+def _print_plain(rows: list[list[str]], *, right: tuple[int, ...] = ()) -> None:
+    widths = [max(len(c) for c in col) for col in zip(*rows, strict=True)] if rows else []
+    lines = []
+    for row in rows:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append(" ".join(cells).rstrip() + "\n")
+    sys.stdout.write("".join(lines))
+    sys.stdout.flush()
+
+
+def _rich_table(rows: list[list[str]], entries: list[FsInfo], long: bool) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(box=None, show_header=long, pad_edge=False, highlight=False)
     if long:
         table.add_column("attrs", no_wrap=True)
         table.add_column("size", justify="right", no_wrap=True)
         table.add_column("modified", no_wrap=True)
     table.add_column("name", no_wrap=True)
-    for e in entries:
-        name = f"[bold blue]{escape(e.name)}[/]" if terminal and e.is_dir else escape(e.name)
-        row = [_attributes(e), str(e.size), _when(e.mtime), name] if long else [name]
-        table.add_row(*row)
+    for row, e in zip(rows, entries, strict=True):
+        name = f"[bold blue]{escape(e.name)}[/]" if e.is_dir else escape(e.name)
+        table.add_row(*row[:-1], name)
     return table
 
 
-def _print_table(table: Table) -> None:
-    """Rich on a terminal; plain lines without trailing blanks in a pipe (for scripts)."""
-    if sys.stdout.isatty():
-        Console(highlight=False).print(table)
-        return
-    buf = StringIO()
-    Console(file=buf, width=100_000, no_color=True, highlight=False).print(table)
-    lines = (line.rstrip() for line in buf.getvalue().splitlines())
-    sys.stdout.write("".join(line + "\n" for line in lines))
-    sys.stdout.flush()
+def _shown(entries: list[FsInfo], show_all: bool) -> list[FsInfo]:
+    shown = [e for e in entries if not e.attributes & ATTR_VOLUME]
+    if not show_all:
+        shown = [e for e in shown if not _hidden(e)]
+    return sorted(shown, key=lambda e: e.name.casefold())
 
 
 async def _ls(inv: Invocation) -> None:
     args = inv.args
+    headers = (
+        len(args.paths) > 1
+        or args.recursive
+        or any((imagepath.parse(p) or ImagePath("", "")).has_wildcards for p in args.paths)
+    )
+    first = [True]
+
+    async def show_dir(proc: UserProcess, loc: ImagePath, seen: set[int], depth: int) -> None:
+        entries = _shown(await proc.scandir(loc.path), args.all)
+        if headers:
+            sys.stdout.write(("" if first[0] else "\n") + f"{loc}:\n")
+        first[0] = False
+        _print_rows(_rows(entries, args.long), entries, args.long)
+        if not args.recursive:
+            return
+        for e in entries:
+            if not e.is_dir or e.first_cluster in seen:
+                continue
+            if depth >= MAX_DEPTH:
+                inv.fail(loc.child(e.name), "directories nested too deep (not listed)")
+                continue
+            seen.add(e.first_cluster)
+            try:
+                await show_dir(proc, loc.child(e.name), seen, depth + 1)
+            except OSError as exc:
+                inv.fail(loc.child(e.name), exc)
 
     async def listing(proc: UserProcess, loc: ImagePath) -> None:
         info = await proc.stat(loc.path)
-        entries = await proc.scandir(loc.path) if info.is_dir else [info]
-        shown = [e for e in entries if not e.attributes & ATTR_VOLUME]
-        if not args.all:
-            shown = [e for e in shown if not _hidden(e)]
-        shown.sort(key=lambda e: e.name.casefold())
-        _print_table(_listing_table(shown, args.long, sys.stdout.isatty()))
+        if info.is_dir:
+            await show_dir(proc, loc, {info.first_cluster}, 0)
+        else:
+            first[0] = False
+            _print_rows(_rows([info], args.long), [info], args.long)
 
-    await _for_each(inv, [args.path], listing)
+    await _for_each(inv, args.paths, listing, writing=False)
 
 
 async def cli_ls(args: argparse.Namespace) -> int:
-    """``ls [-l] [-a] IMG::/dir``: names, or a table of attributes, size, mtime and name."""
+    """``ls [-l] [-a] [-R] IMG::/dir...``: names, or attributes, size, mtime and name."""
     return await _run(args, _ls)
 
 
@@ -336,7 +556,7 @@ async def _stat(inv: Invocation) -> None:
         sys.stdout.write(_stat_text(loc, await proc.stat(loc.path)))
         sys.stdout.flush()
 
-    await _for_each(inv, inv.args.paths, show)
+    await _for_each(inv, inv.args.paths, show, writing=False)
 
 
 async def cli_stat(args: argparse.Namespace) -> int:
@@ -360,12 +580,84 @@ async def _cat(inv: Invocation) -> None:
             for offset in range(0, f.size, CHUNK):
                 _write_all(fd, await f.view(offset, CHUNK))
 
-    await _for_each(inv, inv.args.paths, dump)
+    await _for_each(inv, inv.args.paths, dump, writing=False)
 
 
 async def cli_cat(args: argparse.Namespace) -> int:
     """``cat IMG::/file...``: file bytes to stdout, zero-copy out of the mapping."""
     return await _run(args, _cat)
+
+
+# --------------------------------------------------------------------- du and df
+async def _usage(
+    inv: Invocation, proc: UserProcess, loc: ImagePath, info: FsInfo, seen: set[int], depth: int
+) -> int:
+    """Bytes allocated to ``loc`` and everything under it; prints lines as ``du`` does."""
+    total = info.alloc_size
+    if info.is_dir:
+        for e in await proc.scandir(loc.path):
+            if e.attributes & ATTR_VOLUME or (e.is_dir and e.first_cluster in seen):
+                continue
+            if depth >= MAX_DEPTH:
+                inv.fail(loc.child(e.name), "directories nested too deep (not counted)")
+                continue
+            if e.is_dir:
+                seen.add(e.first_cluster)
+            try:
+                total += await _usage(inv, proc, loc.child(e.name), e, seen, depth + 1)
+            except OSError as exc:
+                inv.fail(loc.child(e.name), exc)
+    if depth == 0 or (not inv.args.summarize and (info.is_dir or inv.args.all)):
+        size = human(total) if inv.args.human else str(-(-total // 1024))
+        sys.stdout.write(f"{size}\t{loc}\n")
+    return total
+
+
+async def _du(inv: Invocation) -> None:
+    async def usage(proc: UserProcess, loc: ImagePath) -> None:
+        info = await proc.stat(loc.path)
+        await _usage(inv, proc, loc, info, {info.first_cluster}, 0)
+        sys.stdout.flush()
+
+    await _for_each(inv, inv.args.paths, usage, writing=False)
+
+
+async def cli_du(args: argparse.Namespace) -> int:
+    """``du [-s] [-a] [-h] IMG::/path...``: allocated space in KiB (clusters, like du)."""
+    return await _run(args, _du)
+
+
+async def _df(inv: Invocation) -> None:
+    human_sizes = inv.args.human
+    unit = "Size" if human_sizes else "1K-blocks"
+    rows = [["Image", "Type", unit, "Used", "Free", "Use%", "Cluster", "Label"]]
+
+    def size(n: int) -> str:
+        return human(n) if human_sizes else str(n // 1024)
+
+    for arg in inv.args.images:
+        loc = imagepath.parse(arg) or ImagePath(arg, "/")
+        try:
+            async with inv.session(loc.image, writing=False) as proc:
+                v = await proc.statfs("/")
+        except OSError as exc:
+            inv.boot_failed(loc.image, exc)
+            continue
+        total = v.total_clusters * v.cluster_size
+        free = v.free_clusters * v.cluster_size
+        used = total - free
+        percent = f"{-(-100 * used // total)}%" if total else "-"
+        rows.append(
+            [loc.image, f"FAT{v.fat_type}", size(total), size(used), size(free), percent,
+             str(v.cluster_size), v.label.strip() or "-"]
+        )  # fmt: skip
+    if len(rows) > 1:
+        _print_plain(rows, right=(2, 3, 4, 5, 6))
+
+
+async def cli_df(args: argparse.Namespace) -> int:
+    """``df [-h] IMG...``: size, used and free space, FAT type, cluster size, label."""
+    return await _run(args, _df)
 
 
 # ------------------------------------------------------------- directory changes
@@ -375,7 +667,7 @@ async def _mkdir(inv: Invocation) -> None:
     async def make(proc: UserProcess, loc: ImagePath) -> None:
         await proc.mkdir(loc.path, parents=parents, exist_ok=parents)
 
-    await _for_each(inv, inv.args.paths, make)
+    await _for_each(inv, inv.args.paths, make, writing=True, wildcards=False)
 
 
 async def cli_mkdir(args: argparse.Namespace) -> int:
@@ -387,7 +679,7 @@ async def _rmdir(inv: Invocation) -> None:
     async def remove(proc: UserProcess, loc: ImagePath) -> None:
         await proc.rmdir(loc.path)
 
-    await _for_each(inv, inv.args.paths, remove)
+    await _for_each(inv, inv.args.paths, remove, writing=True)
 
 
 async def cli_rmdir(args: argparse.Namespace) -> int:
@@ -395,19 +687,23 @@ async def cli_rmdir(args: argparse.Namespace) -> int:
     return await _run(args, _rmdir)
 
 
-async def _remove_tree(inv: Invocation, proc: UserProcess, loc: ImagePath) -> bool:
+async def _remove_tree(inv: Invocation, proc: UserProcess, loc: ImagePath, depth: int = 0) -> bool:
     """Depth first; a directory is removed only when everything in it was. True when gone."""
     info = await proc.stat(loc.path)
     if not info.is_dir:
         await proc.unlink(loc.path)
         return True
     if not inv.args.recursive:
-        raise IsADirectoryError(errno.EISDIR, f"{loc}: is a directory (use -r)")
+        raise Explained(errno.EISDIR, "Is a directory (not removed; use -r)")
+    if depth >= MAX_DEPTH:
+        raise Explained(errno.ELOOP, "directories nested too deep (not removed)")
     done = True
     for entry in await proc.scandir(loc.path):
+        if entry.attributes & ATTR_VOLUME:
+            continue
         child = loc.child(entry.name)
         try:
-            done = await _remove_tree(inv, proc, child) and done
+            done = await _remove_tree(inv, proc, child, depth + 1) and done
         except OSError as exc:
             inv.fail(child, exc)
             done = False
@@ -421,13 +717,25 @@ async def _rm(inv: Invocation) -> None:
         if loc.path == "/":
             inv.fail(loc, "refusing to remove the root directory")
             return
-        try:
-            await _remove_tree(inv, proc, loc)
-        except FileNotFoundError:
-            if not inv.args.force:
-                raise
+        await _remove_tree(inv, proc, loc)
 
-    await _for_each(inv, inv.args.paths, remove)
+    async def remove_quietly(proc: UserProcess, loc: ImagePath) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await remove(proc, loc)
+
+    if not inv.args.force:
+        await _for_each(inv, inv.args.paths, remove, writing=True)
+        return
+
+    async def forced(proc: UserProcess, loc: ImagePath) -> None:  # -f: no match is no error
+        try:
+            matches = await expand(proc, loc)
+        except FileNotFoundError:
+            return
+        for match in matches:
+            await _apply(inv, remove_quietly, proc, match)
+
+    await _for_each(inv, inv.args.paths, forced, writing=True, wildcards=False)
 
 
 async def cli_rm(args: argparse.Namespace) -> int:
@@ -442,12 +750,17 @@ async def _mv(inv: Invocation) -> None:
 
     async def move(proc: UserProcess, loc: ImagePath) -> None:
         target = dst
-        with contextlib.suppress(FileNotFoundError):
+        try:
             if (await proc.stat(dst.path)).is_dir and src.name:
                 target = dst.child(src.name)
+        except FileNotFoundError:
+            if dst.trailing_slash:
+                raise Located(
+                    str(dst), FileNotFoundError(errno.ENOENT, "no such directory")
+                ) from None
         await proc.rename(loc.path, target.path)
 
-    await _for_each(inv, [inv.args.src], move)
+    await _for_each(inv, [inv.args.src], move, writing=True, wildcards=False)
 
 
 async def cli_mv(args: argparse.Namespace) -> int:
@@ -458,12 +771,14 @@ async def cli_mv(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- cp
 class Reader(Protocol):
     size: int
+    mtime: float
 
     async def chunk(self, offset: int, n: int) -> memoryview: ...
 
 
 class Writer(Protocol):
     async def write(self, data: memoryview) -> None: ...
+    async def set_mtime(self, mtime: float) -> None: ...
 
 
 class Side(Protocol):
@@ -471,11 +786,12 @@ class Side(Protocol):
 
     def label(self, path: str) -> str: ...
     def join(self, path: str, name: str) -> str: ...
+    def same(self, a: str, b: str) -> bool: ...
     async def is_dir(self, path: str) -> bool | None: ...  # None: does not exist
     async def names(self, path: str) -> list[str]: ...
     async def mkdir(self, path: str) -> None: ...
     def reader(self, path: str) -> contextlib.AbstractAsyncContextManager[Reader]: ...
-    def writer(self, path: str) -> contextlib.AbstractAsyncContextManager[Writer]: ...
+    def writer(self, path: str, size: int) -> contextlib.AbstractAsyncContextManager[Writer]: ...
 
 
 class _HostReader:
@@ -483,7 +799,8 @@ class _HostReader:
 
     def __init__(self, fd: int, buffer: mmap.mmap) -> None:
         self.fd, self.buffer = fd, buffer
-        self.size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        self.size, self.mtime = st.st_size, st.st_mtime
 
     async def chunk(self, offset: int, n: int) -> memoryview:
         got = os.preadv(self.fd, [self.buffer], offset)
@@ -497,9 +814,12 @@ class _HostWriter:
     async def write(self, data: memoryview) -> None:
         _write_all(self.fd, data)
 
+    async def set_mtime(self, mtime: float) -> None:
+        os.utime(self.fd, (time.time(), mtime))
+
 
 class HostSide:
-    """Plain paths: the machine's own files."""
+    """Plain paths: the machine's own files. Symbolic links are followed (FAT has none)."""
 
     def label(self, path: str) -> str:
         return path
@@ -507,10 +827,20 @@ class HostSide:
     def join(self, path: str, name: str) -> str:
         return os.path.join(path, name)
 
+    def same(self, a: str, b: str) -> bool:
+        with contextlib.suppress(OSError):
+            return os.path.samefile(a, b)
+        return False
+
     async def is_dir(self, path: str) -> bool | None:
         try:
             return stat_module.S_ISDIR(os.stat(path).st_mode)
         except FileNotFoundError:
+            if os.path.islink(path):
+                target = os.readlink(path)
+                raise Explained(
+                    errno.ENOENT, f"dangling symbolic link to {target} (not copied)"
+                ) from None
             return None
 
     async def names(self, path: str) -> list[str]:
@@ -532,18 +862,28 @@ class HostSide:
                 buffer.close()
 
     @contextlib.asynccontextmanager
-    async def writer(self, path: str) -> AsyncIterator[Writer]:
+    async def writer(self, path: str, size: int) -> AsyncIterator[Writer]:
+        """A full host disk removes the partial file, as a full image does."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
             yield _HostWriter(fd)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            os.unlink(path)
+            raise Explained(
+                errno.ENOSPC,
+                f"No space left on device ({human(size)} needed; the partial file was removed)",
+            ) from None
         finally:
             os.close(fd)
 
 
 class _ImageReader:
-    def __init__(self, f: File) -> None:
+    def __init__(self, f: File, mtime: float) -> None:
         self.f = f
         self.size = f.size
+        self.mtime = mtime
 
     async def chunk(self, offset: int, n: int) -> memoryview:
         return await self.f.view(offset, n)
@@ -555,6 +895,20 @@ class _ImageWriter:
 
     async def write(self, data: memoryview) -> None:
         await self.f.write(data)
+
+    async def set_mtime(self, mtime: float) -> None:
+        await self.f.set_times(mtime)
+
+
+def _utf8(path: str) -> str:
+    """A host name with undecodable bytes cannot become a FAT (Unicode) name: say so."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Explained(
+            errno.EILSEQ, "file name is not valid UTF-8; FAT stores Unicode names (not copied)"
+        ) from None
+    return path
 
 
 @dataclass
@@ -570,9 +924,12 @@ class ImageSide:
     def join(self, path: str, name: str) -> str:
         return posixpath.join(path, name)
 
+    def same(self, a: str, b: str) -> bool:
+        return imagepath.normalise(a).casefold() == imagepath.normalise(b).casefold()
+
     async def is_dir(self, path: str) -> bool | None:
         try:
-            return (await self.proc.stat(path)).is_dir
+            return (await self.proc.stat(_utf8(path))).is_dir
         except FileNotFoundError:
             return None
 
@@ -581,19 +938,49 @@ class ImageSide:
         return sorted(e.name for e in entries if not e.attributes & ATTR_VOLUME)
 
     async def mkdir(self, path: str) -> None:
-        await self.proc.mkdir(path, exist_ok=True)
+        await self.proc.mkdir(_utf8(path), exist_ok=True)
 
     @contextlib.asynccontextmanager
     async def reader(self, path: str) -> AsyncIterator[Reader]:
+        info = await self.proc.stat(path)
         async with await self.proc.open(path, "rb") as f:
-            yield _ImageReader(f)
+            yield _ImageReader(f, info.mtime)
 
     @contextlib.asynccontextmanager
-    async def writer(self, path: str) -> AsyncIterator[Writer]:
+    async def writer(self, path: str, size: int) -> AsyncIterator[Writer]:
         """Grown chunk by chunk (one ``SetSize`` each), not sized up front: the cache
-        must supply a whole extension at once, so a file bigger than it would not fit."""
+        must supply a whole extension at once, so a file bigger than it would not fit.
+
+        A file that cannot fit is refused before a byte is written; one that
+        meets a full disk anyway (the directory grew, another writer) is
+        removed, and either way the message says how much room there was.
+        """
+        _utf8(path)
+        volume = await self.proc.statfs("/")
+        cluster = volume.cluster_size
+        replaced = 0
+        with contextlib.suppress(OSError):
+            old = await self.proc.stat(_utf8(path))
+            replaced = 0 if old.is_dir else old.alloc_size
+        room = volume.free_clusters * cluster + replaced
+        need = -(-size // cluster) * cluster
+        if need > room:
+            raise Explained(errno.ENOSPC, _full(room, need, "nothing was written"))
+        full = False
         async with await self.proc.open(path, "wb") as f:
-            yield _ImageWriter(f)
+            try:
+                yield _ImageWriter(f)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                full = True
+        if full:
+            await self.proc.unlink(path)
+            raise Explained(errno.ENOSPC, _full(room, need, "the partial file was removed"))
+
+
+def _full(room: int, need: int, outcome: str) -> str:
+    return f"No space left on device (the volume has {human(room)} free, the file needs {human(need)}; {outcome})"
 
 
 class _Bars:
@@ -602,15 +989,7 @@ class _Bars:
     def __init__(self) -> None:
         self.progress: Progress | None = None
         if sys.stderr.isatty():
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(binary_units=True),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
+            self.progress = _progress()
 
     @contextlib.contextmanager
     def track(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
@@ -634,25 +1013,68 @@ class _Bars:
             self.progress.stop()
 
 
+def _progress() -> Progress:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
 @dataclass
 class Copier:
-    """Copies between two sides, reporting each failing file and carrying on."""
+    """Copies between two sides, reporting each failing file and carrying on.
+
+    Every error names the side it happened on (``Located``): a missing
+    destination directory is the destination's fault, not the source's.
+    """
 
     inv: Invocation
     src: Side
     dst: Side
     bars: _Bars
 
+    @property
+    def preserve(self) -> bool:
+        return bool(self.inv.args.preserve)
+
+    async def _on_dst(self, path: str, work: Awaitable[Any]) -> Any:
+        try:
+            return await work
+        except Located:
+            raise
+        except OSError as exc:
+            raise Located(self.dst.label(path), exc) from exc
+
     async def file(self, src: str, dst: str) -> None:
-        """One file; an error names the side it happened on, like ``cp: cannot create ...``."""
-        async with self.src.reader(src) as reader:
-            try:
-                async with self.dst.writer(dst) as writer:
-                    await self._pump(reader, writer, self.src.label(src))
-            except Located:
-                raise
-            except OSError as exc:
-                raise Located(self.dst.label(dst), exc) from exc
+        """One file; the source is opened first, so a missing source creates nothing."""
+        try:
+            async with self.src.reader(src) as reader:
+                await self._on_dst(dst, self._into(reader, src, dst))
+        except Located:
+            raise
+        except OSError as exc:
+            raise Located(self.src.label(src), exc) from exc
+
+    async def _into(self, reader: Reader, src: str, dst: str) -> None:
+        async with self.dst.writer(dst, reader.size) as writer:
+            await self._pump(reader, writer, self.src.label(src))
+            if self.preserve:
+                await writer.set_mtime(reader.mtime)
 
     async def _pump(self, reader: Reader, writer: Writer, label: str) -> None:
         with self.bars.track(label, reader.size) as advance:
@@ -665,101 +1087,190 @@ class Copier:
                     await writer.write(data)
                     advance(len(data))
 
-    async def tree(self, src: str, dst: str) -> None:
+    async def tree(self, src: str, dst: str, depth: int = 0) -> None:
         if not await self.src.is_dir(src):
             await self.file(src, dst)
             return
-        await self.dst.mkdir(dst)
+        if depth >= MAX_DEPTH:
+            raise Explained(errno.ELOOP, "directories nested too deep (not copied)")
+        await self._on_dst(dst, self.dst.mkdir(dst))
         for name in await self.src.names(src):
-            s, d = self.src.join(src, name), self.dst.join(dst, name)
+            s = self.src.join(src, name)
             try:
-                await self.tree(s, d)
+                await self.tree(s, self.dst.join(dst, name), depth + 1)
             except OSError as exc:
                 self.inv.fail(self.src.label(s), exc)
 
-    async def top(self, src: str, dst: str) -> None:
+    async def top(self, src: str, dst: str, *, dst_slash: bool = False) -> None:
         """``cp`` rules for the operands: into an existing directory, ``-r`` for directories."""
         kind = await self.src.is_dir(src)
         if kind is None:
-            raise FileNotFoundError(errno.ENOENT, f"{self.src.label(src)}: not found")
+            raise Explained(errno.ENOENT, "No such file or directory")
         if kind and not self.inv.args.recursive:
-            self.inv.fail(self.src.label(src), "is a directory (not copied; use -r)")
+            self.inv.fail(self.src.label(src), "Is a directory (not copied; use -r)")
             return
         name = posixpath.basename(src.rstrip("/"))
-        if name and await self.dst.is_dir(dst):
+        target_kind = await self._on_dst(dst, self.dst.is_dir(dst))
+        if target_kind and name:
             dst = self.dst.join(dst, name)
-        if kind and self.src is self.dst and (dst + "/").startswith(src.rstrip("/") + "/"):
+        elif dst_slash and not kind:  # ``cp f IMG::/newdir/``: GNU cp refuses too
+            raise Located(
+                self.dst.label(dst) + "/", NotADirectoryError(errno.ENOTDIR, "not a directory")
+            )
+        if self.src is self.dst and self.src.same(src, dst):
+            self.inv.fail(self.src.label(src), "source and destination are the same file")
+            return
+        if (
+            kind
+            and self.src is self.dst
+            and (dst + "/").casefold().startswith(src.rstrip("/").casefold() + "/")
+        ):
             self.inv.fail(self.src.label(src), "cannot copy a directory into itself")
             return
         await (self.tree(src, dst) if kind else self.file(src, dst))
 
 
-async def _copy(inv: Invocation, src: Side, s: str, dst: Side, d: str) -> None:
-    with _Bars() as bars:
-        try:
-            await Copier(inv, src, dst, bars).top(s, d)
-        except OSError as exc:
-            inv.fail(src.label(s), exc)
+@dataclass
+class _Source:
+    """One source operand: a host path, or a path in an image (maybe with wildcards)."""
+
+    text: str
+    loc: ImagePath | None
+
+
+async def _copy_one(inv: Invocation, copier: Copier, src: str, dst: str, dst_slash: bool) -> None:
+    try:
+        await copier.top(src, dst, dst_slash=dst_slash)
+    except OSError as exc:
+        inv.fail(copier.src.label(src), exc)
 
 
 async def _cp(inv: Invocation) -> None:
-    src, dst = imagepath.parse(inv.args.src), imagepath.parse(inv.args.dst)
-    host = HostSide()
-    if src is None and dst is None:
-        raise UsageError("neither operand is an image path (write IMAGE::/path); use cp(1)")
-    if src is None:
-        assert dst is not None
-        await _with_image(
-            inv, dst.image, lambda side: _copy(inv, host, inv.args.src, side, dst.path)
-        )
-    elif dst is None:
-        await _with_image(
-            inv, src.image, lambda side: _copy(inv, side, src.path, host, inv.args.dst)
-        )
-    elif src.image == dst.image:
-        await _with_image(inv, src.image, lambda side: _copy(inv, side, src.path, side, dst.path))
+    operands: list[str] = inv.args.operands
+    if len(operands) < 2:
+        raise UsageError(f"missing destination operand after {operands[0]!r}")
+    sources = [_Source(arg, imagepath.parse(arg)) for arg in operands[:-1]]
+    target = operands[-1]
+    dst = imagepath.parse(target)
+    if dst is None and all(s.loc is None for s in sources):
+        raise UsageError("no operand is an image path (write IMAGE::/path); use cp(1)")
+    several = len(sources) > 1 or any(s.loc is not None and s.loc.has_wildcards for s in sources)
+    if dst is None:
+        await _cp_to_host(inv, sources, target, several)
     else:
-        await _cp_between_images(inv, src, dst)
+        await _cp_to_image(inv, sources, dst, several)
 
 
-async def _with_image(
-    inv: Invocation, image: str, body: Callable[[ImageSide], Awaitable[None]]
+async def _cp_to_host(inv: Invocation, sources: list[_Source], target: str, several: bool) -> None:
+    if several and not os.path.isdir(target):
+        inv.fail(target, Explained(errno.ENOTDIR, "target is not a directory (several sources)"))
+        return
+    host = HostSide()
+    slash = target.endswith("/")
+    for image, group in itertools.groupby(sources, key=lambda s: s.loc.image if s.loc else None):
+        if image is None:
+            for s in group:
+                inv.fail(s.text, "both sides are host paths (use cp(1))")
+            continue
+        try:
+            async with inv.session(image, writing=False) as proc:
+                side = ImageSide(image, proc)
+                with _Bars() as bars:
+                    copier = Copier(inv, side, host, bars)
+                    for s in group:
+                        assert s.loc is not None
+                        await _copy_expanded(inv, copier, proc, s.loc, target, slash)
+        except OSError as exc:
+            inv.boot_failed(image, exc)
+
+
+async def _copy_expanded(
+    inv: Invocation, copier: Copier, proc: UserProcess, loc: ImagePath, dst: str, slash: bool
 ) -> None:
     try:
-        async with inv.session(image) as proc:
-            await body(ImageSide(image, proc))
+        matches = await expand(proc, loc)
     except OSError as exc:
-        inv.fail(image, exc, detail=True)
+        inv.fail(loc, exc)
+        return
+    for match in matches:
+        await _copy_one(inv, copier, match.path, dst, slash)
 
 
-async def _cp_between_images(inv: Invocation, src: ImagePath, dst: ImagePath) -> None:
-    """Two boots in turn: the source image into a host staging directory, then out of it.
-
-    The staged copy keeps the source name, so the second step follows the same
-    ``cp`` rules (into an existing directory or onto a new name) as a direct copy.
-    """
-    host = HostSide()
+async def _cp_to_image(
+    inv: Invocation, sources: list[_Source], dst: ImagePath, several: bool
+) -> None:
+    """Sources on other images are staged on the host first (one boot each, read-only);
+    then one boot of the destination image copies everything in operand order."""
     with tempfile.TemporaryDirectory(prefix="microkernel-cp-") as staging:
-        name = src.name or "root"
-        staged = os.path.join(staging, name)
-        await _with_image(inv, src.image, lambda side: _copy(inv, side, src.path, host, staged))
-        if inv.status or not os.path.exists(staged):
-            return
-        await _with_image(inv, dst.image, lambda side: _copy(inv, host, staged, side, dst.path))
+        staged: list[tuple[_Source, list[str]]] = []
+        for k, s in enumerate(sources):
+            if s.loc is not None and s.loc.image != dst.image:
+                staged.append((s, await _stage(inv, s.loc, os.path.join(staging, str(k)))))
+            else:
+                staged.append((s, []))
+        try:
+            async with inv.session(dst.image, writing=True) as proc:
+                side = ImageSide(dst.image, proc)
+                if several and not await side.is_dir(dst.path):
+                    inv.fail(
+                        dst, Explained(errno.ENOTDIR, "target is not a directory (several sources)")
+                    )
+                    return
+                with _Bars() as bars:
+                    from_host = Copier(inv, HostSide(), side, bars)
+                    inside = Copier(inv, side, side, bars)
+                    for s, paths in staged:
+                        if s.loc is None:
+                            await _copy_one(inv, from_host, s.text, dst.path, dst.trailing_slash)
+                        elif s.loc.image == dst.image:
+                            await _copy_expanded(
+                                inv, inside, proc, s.loc, dst.path, dst.trailing_slash
+                            )
+                        for path in paths:
+                            await _copy_one(inv, from_host, path, dst.path, dst.trailing_slash)
+        except OSError as exc:
+            inv.boot_failed(dst.image, exc)
+
+
+async def _stage(inv: Invocation, loc: ImagePath, directory: str) -> list[str]:
+    """Copy ``loc`` (wildcards expanded) out of its image into ``directory``; the staged paths.
+
+    Staged copies keep their names and modification times, so the second step
+    follows the same ``cp`` rules (and ``-p``) as a direct copy.
+    """
+    os.mkdir(directory)
+    preserve = inv.args.preserve
+    inv.args.preserve = True
+    try:
+        async with inv.session(loc.image, writing=False) as proc:
+            with _Bars() as bars:
+                copier = Copier(inv, ImageSide(loc.image, proc), HostSide(), bars)
+                await _copy_expanded(inv, copier, proc, loc, directory, False)
+    except OSError as exc:
+        inv.boot_failed(loc.image, exc)
+    finally:
+        inv.args.preserve = preserve
+    return [os.path.join(directory, name) for name in sorted(os.listdir(directory))]
 
 
 async def cli_cp(args: argparse.Namespace) -> int:
-    """``cp [-r] SRC DST`` with either side (or both) an ``IMG::/path``."""
+    """``cp [-r] [-p] SRC... DST`` with either side (or both) an ``IMG::/path``."""
     return await _run(args, _cp)
 
 
 __all__ = [
+    "Invocation",
     "cli_cat",
     "cli_cp",
+    "cli_df",
+    "cli_du",
     "cli_ls",
     "cli_mkdir",
     "cli_mv",
     "cli_rm",
     "cli_rmdir",
     "cli_stat",
+    "expand",
+    "human",
+    "system_config",
 ]

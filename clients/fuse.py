@@ -420,15 +420,16 @@ async def serve(proc: UserProcess, image: str, mountpoint: str) -> None:
 async def _mount(inv: Invocation) -> None:
     args = inv.args
     if not os.path.isdir(args.mountpoint):
-        inv.fail(args.mountpoint, NotADirectoryError(errno.ENOTDIR, "not a directory"))
+        missing = not os.path.exists(args.mountpoint)
+        inv.fail(args.mountpoint, OSError(errno.ENOENT if missing else errno.ENOTDIR, ""))
         return
     try:
-        async with inv.session(args.image) as proc:
+        async with inv.session(args.image, writing=True) as proc:
             await serve(proc, args.image, args.mountpoint)
     except RuntimeError as exc:  # pyfuse3 could not mount; libfuse said why on stderr
         inv.fail(args.mountpoint, f"cannot mount: {exc}")
     except OSError as exc:
-        inv.fail(args.image, exc, detail=True)
+        inv.boot_failed(args.image, exc)
 
 
 async def cli_mount(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import posixpath
 from dataclasses import dataclass
 
 SEPARATOR = "::"
+WILDCARDS = "*?["  # shell-style patterns inside IMG:: paths (quoted, as mtools takes them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,12 +20,21 @@ class ImagePath:
 
     image: str
     path: str
+    trailing_slash: bool = False  # written ``IMG::/dir/``: it must be a directory
 
     def __str__(self) -> str:
-        return f"{self.image}{SEPARATOR}{self.path}"
+        return f"{self.image}{SEPARATOR}{self.path}{'/' if self.trailing_slash else ''}"
 
     def child(self, name: str) -> ImagePath:
         return ImagePath(self.image, posixpath.join(self.path, name))
+
+    def at(self, path: str) -> ImagePath:
+        """Another path in the same image."""
+        return ImagePath(self.image, normalise(path))
+
+    @property
+    def has_wildcards(self) -> bool:
+        return any(ch in self.path for ch in WILDCARDS)
 
     @property
     def name(self) -> str:
@@ -42,7 +52,8 @@ def parse(arg: str) -> ImagePath | None:
     image, sep, path = arg.rpartition(SEPARATOR)
     if not sep or not image:
         return None
-    return ImagePath(image, normalise(path))
+    clean = normalise(path)
+    return ImagePath(image, clean, trailing_slash=path.endswith("/") and clean != "/")
 
 
-__all__ = ["SEPARATOR", "ImagePath", "normalise", "parse"]
+__all__ = ["SEPARATOR", "WILDCARDS", "ImagePath", "normalise", "parse"]

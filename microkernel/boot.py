@@ -11,6 +11,7 @@ dirty flag, the cache flushes, and the drivers fsync the image.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from microkernel import imagelock
 from microkernel.config import (
     DeviceConfig,
     SystemConfig,
@@ -128,6 +130,8 @@ async def boot(
         cfg = validate(config)
     elif config is not None:
         cfg = load_config(config)
+        for dev in cfg.devices:  # boot(config=..., read_only=True) opens every image read-only
+            dev.read_only = dev.read_only or bool(device_options.get("read_only"))
     else:
         cfg = validate(_config_from_kwargs(image, driver, memory, trace, dict(device_options)))
     if trace is not None:
@@ -144,7 +148,9 @@ async def boot(
     router = Router(capabilities=caps, counters=counters, tracer=tracer)
     system = System(cfg, router, mem, tracer)
     failure: Exception | None = None
+    locks = contextlib.ExitStack()
     try:
+        locks.enter_context(imagelock.locked([(d.image, not d.read_only) for d in cfg.devices]))
         async with anyio.create_task_group() as tg:
             try:
                 await _start_all(system, tg)
@@ -158,6 +164,7 @@ async def boot(
     finally:
         tracer.close()
         mem.close()
+        locks.close()  # after the drivers closed the images
     if failure is not None:
         raise failure
 

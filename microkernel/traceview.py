@@ -587,12 +587,36 @@ def mermaid_diagrams(source: Source, *, corr: int | None = None) -> list[str]:
     kinds = syscall_kinds(trace)
     if corr is not None:
         if corr not in by_corr:
-            raise TraceViewError(f"no message with correlation id {corr} in the trace")
+            raise TraceViewError(_unknown_corr(corr, kinds))
         return [_diagram(corr, by_corr[corr], kinds.get(corr))]
     chosen: dict[str, int] = {}
     for c, kind in kinds.items():
         chosen.setdefault(kind, c)
     return [_diagram(c, by_corr[c], kind) for kind, c in chosen.items()]
+
+
+def _unknown_corr(corr: int, kinds: dict[int, str]) -> str:
+    """Say which ids there are, so the next try can succeed."""
+    if not kinds:
+        return f"no message with correlation id {corr}: the trace holds no system call"
+    examples = ", ".join(f"{c} ({kind})" for c, kind in list(kinds.items())[:5])
+    return (
+        f"no message with correlation id {corr}; the trace has {len(kinds)} system calls, "
+        f"e.g. {examples} (`--format summary` lists them)"
+    )
+
+
+def syscalls_by_kind(source: Source) -> dict[str, list[int]]:
+    """Syscall kind -> its correlation ids, in order of first appearance."""
+    ids: dict[str, list[int]] = defaultdict(list)
+    for c, kind in syscall_kinds(source).items():
+        ids[kind].append(c)
+    return dict(ids)
+
+
+def _id_list(ids: Sequence[int], shown: int = 8) -> str:
+    text = " ".join(str(c) for c in ids[:shown])
+    return text + (f" ... (+{len(ids) - shown})" if len(ids) > shown else "")
 
 
 def render_mermaid(source: Source, out: TextIO, *, corr: int | None = None) -> None:
@@ -640,6 +664,7 @@ class Summary:
     spans: dict[tuple[str, str], LatencyStats]  # (server, name) -> durations (ns)
     copied: dict[str, int]  # reason -> bytes
     stats: ParseStats
+    syscalls: dict[str, list[int]] = field(default_factory=dict)  # kind -> correlation ids
 
     @property
     def bytes_copied(self) -> int:
@@ -683,6 +708,7 @@ def summarize(source: Source) -> Summary:
         spans={k: LatencyStats.of(v) for k, v in sorted(durs.items())},
         copied=dict(sorted(copied.items())),
         stats=trace.stats,
+        syscalls=syscalls_by_kind(trace),
     )
 
 
@@ -699,6 +725,11 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]]]]:
 
     st = s.stats
     return [
+        (
+            "System calls by correlation id (draw one with --format mermaid --corr ID)",
+            ["syscall", "count", "correlation ids"],
+            [[kind, str(len(ids)), _id_list(ids)] for kind, ids in s.syscalls.items()],
+        ),
         (
             "Messages per (src, dst)",
             ["src", "dst", "messages", "bytes"],
@@ -812,12 +843,17 @@ def render(source: Source, fmt: str, *, corr: int | None = None, out: TextIO) ->
     if fmt not in FORMATS:
         raise TraceViewError(f"unknown trace format {fmt!r}: expected one of {', '.join(FORMATS)}")
     trace = parse(source)
+    if trace.stats.lines and not trace.stats.records:
+        raise TraceViewError(
+            f"not a microkernel trace: none of its {trace.stats.lines} lines is a trace record "
+            "(write one with `microkernel --trace FILE COMMAND`)"
+        )
     if fmt == "mermaid":
         render_mermaid(trace, out, corr=corr)
         return
     if corr is not None:
         if not any(m.corr == corr for m in trace.messages):
-            raise TraceViewError(f"no message with correlation id {corr} in the trace")
+            raise TraceViewError(_unknown_corr(corr, syscall_kinds(trace)))
         trace = trace.only(corr)
     if fmt == "perfetto":
         render_perfetto(trace, out)

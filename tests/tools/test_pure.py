@@ -12,7 +12,8 @@ from clients.imagepath import ImagePath, parse
     [
         ("disk.img::/a/b", ImagePath("disk.img", "/a/b")),
         ("disk.img::", ImagePath("disk.img", "/")),
-        ("disk.img::a//b/./c/", ImagePath("disk.img", "/a/b/c")),
+        ("disk.img::a//b/./c/", ImagePath("disk.img", "/a/b/c", trailing_slash=True)),
+        ("disk.img::/", ImagePath("disk.img", "/")),
         ("disk.img:://x/../y", ImagePath("disk.img", "/y")),
         ("dir::odd/disk.img::/f", ImagePath("dir::odd/disk.img", "/f")),
         ("plain/host/path", None),
