@@ -7,8 +7,11 @@ copy of file data by the CPU. Loading an image at construction is likewise
 the device's content, not file data passing through the system.
 
 ``image=None`` with ``size=`` gives a zero-filled disk. With an image, its
-bytes are loaded once and the file is never written unless ``write_back=True``
-(then ``Flush`` and shutdown write the memory back to the image).
+bytes are loaded once. With ``write_back=True`` every ``Flush`` and the clean
+shutdown write the changed 1 MiB chunks back to the image (the command line
+asks for that whenever a command writes); without it the image is never
+written, and a shutdown that discards written sectors says so in the log
+rather than losing them silently.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from drivers.base import BlockDriver, ImagePath
 from drivers.errors import DriverConfigError
 from microkernel.ipc import Router
 from microkernel.memory import PhysicalMemory
+from microkernel.trace import log
 
 _CHUNK = 1 << 20
 
@@ -44,6 +48,8 @@ class RamDisk(BlockDriver):
         **options: Any,
     ) -> None:
         self.write_back = write_back
+        self._dirty: set[int] = set()  # 1 MiB chunks written since the last write-back
+        self.discarded = 0  # chunks a shutdown without write_back threw away
         super().__init__(name, router, memory, image, **options)
 
     def open_backing(self, image: str | None, size: int | None, read_only: bool) -> tuple[int, int]:
@@ -56,28 +62,60 @@ class RamDisk(BlockDriver):
         try:
             os.ftruncate(fd, disk_bytes)
             if image is not None:
-                _copy_file(image, fd, min(image_bytes, disk_bytes), to_image=False)
+                _load(image, fd, min(image_bytes, disk_bytes))
         except BaseException:
             os.close(fd)
             raise
         return fd, disk_bytes
 
+    def _account(self, lba: int, count: int, nbytes: int, write: bool) -> None:
+        super()._account(lba, count, nbytes, write)
+        if write:
+            start = lba * self.logical_sector_size
+            self._dirty.update(range(start // _CHUNK, (start + nbytes - 1) // _CHUNK + 1))
+
     def flush_backing(self) -> None:
-        """Persist to the image only when asked to (``write_back=True``)."""
-        if self.write_back and self.image is not None and not self.read_only:
-            limit = min(os.stat(self.image).st_size, self.total_sectors * self.logical_sector_size)
-            _copy_file(self.image, self.fd, limit, to_image=True)
+        """Persist the changed chunks to the image, only when asked to (``write_back=True``).
+
+        Runs in a worker thread: the set is swapped first, so a write accounted
+        meanwhile is kept for the next flush instead of being lost.
+        """
+        if not self.write_back or self.image is None or self.read_only or not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        limit = min(os.stat(self.image).st_size, self.total_sectors * self.logical_sector_size)
+        _write_chunks(self.image, self.fd, sorted(dirty), limit)
+
+    async def teardown(self) -> None:
+        await super().teardown()
+        if self._dirty and self.image is not None and not self.write_back:
+            self.discarded = len(self._dirty)
+            log.warning(
+                "ramdisk writes discarded: the image is unchanged (write_back=False)",
+                device=self.name,
+                image=self.image,
+                chunks_of_1MiB=self.discarded,
+            )
 
 
-def _copy_file(image: str, memfd: int, nbytes: int, *, to_image: bool) -> None:
-    """Move ``nbytes`` between the image file and the ramdisk's memfd, in 1 MiB chunks."""
-    fd = os.open(image, (os.O_RDWR if to_image else os.O_RDONLY) | os.O_CLOEXEC)
+def _write_chunks(image: str, memfd: int, chunks: list[int], limit: int) -> None:
+    """Copy the given 1 MiB chunks of the memfd into the image, then fsync it."""
+    fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
     try:
-        src, dst = (memfd, fd) if to_image else (fd, memfd)
+        for chunk in chunks:
+            offset = chunk * _CHUNK
+            if offset < limit:
+                os.pwrite(fd, os.pread(memfd, min(_CHUNK, limit - offset), offset), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load(image: str, memfd: int, nbytes: int) -> None:
+    """Fill the ramdisk's memfd with the image's first ``nbytes``, in 1 MiB chunks."""
+    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         for offset in range(0, nbytes, _CHUNK):
-            chunk = os.pread(src, min(_CHUNK, nbytes - offset), offset)
-            os.pwrite(dst, chunk, offset)
-        if to_image:
-            os.fsync(fd)
+            os.pwrite(memfd, os.pread(fd, min(_CHUNK, nbytes - offset), offset), offset)
     finally:
         os.close(fd)
