@@ -14,8 +14,11 @@ run moves file data with ``bytes_copied == 0``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import os
 import random
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -161,37 +164,88 @@ def print_report(report: DemoReport, stats: Statistics, out: object = None) -> N
         console.print(f"[red]error:[/red] {err}")
 
 
+DEMO_DIR = "/demo"
+
+
+def demo_bytes(stream_size: int = 32 << 20, files: int = 4, records: int = 400) -> int:
+    """Room the default workload needs: the stream, the font, the logs (generously)."""
+    return stream_size + (1 << 20) + files * records * 64
+
+
 async def cli_run(args: argparse.Namespace) -> int:
     """``microkernel run``: boot on the image (a fresh aligned FAT32 by default) and run the demo."""
     import microkernel
+    from clients.commands import system_config
 
+    if args.config is not None and args.image is None:
+        async with microkernel.boot(config=args.config, trace=args.trace) as system:
+            return await _run_and_report(system, args, "the configured volume")
     image = args.image
     tmp = None
-    if args.config is not None:
-        async with microkernel.boot(config=args.config, trace=args.trace) as system:
-            return await _run_and_report(system, args)
     if image is None:
-        tmp = tempfile.TemporaryDirectory(prefix="microkernel-")
-        image = str(Path(tmp.name) / "demo.img")
+        tmp = tempfile.mkdtemp(prefix="microkernel-")
+        image = str(Path(tmp) / "demo.img")
         microkernel.mkfs(image, size=DEFAULT_IMAGE_SIZE, fat=32, cluster_size=4096)
-        print(f"made a fresh FAT32 image: {image} ({DEFAULT_IMAGE_SIZE}, 4 KiB clusters)")
+        where = image if args.keep else "a temporary directory (deleted at the end; --keep keeps it)"
+        print(f"made a fresh FAT32 image ({DEFAULT_IMAGE_SIZE}, 4 KiB clusters) in {where}")
     try:
         async with microkernel.boot(
-            image=image, driver=args.driver, memory=args.memory, trace=args.trace
+            config=system_config(args, image, read_only=args.read_only), trace=args.trace
         ) as system:
-            return await _run_and_report(system, args)
+            return await _run_and_report(system, args, image)
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        if tmp is not None and not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def _run_and_report(system: System, args: argparse.Namespace) -> int:
+async def _run_and_report(system: System, args: argparse.Namespace, image: str) -> int:
     if system.missing:
         print(f"booted {[s.name for s in system.servers]}; missing: {system.missing}")
         return 1
-    report = await run_demo(system)
+    proc = await system.spawn("demo")
+    volume = await proc.statfs("/")
+    free = volume.free_clusters * volume.cluster_size
+    if free < demo_bytes():
+        _fail(
+            f"{image}: the demo needs {demo_bytes() >> 20} MiB free, the volume has "
+            f"{free / 2**20:.1f} MiB; nothing was written (omit --image for a fresh image)"
+        )
+        return 1
+    created = not await proc.exists(DEMO_DIR)
+    try:
+        report = await run_demo(system)
+    except (OSError, BaseExceptionGroup) as exc:
+        await _clean_up(proc, created)
+        _fail(f"{image}: the demo failed: {_first_error(exc)}; its files were removed")
+        return 1
     assert report.stats is not None
     print_report(report, report.stats)
     if args.stats:
         Path(args.stats).write_bytes(system.statistics().to_json())
     return 1 if report.errors else 0
+
+
+def _fail(text: str) -> None:
+    print(f"microkernel run: {text}", file=sys.stderr)
+
+
+def _first_error(exc: BaseException) -> str:
+    """One line for what went wrong first, from however deep a task group nested it."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{os.strerror(exc.errno)} ({exc.strerror})"
+    return str(exc) or type(exc).__name__
+
+
+async def _clean_up(proc: UserProcess, created: bool) -> None:
+    """Remove what the demo wrote: its directory if it made it, else only its own files."""
+    names = [e.name for e in await proc.scandir(DEMO_DIR)] if await proc.exists(DEMO_DIR) else []
+    ours = {"font.ttf", "stream.bin"} | {n for n in names if n.startswith("log-")}
+    for name in names:
+        if created or name in ours:
+            with contextlib.suppress(OSError):
+                await proc.unlink(f"{DEMO_DIR}/{name}")
+    if created:
+        with contextlib.suppress(OSError):
+            await proc.rmdir(DEMO_DIR)

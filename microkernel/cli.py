@@ -229,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="summary",
         help="output format",
     )
-    p.add_argument("--corr", type=int, help="correlation id to draw (the summary lists them)")
+    p.add_argument(
+        "--corr",
+        metavar="ID|SYSCALL",
+        help="one system call: a correlation id the summary lists, or a syscall name "
+        "(e.g. Open) for the first call of that kind",
+    )
     p.add_argument("-o", "--output", help="output file (default stdout)")
     p = cmd("bench", "run the benchmarks")
     p.add_argument("--json", metavar="FILE", help="also write results as JSON")
@@ -289,18 +294,33 @@ def _say(command: str, text: str) -> None:
 
 async def cli_trace(args: argparse.Namespace) -> int:
     """Render a trace; a file that is not one (or a wrong ``--corr``) is one line, exit 1."""
-    from microkernel.traceview import TraceViewError, render
+    from microkernel.traceview import TraceViewError, parse, render, syscall_kinds
 
     try:
+        trace = parse(args.file)
+        corr = _corr_id(args.corr, syscall_kinds(trace)) if args.corr is not None else None
         if args.output:
             with open(args.output, "w", encoding="utf-8") as out:
-                render(args.file, args.format, corr=args.corr, out=out)
+                render(trace, args.format, corr=corr, out=out)
         else:
-            render(args.file, args.format, corr=args.corr, out=sys.stdout)
+            render(trace, args.format, corr=corr, out=sys.stdout)
     except TraceViewError as exc:
-        _say("trace", f"{args.file}: {exc}")
+        _say("trace", f"{args.file}: {exc.strerror}")
         return 1
     return 0
+
+
+def _corr_id(text: str, kinds: dict[int, str]) -> int:
+    """``--corr 38`` or ``--corr Open`` (the first Open): ids change with every run."""
+    from microkernel.traceview import TraceViewError
+
+    if text.isdigit():
+        return int(text)
+    for corr, kind in kinds.items():
+        if kind.casefold() == text.casefold():
+            return corr
+    names = ", ".join(sorted(set(kinds.values()))) or "none"
+    raise TraceViewError(f"--corr {text}: not a number nor a system call in the trace ({names})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
