@@ -36,7 +36,8 @@ class _Version(argparse.Action):
             version = metadata.version("microkernel")
         except metadata.PackageNotFoundError:
             version = "unknown (not installed)"
-        parser.exit(message=f"microkernel {version}\n")
+        print(f"microkernel {version}")
+        parser.exit()
 
 
 def _add_global(p: argparse.ArgumentParser, *, shown: bool) -> None:

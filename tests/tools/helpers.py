@@ -17,10 +17,27 @@ REPO = Path(__file__).resolve().parents[2]
 MEMORY = "64M"
 
 
-def cli(*args: str | os.PathLike[str], timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+def env() -> dict[str, str]:
+    """The environment of a CLI subprocess: this checkout's code first on the path."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *([path] if path else [])])}
+
+
+def cli(
+    *args: str | os.PathLike[str], timeout: float = 60, cwd: Path = REPO
+) -> subprocess.CompletedProcess[bytes]:
     """``python -m microkernel --memory 64M ARGS...`` from the repository, output captured."""
     argv = [sys.executable, "-m", "microkernel", "--memory", MEMORY, *(os.fspath(a) for a in args)]
-    return subprocess.run(argv, capture_output=True, cwd=REPO, timeout=timeout, check=False)
+    return subprocess.run(
+        argv, capture_output=True, cwd=cwd, env=env(), timeout=timeout, check=False
+    )
+
+
+def error(done: subprocess.CompletedProcess[bytes]) -> str:
+    """The stderr of a failed call, which must be one line per failure and no traceback."""
+    text = done.stderr.decode(errors="replace")
+    assert "Traceback" not in text and "ExceptionGroup" not in text, text
+    return text
 
 
 def ok(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[bytes]:
