@@ -24,7 +24,17 @@ from typing import NoReturn
 import pytest
 
 from tests.oracles import require_tool
-from tests.tools.helpers import MEMORY, ORACLES, REPO, assert_clean, fat16, fetch, listing, put
+from tests.tools.helpers import (
+    MEMORY,
+    ORACLES,
+    REPO,
+    assert_clean,
+    env,
+    fat16,
+    fetch,
+    listing,
+    put,
+)
 
 MOUNT_WAIT = 20.0  # seconds for the system to boot and the mount to appear
 EXIT_WAIT = 30.0  # seconds for a clean shutdown after unmounting
@@ -38,6 +48,11 @@ def _unavailable(reason: str) -> NoReturn:
 
 @pytest.fixture(autouse=True)
 def _fuse() -> None:
+    require_fuse()
+
+
+def require_fuse() -> None:
+    """Skip (or fail under MICROKERNEL_REQUIRE_ORACLES=1) where FUSE cannot work."""
     require_tool(*ORACLES)
     if not os.path.exists("/dev/fuse"):
         _unavailable("no /dev/fuse")
@@ -71,7 +86,9 @@ def _wait_mounted(proc: subprocess.Popen[bytes], mnt: Path, log: Path) -> None:
 
 
 @contextmanager
-def mounted(image: Path, mnt: Path, stats: Path) -> Iterator[subprocess.Popen[bytes]]:
+def mounted(
+    image: Path, mnt: Path, stats: Path, *options: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """``microkernel mount`` in the background; on the way out, make sure it is gone."""
     mnt.mkdir(exist_ok=True)
     log = mnt.with_suffix(".log")
@@ -84,11 +101,12 @@ def mounted(image: Path, mnt: Path, stats: Path) -> Iterator[subprocess.Popen[by
         "--stats",
         os.fspath(stats),
         "mount",
+        *options,
         os.fspath(image),
         os.fspath(mnt),
     ]
     with open(log, "wb") as err:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=err, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=REPO, env=env(), stdout=err, stderr=subprocess.STDOUT)
     try:
         _wait_mounted(proc, mnt, log)
         yield proc
@@ -155,3 +173,17 @@ def test_sigterm_unmounts_and_shuts_down_cleanly(tmp_path: Path) -> None:
 
     assert_clean(image)
     assert fetch(image, "/note.txt") == b"written before SIGTERM\n"
+
+
+def test_touch_d_on_the_mount_sets_the_modification_time(tmp_path: Path) -> None:
+    """The guide's claim, checked: ``touch -d`` reaches the directory entry (mtools reads it)."""
+    image = fat16(tmp_path / "disk.img")
+    (tmp_path / "t.txt").write_bytes(b"t")
+    put(image, tmp_path / "t.txt")
+    mnt = tmp_path / "mnt"
+    with mounted(image, mnt, tmp_path / "stats.json") as proc:
+        sh("touch", "-d", "2001-02-03 04:05:06", mnt / "t.txt")
+        assert abs(os.stat(mnt / "t.txt").st_mtime - time.mktime((2001, 2, 3, 4, 5, 6, 0, 0, -1))) <= 2
+        _unmount(proc, mnt)
+    assert b"2001-02-03" in sh("mdir", "-i", image, "::/t.txt")
+    assert_clean(image)
