@@ -1118,7 +1118,8 @@ class Copier:
             dst = self.dst.join(dst, name)
         elif dst_slash and not kind:  # ``cp f IMG::/newdir/``: GNU cp refuses too
             raise Located(
-                self.dst.label(dst) + "/", NotADirectoryError(errno.ENOTDIR, "not a directory")
+                self.dst.label(dst).rstrip("/") + "/",
+                NotADirectoryError(errno.ENOTDIR, "not a directory"),
             )
         if self.src is self.dst and self.src.same(src, dst):
             self.inv.fail(self.src.label(src), "source and destination are the same file")

@@ -56,7 +56,9 @@ def test_ramdisk_writes_reach_the_image_or_say_they_do_not(tmp_path: Path) -> No
     assert "/dir/" in listing(image)
     assert_clean(image)
 
-    discarded = cli("--driver", "ramdisk", "--driver-option", "write_back=false", "mkdir", f"{image}::/gone")
+    discarded = cli(
+        "--driver", "ramdisk", "--driver-option", "write_back=false", "mkdir", f"{image}::/gone"
+    )
     assert discarded.returncode == 0
     assert "discarded" in discarded.stderr.decode()  # never silent
     assert "/gone/" not in listing(image)
@@ -355,7 +357,16 @@ def test_du_and_df(tmp_path: Path) -> None:
     assert ok("du", "-s", "-h", f"{image}::/").stdout.decode().split()[0].endswith("K")
 
     header, row = ok("df", image).stdout.decode().splitlines()
-    assert header.split() == ["Image", "Type", "1K-blocks", "Used", "Free", "Use%", "Cluster", "Label"]
+    assert header.split() == [
+        "Image",
+        "Type",
+        "1K-blocks",
+        "Used",
+        "Free",
+        "Use%",
+        "Cluster",
+        "Label",
+    ]
     cells = row.split()
     assert cells[:2] == [str(image), "FAT16"] and cells[6] == "2048" and cells[7] == "NO"
     assert int(cells[2]) == int(cells[3]) + int(cells[4])

@@ -98,9 +98,7 @@ def test_two_copies_at_once_never_corrupt_the_image(tmp_path: Path) -> None:
         trees.append(tree)
     argv = [sys.executable, "-m", "microkernel", "--memory", "64M", "cp", "-r"]
     procs = [
-        subprocess.Popen(
-            [*argv, tree, f"{image}::/"], stderr=subprocess.PIPE, cwd=REPO, env=env()
-        )
+        subprocess.Popen([*argv, tree, f"{image}::/"], stderr=subprocess.PIPE, cwd=REPO, env=env())
         for tree in trees
     ]
     results = [(p.wait(timeout=60), p.stderr.read().decode() if p.stderr else "") for p in procs]

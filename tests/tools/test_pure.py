@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clients.imagepath import ImagePath, parse
 
@@ -47,3 +49,18 @@ def test_inode_table_follows_renames_and_removals() -> None:
     with pytest.raises(OSError):
         table.path(b)
     assert table.inode("/moved") not in (a, b)  # numbers are never reused
+
+
+segments = st.text(alphabet="ab.*/", min_size=0, max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(image=st.sampled_from(["d.img", "dir/d.img", "a::b.img"]), path=segments)
+def test_parse_is_a_normal_form(image: str, path: str) -> None:
+    """Parsing what was printed gives the same location; the path is absolute and clean."""
+    loc = parse(f"{image}::{path}")
+    assert loc is not None and loc.image == image
+    assert loc.path.startswith("/") and "//" not in loc.path and "/./" not in loc.path + "/"
+    assert loc.path == "/" or not loc.path.endswith("/")
+    assert parse(str(loc)) == loc
+    assert loc.trailing_slash == (path.endswith("/") and loc.path != "/")

@@ -25,12 +25,17 @@ def examples() -> list[tuple[str, str]]:
     """(language, code) of every runnable block; the install commands are not run."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = [(m.group(1), m.group(2)) for m in FENCE.finditer(text)]
-    return [(lang, code) for lang, code in blocks if lang in ("sh", "python") and "apt-get" not in code]
+    return [
+        (lang, code) for lang, code in blocks if lang in ("sh", "python") and "apt-get" not in code
+    ]
 
 
 def _shims(bin_dir: Path) -> None:
     bin_dir.mkdir()
-    for name, argv in (("microkernel", f'"{sys.executable}" -m microkernel'), ("python3", f'"{sys.executable}"')):
+    for name, argv in (
+        ("microkernel", f'"{sys.executable}" -m microkernel'),
+        ("python3", f'"{sys.executable}"'),
+    ):
         shim = bin_dir / name
         shim.write_text(f'#!/bin/sh\nexec {argv} "$@"\n', encoding="utf-8")
         shim.chmod(0o755)
@@ -58,4 +63,8 @@ def test_readme_example_runs_as_written(index: int, tmp_path: Path) -> None:
     done = subprocess.run(
         argv, cwd=work, env=environment, capture_output=True, timeout=300, check=False
     )
-    assert done.returncode == 0, (code, done.stdout.decode(errors="replace")[-2000:], done.stderr.decode(errors="replace")[-4000:])
+    assert done.returncode == 0, (
+        code,
+        done.stdout.decode(errors="replace")[-2000:],
+        done.stderr.decode(errors="replace")[-4000:],
+    )
