@@ -396,3 +396,18 @@ def test_help_texts_and_global_options_once() -> None:
     assert "ignore missing operands" in ok("rm", "--help").stdout.decode()
     # and they still work after the command
     assert ok("--version").returncode == 0
+
+
+def test_run_keep_keeps_the_demo_image_it_names(tmp_path: Path) -> None:
+    done = ok("run", "--keep")
+    first = done.stdout.decode().splitlines()[0]
+    match = re.search(r"in (/\S+/demo\.img)$", first)
+    assert match is not None, first
+    kept = Path(match.group(1))
+    try:
+        assert kept.exists()
+        assert "/demo/stream.bin" in listing(kept)
+        assert_clean(kept)
+    finally:
+        kept.unlink(missing_ok=True)
+        kept.parent.rmdir()

@@ -168,3 +168,12 @@ def test_mount_read_only_refuses_changes(tmp_path: Path) -> None:
         assert ok("ls", f"{image}::/").stdout.split() == [b"d"]  # readers share
         _unmount(mount, tmp_path / "mnt")
     assert image.read_bytes() == before
+
+
+def test_mkfs_force_does_not_replace_an_image_in_use(tmp_path: Path) -> None:
+    image = fat16(tmp_path / "disk.img")
+    ok("mkdir", f"{image}::/keep")
+    with held(image, "ro") as pid:
+        done = cli("mkfs", image, "--size", "8M", "--force")
+        assert done.returncode == 1 and f"(pid {pid})" in error(done)
+    assert listing(image) == {"/keep/"}
