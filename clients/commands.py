@@ -87,6 +87,13 @@ class Explained(OSError):
     """An error whose text is the whole explanation (printed as is, not as strerror(errno))."""
 
 
+class NoMatch(Explained, FileNotFoundError):
+    """A wildcard matched nothing: ENOENT, so ``rm -f`` may ignore it like a missing file."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ENOENT, "no file matches the pattern")
+
+
 class Located(OSError):
     """An error pinned to the operand it concerns: a copy can fail on either side."""
 
@@ -364,7 +371,7 @@ async def expand(proc: UserProcess, loc: ImagePath) -> list[ImagePath]:
             continue
         found = await _matches(proc, found, part)
     if not found:
-        raise Explained(errno.ENOENT, "no file matches the pattern")
+        raise NoMatch()
     return [loc.at(path) for path in found]
 
 
@@ -494,11 +501,8 @@ def _shown(entries: list[FsInfo], show_all: bool) -> list[FsInfo]:
 
 async def _ls(inv: Invocation) -> None:
     args = inv.args
-    headers = (
-        len(args.paths) > 1
-        or args.recursive
-        or any((imagepath.parse(p) or ImagePath("", "")).has_wildcards for p in args.paths)
-    )
+    wildcards = any(ch in p for p in args.paths for ch in imagepath.WILDCARDS)
+    headers = len(args.paths) > 1 or args.recursive or wildcards
     first = [True]
 
     async def show_dir(proc: UserProcess, loc: ImagePath, seen: set[int], depth: int) -> None:

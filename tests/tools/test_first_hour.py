@@ -324,6 +324,7 @@ def test_ls_several_paths_recursive_and_wildcards(tmp_path: Path) -> None:
     assert ok("cat", f"{image}::/a/t*").stdout == b"three.bintwo.txt"
     none = cli("ls", f"{image}::/a/*.doc")
     assert none.returncode == 1 and "no file matches" in error(none)
+    assert cli("rm", "-f", f"{image}::/a/*.doc").returncode == 0  # -f: no match is no error
     ok("rm", f"{image}::/a/*.txt")
     assert listing(image) == {"/a/", "/a/deep/", "/a/three.bin", "/b/"}
 
