@@ -168,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS)
     p = cmd("stat", "show file status")
     p.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS)
-    p = cmd("cp", "copy files; the last operand is the destination (either side IMG::/path)")
+    p = cmd(
+        "cp",
+        "copy files; the last operand is the destination (either side IMG::/path)",
+        usage="microkernel cp [-h] [-r] [-p] SRC... DST",
+    )
     p.add_argument(
         "-r", "-R", action="store_true", dest="recursive", help="copy directories recursively"
     )
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep modification times (-m as in mcopy)",
     )
     p.add_argument(
-        "operands", nargs="+", metavar="SRC... DST", help="sources, then the destination"
+        "operands", nargs="+", metavar="SRC DST", help="sources, then the destination"
     )
     p = cmd("mkdir", "make directories")
     p.add_argument(
