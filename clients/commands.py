@@ -791,6 +791,7 @@ class Side(Protocol):
     def label(self, path: str) -> str: ...
     def join(self, path: str, name: str) -> str: ...
     def same(self, a: str, b: str) -> bool: ...
+    async def identity(self, path: str) -> object: ...  # equal for one directory
     async def is_dir(self, path: str) -> bool | None: ...  # None: does not exist
     async def names(self, path: str) -> list[str]: ...
     async def mkdir(self, path: str) -> None: ...
@@ -835,6 +836,10 @@ class HostSide:
         with contextlib.suppress(OSError):
             return os.path.samefile(a, b)
         return False
+
+    async def identity(self, path: str) -> object:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino)
 
     async def is_dir(self, path: str) -> bool | None:
         try:
@@ -933,6 +938,9 @@ class ImageSide:
 
     def same(self, a: str, b: str) -> bool:
         return imagepath.normalise(a).casefold() == imagepath.normalise(b).casefold()
+
+    async def identity(self, path: str) -> object:
+        return (await self.proc.stat(path)).first_cluster
 
     async def is_dir(self, path: str) -> bool | None:
         try:
@@ -1094,17 +1102,22 @@ class Copier:
                     await writer.write(data)
                     advance(len(data))
 
-    async def tree(self, src: str, dst: str, depth: int = 0) -> None:
+    async def tree(self, src: str, dst: str, above: frozenset[object] = frozenset()) -> None:
+        """A directory and everything under it; ``above`` holds the directories on the way
+        down, so a symbolic link (or a damaged volume) leading back up ends the descent."""
         if not await self.src.is_dir(src):
             await self.file(src, dst)
             return
-        if depth >= MAX_DEPTH:
+        here = await self.src.identity(src)
+        if here in above:
+            raise Explained(errno.ELOOP, "a directory containing itself (a link loop; not copied)")
+        if len(above) >= MAX_DEPTH:
             raise Explained(errno.ELOOP, "directories nested too deep (not copied)")
         await self._on_dst(dst, self.dst.mkdir(dst))
         for name in await self.src.names(src):
             s = self.src.join(src, name)
             try:
-                await self.tree(s, self.dst.join(dst, name), depth + 1)
+                await self.tree(s, self.dst.join(dst, name), above | {here})
             except OSError as exc:
                 self.inv.fail(self.src.label(s), exc)
 
