@@ -177,3 +177,28 @@ def test_mkfs_force_does_not_replace_an_image_in_use(tmp_path: Path) -> None:
         done = cli("mkfs", image, "--size", "8M", "--force")
         assert done.returncode == 1 and f"(pid {pid})" in error(done)
     assert listing(image) == {"/keep/"}
+
+
+def test_lock_modes_and_an_image_named_twice(tmp_path: Path) -> None:
+    """Shared + shared is fine, exclusive excludes both ways; one image under two names is
+    locked once, in the stronger mode (so a system with two devices on it does not refuse
+    itself)."""
+    from microkernel import imagelock
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(4096))
+    alias = tmp_path / "alias.img"
+    alias.symlink_to(image)
+    with imagelock.locked([(str(image), False), (str(alias), True)]):
+        with pytest.raises(ImageInUse) as info:
+            imagelock.acquire(str(image), writing=False)
+        assert info.value.pid == os.getpid()
+        assert str(info.value) == f"{image}: in use by another microkernel (pid {os.getpid()})"
+    readers = [imagelock.acquire(str(image), writing=False) for _ in range(2)]
+    try:
+        with pytest.raises(ImageInUse):
+            imagelock.acquire(str(alias), writing=True)
+    finally:
+        for fd in readers:
+            os.close(fd)
+    os.close(imagelock.acquire(str(image), writing=True))  # all released
