@@ -216,7 +216,7 @@ async def _run_and_report(system: System, args: argparse.Namespace, image: str) 
         report = await run_demo(system)
     except (OSError, BaseExceptionGroup) as exc:
         await _clean_up(proc, created)
-        _fail(f"{image}: the demo failed: {_first_error(exc)}; its files were removed")
+        _fail(f"{image}: the demo failed: {_first_error(exc)}; what it wrote was removed")
         return 1
     assert report.stats is not None
     print_report(report, report.stats)

@@ -269,6 +269,9 @@ async def cli_mkfs(args: argparse.Namespace) -> int:
     if args.partition_start is not None:
         options["partition_start"] = args.partition_start
     size = parse_size(args.size)
+    if args.read_only:
+        _say("mkfs", f"{args.image}: --read-only forbids making a file system")
+        return 2
     if _non_empty(args.image) and not args.force:
         _say("mkfs", f"{args.image}: exists and is not empty; use --force to overwrite it")
         return 1

@@ -418,3 +418,15 @@ def test_run_keep_keeps_the_demo_image_it_names(tmp_path: Path) -> None:
     finally:
         kept.unlink(missing_ok=True)
         kept.parent.rmdir()
+
+
+def test_run_that_fails_midway_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """Room enough, but the volume refuses writes: the task group's failure becomes one line."""
+    image = tmp_path / "d40.img"
+    assert run_tool("mkfs.fat", "-C", "-F", "32", os.fspath(image), "40000").returncode == 0
+    before = image.read_bytes()
+    done = cli("--read-only", "run", "--image", image)
+    assert done.returncode == 1
+    text = error(done)
+    assert len(text.splitlines()) == 1 and "Read-only file system" in text, text
+    assert image.read_bytes() == before
