@@ -140,7 +140,12 @@ async def boot(
         level=cfg.trace.level if log_level == "warning" else log_level, trace_path=cfg.trace.path
     )
     counters = Counters()
-    mem = PhysicalMemory(_round_pages(cfg.memory_bytes), low_size=_low(cfg), counters=counters)
+    mem = PhysicalMemory(
+        _round_pages(cfg.memory_bytes),
+        low_size=_low(cfg),
+        counters=counters,
+        populate=cfg.populate_memory,
+    )
     mem.tracer = tracer
     devices = [d.name for d in cfg.devices]
     filesystems = [f"fat{i}" for i in range(len(cfg.devices))]

@@ -104,3 +104,26 @@ async def test_bench_command_writes_json(tmp_path: Path) -> None:
     assert fat_read["sides"][0]["counters"]["bytes_copied"] == 0  # aligned image: zero-copy
     assert tiny["figures"]["mapping: syscalls per 1000 reads"] == 0
     assert tiny["figures"]["legacy Read: syscalls per 1000 reads"] == 1000
+
+
+@pytest.mark.anyio
+async def test_gap_workloads_run_and_compare_with_their_peers(tmp_path: Path) -> None:
+    """The workloads of the performance gaps: every side ran, every ratio is there."""
+    require_tool("mkfs.fat", "mcopy", "mmd", "mtype")
+    out = tmp_path / "bench.json"
+    names = "cold-big,warm-reread,small-files,write-fsync,read8,startup"
+    args = argparse.Namespace(json=str(out), quick=False, only=names, bench_settings=TINY)
+    assert await cli_bench(args) == 0
+    report = {b["name"]: b for b in json.loads(out.read_text())["benchmarks"]}
+    assert list(report) == names.split(",")
+    for entry in report.values():
+        _check_benchmark(entry)
+    assert set(report["cold-big"]["ratios"]) == {"microkernel/mtype", "microkernel/host preadv"}
+    assert report["cold-big"]["sides"][0]["counters"]["bytes_copied"] == 0
+    small = report["small-files"]
+    assert {"microkernel create/mcopy in", "microkernel read/mcopy out"} == set(small["ratios"])
+    assert small["figures"]["create cost growth (last/first)"] > 0
+    write = report["write-fsync"]
+    assert write["figures"]["microkernel: bytes written to disk / bytes of file"] >= 1
+    assert "microkernel/pure-Python floor" in report["read8"]["ratios"]
+    assert "microkernel ls/bare interpreter" in report["startup"]["ratios"]

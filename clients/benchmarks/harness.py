@@ -34,11 +34,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     small_files: int = 100
     legacy_chunk: int = 256 * 1024
     image_kib: int = 270_000  # mkfs.fat counts 1 KiB blocks: a ~264 MiB FAT32, 4 KiB clusters
+    big_file_size: int = 256 * MiB  # the cold big read
+    create_files: int = 1000  # small files created in one directory, then read back
+    write_size: int = 64 * MiB  # the big write + fsync
+    small_reads: int = 100_000  # ``await f.read(8)`` calls on a mapped part
 
 
 FULL = Settings()
 QUICK = Settings(
-    repetitions=3, file_size=4 * MiB, tiny_reads=20_000, legacy_tiny_reads=1_000, small_files=40
+    repetitions=3,
+    file_size=4 * MiB,
+    tiny_reads=20_000,
+    legacy_tiny_reads=1_000,
+    small_files=40,
+    big_file_size=32 * MiB,
+    create_files=150,
+    write_size=16 * MiB,
+    small_reads=20_000,
 )
 TINY = Settings(
     repetitions=1,
@@ -48,6 +60,10 @@ TINY = Settings(
     tiny_reads=500,
     legacy_tiny_reads=50,
     small_files=4,
+    big_file_size=2 * MiB,
+    create_files=6,
+    write_size=1 * MiB,
+    small_reads=200,
 )
 
 
@@ -170,6 +186,7 @@ def stats_counters(delta: Statistics) -> dict[str, float]:
         "syscalls": float(delta.syscalls),
         "messages": float(delta.messages_total),
         "disk_read_bytes": float(delta.disk_read_bytes),
+        "disk_write_bytes": float(delta.disk_write_bytes),
     }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from clients.benchmarks.harness import BenchSkipped, Settings
 
 BIG = "/DATA.BIN"
+HUGE = "/HUGE.BIN"  # the big cold read's file, on an image of its own
 TINY = "/ONE.BIN"
 SMALL_DIR = "/SMALL"
 
@@ -45,7 +46,7 @@ def payload(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def _run(*args: str) -> None:
+def run_tool(*args: str) -> None:
     done = subprocess.run(args, capture_output=True, env=tool_env(), check=False, timeout=300)
     if done.returncode != 0:
         msg = done.stderr.decode(errors="replace").strip()
@@ -65,8 +66,8 @@ class Image:
         local.write_bytes(data)
         parent = name.rsplit("/", 1)[0]
         if parent and not any(f.startswith(parent + "/") for f in self.files):
-            _run("mmd", "-i", str(self.path), f"::{parent}")
-        _run("mcopy", "-i", str(self.path), str(local), f"::{name}")
+            run_tool("mmd", "-i", str(self.path), f"::{parent}")
+        run_tool("mcopy", "-i", str(self.path), str(local), f"::{name}")
         local.unlink()
         self.files[name] = data
 
@@ -82,7 +83,7 @@ class Workspace:
     def _make(self, label: str, mkfs_args: tuple[str, ...]) -> Image:
         require_tools("mkfs.fat", "mcopy", "mmd")
         path = self.root / f"{label}.img"
-        _run("mkfs.fat", "-C", *mkfs_args, str(path), str(self.settings.image_kib))
+        run_tool("mkfs.fat", "-C", *mkfs_args, str(path), str(self.settings.image_kib))
         return Image(path)
 
     def aligned(self) -> Image:
@@ -103,6 +104,18 @@ class Workspace:
             image.put(BIG, payload(self.settings.file_size, 1), self.root)
             self._images["unaligned"] = image
         return self._images["unaligned"]
+
+    def huge(self) -> Image:
+        """FAT32 like :meth:`aligned`, large enough for one ``big_file_size`` file."""
+        if "huge" not in self._images:
+            require_tools("mkfs.fat", "mcopy", "mmd")
+            path = self.root / "huge.img"
+            kib = max(self.settings.image_kib, self.settings.big_file_size // 1024 + 65_536)
+            run_tool("mkfs.fat", "-C", *ALIGNED_ARGS, str(path), str(kib))
+            image = Image(path)
+            image.put(HUGE, payload(self.settings.big_file_size, 3), self.root)
+            self._images["huge"] = image
+        return self._images["huge"]
 
     def scratch(self, name: str) -> Path:
         """A path in the workspace for a throwaway file (a trace, say)."""

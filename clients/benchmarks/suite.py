@@ -17,11 +17,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from clients.benchmarks import contenders, router
+from clients.benchmarks import contenders, gaps, router
 from clients.benchmarks.harness import (
     BenchResult,
     BenchSkipped,
     Measure,
+    NoProgress,
     Progress,
     Sample,
     Settings,
@@ -257,6 +258,8 @@ async def router_round_trip(ctx: Context) -> BenchResult:
 
 # ------------------------------------------------------------------ the suite
 def _title(name: str, settings: Settings) -> str:
+    if name in gaps.TITLES:
+        return gaps.TITLES[name](Context(settings, Workspace(Path("."), settings), NoProgress()))
     size, tiny = _mib(settings.file_size), _mib(settings.tiny_file_size)
     return {
         "fat-read-16M": f"cold read of a {size} file: microkernel vs mtools vs pyfatfs",
@@ -279,6 +282,7 @@ BENCHMARKS: tuple[tuple[str, BenchFn], ...] = (
     ("tiny-reads", tiny_reads),
     ("aligned-vs-unaligned", aligned_vs_unaligned),
     ("router", router_round_trip),
+    *gaps.BENCHMARKS,
 )
 NAMES = tuple(name for name, _ in BENCHMARKS)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import subprocess
 import sys
@@ -187,3 +188,30 @@ def test_read_only_mapping_refuses_writes_at_the_mmu() -> None:
     assert done.stdout.startswith("b'\\x00\\x00'")
     assert "wrote" not in done.stdout
     assert done.returncode == -signal.SIGSEGV
+
+
+def _resident_pages(mem: PhysicalMemory) -> int:
+    """Pages of the RAM memfd the host has allocated (as the host's fstat counts them)."""
+    return os.fstat(mem.fd).st_blocks * 512 // PAGE_SIZE
+
+
+def test_ram_is_populated_in_the_background_without_changing_a_byte() -> None:
+    size = 8 * 2**20
+    mem = PhysicalMemory(size, low_size=size // 4, populate=True)
+    try:
+        frame = mem.alloc("t", 1)[0]
+        mem.view(frame)[:5] = b"early"
+        assert mem.wait_populated() == size
+        assert _resident_pages(mem) == size // PAGE_SIZE
+        assert bytes(mem.view(frame)[:5]) == b"early"
+    finally:
+        mem.close()
+
+
+def test_ram_is_not_populated_unless_asked_and_close_stops_the_populator() -> None:
+    lazy = PhysicalMemory(8 * 2**20)
+    assert lazy.wait_populated() == 0 and _resident_pages(lazy) == 0
+    lazy.close()
+    eager = PhysicalMemory(64 * 2**20, populate=True)
+    eager.close()  # at once, mid-population: stops after the chunk in progress
+    assert eager.populated() <= 64 * 2**20

@@ -148,3 +148,30 @@ async def test_stop_releases_a_hung_command(tmp_path: Path) -> None:
         with pytest.raises(CallTimeout):
             await rig.read(0, page_sg(rig.frames(1, Zone.LOW)), timeout=0.1)
     # leaving the rig stopped the driver although a command was still hung
+
+
+async def test_small_transfers_complete_inline_big_ones_in_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread hop costs more than a small pread: small commands do not take one."""
+    import anyio.to_thread
+
+    hops: list[int] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(sum(v.nbytes for v in args[0]) if args and isinstance(args[0], list) else -1)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    async with open_rig(_case("nvme"), tmp_path) as rig:
+        small = page_sg(rig.frames(1, Zone.HIGH))
+        rig.memory.view(small[0].phys)[:4] = b"data"
+        await rig.write(0, small)
+        rig.memory.view(small[0].phys)[:4] = b"----"
+        await rig.read(0, small)
+        assert bytes(rig.memory.view(small[0].phys)[:4]) == b"data"
+        assert hops == []
+        big = page_sg(rig.frames(32, Zone.HIGH))
+        await rig.read(0, big)
+        assert hops == [32 * PAGE_SIZE]
