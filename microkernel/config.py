@@ -20,33 +20,62 @@ Example ``system.toml``::
     physical_sector_size = 4096
     partition = 0                   # 0 = whole disk, N = MBR partition N
 
+    [capabilities."proc:*"]          # replaces the whole default table (see below)
+    vfs = ["Open", "Close", "CachePart", "Stat"]
     [capabilities]
-    "proc:*" = ["vfs"]
+    kernel = ["*"]                  # a list: every message type to these receivers
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from microkernel.units import parse_size
 
 
-def default_capabilities(devices: list[str], filesystems: list[str]) -> dict[str, list[str]]:
-    """Who may send to whom (DESIGN §3): processes reach only the kernel file driver.
+def message_types(union: Any) -> list[str]:
+    """The wire names (tags) of a protocol union's members, in declaration order."""
+    members = get_args(union) or (union,)
+    return [str(member.__struct_config__.tag) for member in members]
 
-    Replies need no capability, so a driver answering the cache is always allowed.
+
+def default_capabilities(
+    devices: list[str], filesystems: list[str]
+) -> dict[str, dict[str, list[str]]]:
+    """Who may send which message types to whom (DESIGN §3), from the protocol modules.
+
+    Processes send only system calls to the kernel file driver; only the cache
+    sends cache notifications (``SectorsReady``, ``CacheFailed``, ``GiveBack``);
+    file-system requests come only from the kernel file driver; cache requests
+    from it and the file systems (``GiveBackDone`` only from the page holder);
+    driver commands only from the cache (a file system may ``Identify``); the
+    kernel (tests, tools) may send anything. Replies need no capability.
     """
+    from drivers.protocol import BlockRequest, Identify
+    from servers.cache.protocol import CacheNotification, CacheRequest, GiveBackDone
+    from servers.fat.protocol import FsRequest
+    from servers.vfs.protocol import Syscall
+
+    cache_requests = message_types(CacheRequest)
+    fs_cache_requests = [t for t in cache_requests if t not in message_types(GiveBackDone)]
+    driver_commands = [t for t in message_types(BlockRequest) if t in _DRIVER_COMMANDS]
     return {
-        "proc:*": ["vfs"],
-        "vfs": ["cache", *filesystems],
-        **{fs: ["cache", "vfs", *devices] for fs in filesystems},  # devices: Identify only
-        "cache": ["vfs", *filesystems, *devices],
-        **{dev: ["cache"] for dev in devices},
-        "kernel": ["*"],
+        "proc:*": {"vfs": message_types(Syscall)},
+        "vfs": {"cache": cache_requests, **{fs: message_types(FsRequest) for fs in filesystems}},
+        **{
+            fs: {"cache": fs_cache_requests, **{d: message_types(Identify) for d in devices}}
+            for fs in filesystems
+        },
+        "cache": {"vfs": message_types(CacheNotification), **{d: driver_commands for d in devices}},
+        "kernel": {"*": ["*"]},
     }
+
+
+#: What the cache sends a driver; fault injection and statistics are the kernel's alone.
+_DRIVER_COMMANDS = ("Identify", "Read", "Write", "Flush")
 
 
 class ConfigError(ValueError):
@@ -85,7 +114,9 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     devices: list[DeviceConfig] = msgspec.field(default_factory=list)
     trace: TraceConfig = msgspec.field(default_factory=TraceConfig)
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
-    capabilities: dict[str, list[str]] | None = None  # None: default_capabilities()
+    # None: default_capabilities(). Per sender pattern either receiver patterns (any
+    # message type) or {receiver pattern: [message type patterns]}.
+    capabilities: dict[str, list[str] | dict[str, list[str]]] | None = None
 
     @property
     def memory_bytes(self) -> int:
