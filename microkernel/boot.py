@@ -51,6 +51,7 @@ class System:
         self.tracer = tracer
         self.counters = router.counters
         self.processes = ProcessTable(router, memory)
+        self.processes.quota_frames = config.process_quota_frames
         self.servers: list[Server] = []
         self.missing: list[str] = []
         self.kernel = router.register("kernel", capacity=0)
@@ -220,6 +221,7 @@ async def _start_all(system: System, tg: anyio.abc.TaskGroup) -> None:
             high_water=cfg.cache.high_water,
             writeback_interval=cfg.cache.writeback_interval,
             io_timeout=cfg.cache.io_timeout,
+            low_share=cfg.cache.low_share,
         ),
     )
     fat_cls = _import("servers.fat.server:FatServer")

@@ -105,6 +105,7 @@ class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     low_water: float = 0.05
     high_water: float = 0.15
     io_timeout: float | None = 30.0  # a driver command not answered by then fails with EIO
+    low_share: float = 0.5  # at most this share of the low (DMA32) zone is the cache's
 
 
 class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -117,10 +118,20 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # None: default_capabilities(). Per sender pattern either receiver patterns (any
     # message type) or {receiver pattern: [message type patterns]}.
     capabilities: dict[str, list[str] | dict[str, list[str]]] | None = None
+    # Private frames (the copy path's pages) one process may hold; None: a quarter of memory.
+    process_memory: int | str | None = None
 
     @property
     def memory_bytes(self) -> int:
         return parse_size(self.memory)
+
+    @property
+    def process_quota_frames(self) -> int:
+        """The per-process frame quota (exceeding it is ENOMEM for that process alone)."""
+        size = self.memory_bytes // 4 if self.process_memory is None else parse_size(
+            self.process_memory
+        )
+        return size // 4096
 
     @property
     def low_memory_bytes(self) -> int | None:
@@ -154,6 +165,13 @@ def validate(cfg: SystemConfig) -> SystemConfig:
         raise ConfigError(f"memory {mem} is below the 1 MiB minimum")
     if low is not None and low > mem:
         raise ConfigError(f"low_memory {low} exceeds memory {mem}")
+    if not 0.0 <= cfg.cache.low_share <= 1.0:
+        raise ConfigError(f"cache.low_share {cfg.cache.low_share} is not within 0..1")
+    try:
+        if cfg.process_quota_frames < 1:
+            raise ConfigError(f"process_memory {cfg.process_memory} is less than one frame")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     names = set()
     for i, dev in enumerate(cfg.devices):
         if not dev.name:
