@@ -5,6 +5,7 @@ Example ``system.toml``::
     memory = "256M"
     low_memory = "64M"
     uvloop = false
+    process_memory = "16M"          # private frames per process (default: memory / 4)
 
     [trace]
     path = "trace.jsonl"
@@ -12,6 +13,7 @@ Example ``system.toml``::
     [cache]
     pages = 16384
     writeback_interval = 1.0
+    low_share = 0.5                 # at most half the low (DMA32) zone is the cache's
 
     [[devices]]
     name = "nvme0"
@@ -20,10 +22,10 @@ Example ``system.toml``::
     physical_sector_size = 4096
     partition = 0                   # 0 = whole disk, N = MBR partition N
 
-    [capabilities."proc:*"]          # replaces the whole default table (see below)
-    vfs = ["Open", "Close", "CachePart", "Stat"]
-    [capabilities]
+    [capabilities]                  # replaces the whole default table (docs/isolation.md)
     kernel = ["*"]                  # a list: every message type to these receivers
+    [capabilities."proc:*"]         # a table: receiver -> message types
+    vfs = ["Open", "Close", "CachePart", "Stat"]
 """
 
 from __future__ import annotations

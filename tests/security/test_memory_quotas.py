@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from microkernel.config import ConfigError, SystemConfig, load_config
 from microkernel.memory import PAGE_SIZE, OutOfFrames, PhysicalMemory, QuotaExceeded, Zone
 
 
@@ -119,3 +121,20 @@ def test_owner_accounting_always_adds_up(ops: list[tuple[str, str, int, Zone]]) 
         assert mem.used("proc:1") <= 10 and mem.used("proc:2") <= 6
         assert stats.low_by_owner.get("proc:1", 0) <= 2
         assert stats.low_by_owner.get("cache", 0) <= 8
+
+
+def test_quota_and_low_share_come_from_the_boot_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "system.toml"
+    toml.write_text('memory = "16M"\nprocess_memory = "1M"\n[cache]\nlow_share = 0.25\n')
+    cfg = load_config(toml)
+    assert (cfg.process_quota_frames, cfg.cache.low_share) == (256, 0.25)
+    assert load_config_text(tmp_path, 'memory = "16M"\n').process_quota_frames == 1024
+    for bad in ('[cache]\nlow_share = 1.5\n', 'process_memory = "1K"\n'):
+        with pytest.raises(ConfigError):
+            load_config_text(tmp_path, bad)
+
+
+def load_config_text(tmp_path: Path, text: str) -> SystemConfig:
+    toml = tmp_path / "other.toml"
+    toml.write_text(text)
+    return load_config(toml)
