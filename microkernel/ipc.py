@@ -121,19 +121,24 @@ class Capabilities:
 
     def __init__(self, table: CapabilityTable | None) -> None:
         self._rules = None if table is None else _normalise(table)
-        self._memo: dict[tuple[str, str, str], int] = {}
+        # sender -> {(receiver, type): verdict}: a departed sender's answers go in one pop
+        self._memo: dict[str, dict[tuple[str, str], int]] = {}
+        self._asked: dict[str, set[str]] = {}  # receiver -> senders with answers about it
 
     def verdict(self, src: str, dst: str, type_: str) -> int:
         """``ALLOWED``, ``PORT_DENIED`` (no rule reaches dst) or ``TYPE_DENIED`` (not this type)."""
         if self._rules is None:
             return ALLOWED
-        key = (src, dst, type_)
-        verdict = self._memo.get(key)
+        known = self._memo.get(src)
+        if known is None:
+            known = self._memo[src] = {}
+        verdict = known.get((dst, type_))
         if verdict is None:
-            verdict = self._memo[key] = self._decide(src, dst, type_)
+            verdict = known[dst, type_] = self._decide(src, dst, type_)
+            self._asked.setdefault(dst, set()).add(src)
         return verdict
 
-    def allows(self, src: str, dst: str, type_: str = "*") -> bool:
+    def allows(self, src: str, dst: str, type_: str) -> bool:
         return self.verdict(src, dst, type_) == ALLOWED
 
     def _decide(self, src: str, dst: str, type_: str) -> int:
@@ -148,7 +153,16 @@ class Capabilities:
 
     def forget(self, port: str) -> None:
         """Drop remembered answers about a port that went away (processes come and go)."""
-        self._memo = {k: v for k, v in self._memo.items() if k[0] != port and k[1] != port}
+        for dst, _ in self._memo.pop(port, {}):
+            self._asked.get(dst, set()).discard(port)
+        for src in self._asked.pop(port, ()):
+            known = self._memo.get(src, {})
+            for key in [k for k in known if k[0] == port]:
+                del known[key]
+
+    def remembered(self) -> int:
+        """How many answers are remembered (bounded by the live ports, whatever the churn)."""
+        return sum(len(known) for known in self._memo.values())
 
 
 def _normalise(table: CapabilityTable) -> list[tuple[str, str, tuple[str, ...]]]:

@@ -203,3 +203,22 @@ async def test_default_table_keeps_processes_to_system_calls(make_image: ImageFa
         assert stats.refusals_by_type["GiveBack"] == 2
         assert (await proc.stat("/a.txt")).size == 5
         assert system.router.capabilities.allows(proc.kernel.port, "vfs", message_type(Stat("/")))
+
+
+async def test_remembered_answers_do_not_grow_with_process_churn() -> None:
+    router = Router(capabilities=TABLE)
+    target = Target("target", router)
+    async with anyio.create_task_group() as tg:
+        await tg.start(target.serve)
+        for pid in range(200):
+            port = f"proc:{pid}"
+            proc = router.register(port, capacity=0)
+            assert await proc.call("target", Ping(pid), Ping) == Ping(pid + 1)
+            with pytest.raises(MessageDenied):
+                await proc.call("target", Secret(pid), Ok)
+            with pytest.raises(CapabilityDenied):
+                await proc.send("proc:0", Ping(1))  # a process as a receiver is remembered too
+            router.unregister(port)
+        assert router.capabilities.remembered() == 0
+        await target.stop()
+    assert router.capabilities.remembered() == 0
