@@ -28,7 +28,7 @@ from microkernel.config import (
     validate,
 )
 from microkernel.ipc import Router
-from microkernel.memory import PhysicalMemory
+from microkernel.memory import PhysicalMemory, dma32_reserve
 from microkernel.process import ProcessTable
 from microkernel.server import Server
 from microkernel.stats import Counters, Statistics
@@ -139,6 +139,7 @@ async def boot(
     counters = Counters()
     mem = PhysicalMemory(_round_pages(cfg.memory_bytes), low_size=_low(cfg), counters=counters)
     mem.tracer = tracer
+    mem.low_reserve = dma32_reserve(mem.low_frames)
     devices = [d.name for d in cfg.devices]
     filesystems = [f"fat{i}" for i in range(len(cfg.devices))]
     caps = cfg.capabilities or default_capabilities(devices, filesystems)

@@ -39,6 +39,12 @@ HIGH_BASE = 1 << 32
 DMA32_LIMIT = 1 << 32
 
 
+def dma32_reserve(low_frames: int) -> int:
+    """Low frames a booted system keeps for explicit ``Zone.LOW`` requests (bounce frames):
+    1/16 of the low zone, at least 512 (a few commands' worth), at most a quarter."""
+    return min(max(low_frames // 16, 512), low_frames // 4)
+
+
 class Zone(enum.Enum):
     """Where a frame may come from. ``ANY`` prefers high memory to spare the scarce low zone;
     ``PREFER_LOW`` (a 32-bit controller's cache) takes low frames while the owner's share of
@@ -101,7 +107,12 @@ class PhysicalMemory:
     """The machine's RAM: frames by zone, reference counts, per-owner quotas, one copy function."""
 
     def __init__(
-        self, size: int, *, low_size: int | None = None, counters: Counters | None = None
+        self,
+        size: int,
+        *,
+        low_size: int | None = None,
+        counters: Counters | None = None,
+        low_reserve: int = 0,
     ) -> None:
         if size < 16 * PAGE_SIZE or size % PAGE_SIZE:
             raise ValueError(f"memory size must be a multiple of 4 KiB and >= 64 KiB, got {size}")
@@ -113,6 +124,9 @@ class PhysicalMemory:
         self.low_frames = low_size // PAGE_SIZE
         self.high_frames = (size - low_size) // PAGE_SIZE
         self.frames_total = self.low_frames + self.high_frames
+        # Low frames only an explicit Zone.LOW request may take (bounce frames, 32-bit DMA):
+        # whoever exhausts the rest of memory, a 32-bit controller can still move data.
+        self.low_reserve = low_reserve  # boot sets dma32_reserve(low_frames)
         self.counters = counters if counters is not None else Counters()
         self.tracer: Tracer = DISABLED  # boot sets the system's tracer: copies become events
         self.fd, self.is_memfd = _memfd(size)
@@ -199,6 +213,8 @@ class PhysicalMemory:
     def _takes(self, owner: str, count: int, zone: Zone) -> tuple[int, int]:
         """How many high and low frames to take, or ``OutOfFrames``/``QuotaExceeded``."""
         free_low = len(self._free_low)
+        if zone is not Zone.LOW:
+            free_low = max(0, free_low - self.low_reserve)
         low_room = free_low
         low_limit = self._low_quota.get(owner)
         if low_limit is not None:

@@ -138,3 +138,13 @@ def load_config_text(tmp_path: Path, text: str) -> SystemConfig:
     toml = tmp_path / "other.toml"
     toml.write_text(text)
     return load_config(toml)
+
+
+def test_the_dma32_reserve_is_only_for_explicit_low_requests() -> None:
+    mem = PhysicalMemory(64 * PAGE_SIZE, low_size=16 * PAGE_SIZE, low_reserve=4)
+    mem.alloc("vfs", 48 + 12, Zone.ANY)  # all high, then the low zone down to the reserve
+    with pytest.raises(OutOfFrames):
+        mem.alloc("vfs", 1, Zone.ANY)
+    with pytest.raises(OutOfFrames):
+        mem.alloc("cache", 1, Zone.PREFER_LOW)
+    assert len(mem.alloc("ahci0", 4, Zone.LOW)) == 4  # a driver's bounce frames
