@@ -18,8 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from microkernel.errors import CapabilityDenied
+from microkernel.ipc import CALL, Envelope
 from servers.cache.protocol import CacheFailed, GiveBack, PageRef, Release, SectorsReady
-from servers.vfs.protocol import CachePart, PartReady
+from servers.vfs.protocol import CachePart, Data, PartReady
 from tests.e2e.conftest import ImageFactory
 from tests.security.adversary import (
     SECRET,
@@ -154,3 +156,43 @@ def test_random_hostile_messages_keep_the_invariants(
             return await finish(sc, before, tally)
 
     assert anyio.run(scenario) == []
+
+
+async def test_forged_replies_to_calls_in_flight(make_image: ImageFactory) -> None:
+    """The attacker answers every recent call id while the victim works: nothing it says lands."""
+    image = make_image(FILES)
+    second = make_image({})
+    async with scene(image, second) as sc:
+        before = sc.snapshot()
+        router = sc.system.router
+        endpoint = sc.attacker.kernel.endpoint
+        tally = Tally()
+        done = anyio.Event()
+        stats: list[int] = []
+
+        async def victim_works() -> None:
+            for _ in range(40):
+                stats.append((await sc.victim.stat("/secret.txt")).size)
+                assert await sc.victim.read_file("/secret.txt") == SECRET
+            done.set()
+
+        async def forge() -> None:
+            while not done.is_set():
+                newest = router.next_id()
+                for call_id in range(max(1, newest - 64), newest):
+                    for src in ("vfs", "fat0", "cache", sc.victim.kernel.port, "kernel"):
+                        fake = Envelope(src, "vfs", call_id, 0, 0, CALL, "Stat", b"")
+                        tally.tried += 1
+                        try:
+                            endpoint.reply(fake, Data(SECRET))
+                        except CapabilityDenied:
+                            tally.refused += 1
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(victim_works)
+            tg.start_soon(forge)
+        violations = await finish(sc, before, tally)
+    assert violations == []
+    assert stats == [len(SECRET)] * 40
+    assert tally.refused > 0
