@@ -108,6 +108,7 @@ ALLOWED: Final = 0
 PORT_DENIED: Final = 1
 TYPE_DENIED: Final = 2
 FORGED_REPLY: Final = 3
+MEMO_PER_SENDER: Final = 512  # remembered answers per sender; past it, answers are recomputed
 
 
 class Capabilities:
@@ -134,8 +135,10 @@ class Capabilities:
             known = self._memo[src] = {}
         verdict = known.get((dst, type_))
         if verdict is None:
-            verdict = known[dst, type_] = self._decide(src, dst, type_)
-            self._asked.setdefault(dst, set()).add(src)
+            verdict = self._decide(src, dst, type_)
+            if len(known) < MEMO_PER_SENDER:  # a sender inventing type names gains no memory
+                known[dst, type_] = verdict
+                self._asked.setdefault(dst, set()).add(src)
         return verdict
 
     def allows(self, src: str, dst: str, type_: str) -> bool:

@@ -31,6 +31,10 @@ SCALAR_COUNTERS = (
 )
 
 
+REFUSAL_TYPES = 256  # distinct message types counted in refusals_by_type
+OTHER_TYPES = "(other)"
+
+
 class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     """Immutable snapshot of the counters named in DESIGN §7 (plus breakdowns)."""
 
@@ -110,8 +114,12 @@ class Counters:
         self.refusals_by_type: Counter[str] = Counter()
 
     def count_refusal(self, type_: str) -> None:
+        """Count a refused message; type names a sender made up share one bucket past a bound."""
         self.refusals += 1
-        self.refusals_by_type[type_] += 1
+        by_type = self.refusals_by_type
+        if type_ not in by_type and (len(by_type) >= REFUSAL_TYPES or len(type_) > 64):
+            type_ = OTHER_TYPES
+        by_type[type_] += 1
 
     def count_copy(self, n: int, reason: str) -> None:
         self.bytes_copied += n

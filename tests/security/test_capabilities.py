@@ -222,3 +222,24 @@ async def test_remembered_answers_do_not_grow_with_process_churn() -> None:
         assert router.capabilities.remembered() == 0
         await target.stop()
     assert router.capabilities.remembered() == 0
+
+
+async def test_made_up_type_names_cost_the_router_no_memory() -> None:
+    """A sender inventing a new tag per message: refused, counted, nothing grows without bound."""
+    router = Router(capabilities=TABLE)
+    target = Target("target", router)
+    proc = router.register("proc:1", capacity=0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(target.serve)
+        for n in range(2000):
+            tag = f"Made-up-{n}" + "x" * (n % 3 * 40)
+            made_up = msgspec.defstruct(f"T{n}", [("n", int)], tag=tag)
+            with pytest.raises(MessageDenied):
+                await proc.send("target", made_up(n))
+        stats = router.counters.snapshot(frames_free=0)
+        assert stats.refusals == 2000
+        assert len(stats.refusals_by_type) <= 257
+        assert stats.refusals_by_type["(other)"] >= 2000 - 256
+        assert router.capabilities.remembered() <= 512
+        assert await proc.call("target", Ping(1), Ping) == Ping(2)
+        await target.stop()
