@@ -84,7 +84,9 @@ def message_type(msg: msgspec.Struct) -> str:
     name = _type_names.get(cls)
     if name is None:
         tag = cls.__struct_config__.tag
-        name = _type_names[cls] = cls.__name__ if tag is None else str(tag)
+        name = cls.__name__ if tag is None else str(tag)
+        if len(_type_names) < 4096:  # the protocols' classes; made-up ones are not kept
+            _type_names[cls] = name
     return name
 
 
