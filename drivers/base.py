@@ -58,7 +58,7 @@ from drivers.protocol import (
 )
 from drivers.sg import merge_contiguous, split_at_boundaries
 from microkernel.ipc import Envelope, Router
-from microkernel.memory import PAGE_SIZE, PhysicalMemory, Zone
+from microkernel.memory import PAGE_SIZE, OutOfFrames, PhysicalMemory, Zone
 from microkernel.server import Server, handles
 from microkernel.trace import current_corr
 
@@ -191,6 +191,8 @@ class BlockDriver(Server):
         self._unhang = anyio.Event()
         self._stopping = False
         self._in_flight = self._max_in_flight = 0
+        self._borrowers = 0  # commands holding borrowed frames (bounce buffers, PRP lists)
+        self._frames_returned = anyio.Event()
         self._stats = dict.fromkeys(
             ("commands", "read_bytes", "write_bytes", "partial", "bounce", "pio"), 0
         )
@@ -342,16 +344,46 @@ class BlockDriver(Server):
             self._check_medium(lba, count, write)
             plan = DmaPlan([])
             try:
-                self.plan_dma(sg, plan, write=write)
+                plan = await self._plan(sg, write=write)
                 tracer = self.router.tracer
                 start = time.monotonic_ns() if tracer.enabled else 0
                 await self._execute(plan, lba * self.logical_sector_size, write=write, fua=fua)
                 if tracer.enabled:  # the transfer itself, apart from queueing and planning
                     tracer.span(self.name, "dma", 0, current_corr.get(), start, time.monotonic_ns())
             finally:
-                self.memory.release(plan.frames)
+                self._give_back(plan)
         self._account(lba, count, nbytes, write)
         return IoDone(lba, count)
+
+    async def _plan(self, sg: list[Segment], *, write: bool) -> DmaPlan:
+        """Plan the command; when the low zone has no bounce frames right now, wait for this
+        driver's other commands to give theirs back rather than fail (ENOMEM only when no
+        other command holds any: then nothing would ever come back)."""
+        while True:
+            plan = DmaPlan([])
+            try:
+                self.plan_dma(sg, plan, write=write)
+            except OutOfFrames:
+                self.memory.release(plan.frames)
+                if not self._borrowers:
+                    raise
+                await self._frames_returned.wait()
+                continue
+            except BaseException:
+                self.memory.release(plan.frames)
+                raise
+            if plan.frames:
+                self._borrowers += 1
+            return plan
+
+    def _give_back(self, plan: DmaPlan) -> None:
+        if not plan.frames:
+            return
+        self.memory.release(plan.frames)
+        plan.frames = []
+        self._borrowers -= 1
+        self._frames_returned.set()
+        self._frames_returned = anyio.Event()
 
     def validate_request(self, lba: int, count: int, sg: Sequence[Segment]) -> int:
         """Common checks; returns the byte count. Controller-specific sg rules come in plan_dma."""

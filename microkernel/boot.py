@@ -30,7 +30,7 @@ from microkernel.config import (
     validate,
 )
 from microkernel.ipc import Router
-from microkernel.memory import PhysicalMemory
+from microkernel.memory import PhysicalMemory, dma32_reserve
 from microkernel.process import ProcessTable
 from microkernel.server import Server
 from microkernel.stats import Counters, Statistics
@@ -53,6 +53,7 @@ class System:
         self.tracer = tracer
         self.counters = router.counters
         self.processes = ProcessTable(router, memory)
+        self.processes.quota_frames = config.process_quota_frames
         self.servers: list[Server] = []
         self.missing: list[str] = []
         self.kernel = router.register("kernel", capacity=0)
@@ -147,6 +148,7 @@ async def boot(
         populate=cfg.populate_memory,
     )
     mem.tracer = tracer
+    mem.low_reserve = dma32_reserve(mem.low_frames)
     devices = [d.name for d in cfg.devices]
     filesystems = [f"fat{i}" for i in range(len(cfg.devices))]
     caps = cfg.capabilities or default_capabilities(devices, filesystems)
@@ -232,6 +234,7 @@ async def _start_all(system: System, tg: anyio.abc.TaskGroup) -> None:
             high_water=cfg.cache.high_water,
             writeback_interval=cfg.cache.writeback_interval,
             io_timeout=cfg.cache.io_timeout,
+            low_share=cfg.cache.low_share,
         ),
     )
     fat_cls = _import("servers.fat.server:FatServer")

@@ -6,6 +6,7 @@ Example ``system.toml``::
     low_memory = "64M"
     uvloop = false
     populate_memory = true          # fault RAM in on a background thread at boot
+    process_memory = "16M"          # private frames per process (default: memory / 4)
 
     [trace]
     path = "trace.jsonl"
@@ -13,6 +14,7 @@ Example ``system.toml``::
     [cache]
     pages = 16384
     writeback_interval = 1.0
+    low_share = 0.5                 # at most half the low (DMA32) zone is the cache's
 
     [[devices]]
     name = "nvme0"
@@ -21,33 +23,62 @@ Example ``system.toml``::
     physical_sector_size = 4096
     partition = 0                   # 0 = whole disk, N = MBR partition N
 
-    [capabilities]
-    "proc:*" = ["vfs"]
+    [capabilities]                  # replaces the whole default table (docs/isolation.md)
+    kernel = ["*"]                  # a list: every message type to these receivers
+    [capabilities."proc:*"]         # a table: receiver -> message types
+    vfs = ["Open", "Close", "CachePart", "Stat"]
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from microkernel.units import parse_size
 
 
-def default_capabilities(devices: list[str], filesystems: list[str]) -> dict[str, list[str]]:
-    """Who may send to whom (DESIGN §3): processes reach only the kernel file driver.
+def message_types(union: Any) -> list[str]:
+    """The wire names (tags) of a protocol union's members, in declaration order."""
+    members = get_args(union) or (union,)
+    return [str(member.__struct_config__.tag) for member in members]
 
-    Replies need no capability, so a driver answering the cache is always allowed.
+
+def default_capabilities(
+    devices: list[str], filesystems: list[str]
+) -> dict[str, dict[str, list[str]]]:
+    """Who may send which message types to whom (DESIGN §3), from the protocol modules.
+
+    Processes send only system calls to the kernel file driver; only the cache
+    sends cache notifications (``SectorsReady``, ``CacheFailed``, ``GiveBack``);
+    file-system requests come only from the kernel file driver; cache requests
+    from it and the file systems (``GiveBackDone`` only from the page holder);
+    driver commands only from the cache (a file system may ``Identify``); the
+    kernel (tests, tools) may send anything. Replies need no capability.
     """
+    from drivers.protocol import BlockRequest, Identify
+    from servers.cache.protocol import CacheNotification, CacheRequest, GiveBackDone
+    from servers.fat.protocol import FsRequest
+    from servers.vfs.protocol import Syscall
+
+    cache_requests = message_types(CacheRequest)
+    fs_cache_requests = [t for t in cache_requests if t not in message_types(GiveBackDone)]
+    driver_commands = [t for t in message_types(BlockRequest) if t in _DRIVER_COMMANDS]
     return {
-        "proc:*": ["vfs"],
-        "vfs": ["cache", *filesystems],
-        **{fs: ["cache", "vfs", *devices] for fs in filesystems},  # devices: Identify only
-        "cache": ["vfs", *filesystems, *devices],
-        **{dev: ["cache"] for dev in devices},
-        "kernel": ["*"],
+        "proc:*": {"vfs": message_types(Syscall)},
+        "vfs": {"cache": cache_requests, **{fs: message_types(FsRequest) for fs in filesystems}},
+        **{
+            fs: {"cache": fs_cache_requests, **{d: message_types(Identify) for d in devices}}
+            for fs in filesystems
+        },
+        "cache": {"vfs": message_types(CacheNotification), **{d: driver_commands for d in devices}},
+        "kernel": {"*": ["*"]},
     }
+
+
+#: What the cache sends a driver; fault injection and statistics are the kernel's alone.
+_DRIVER_COMMANDS = ("Identify", "Read", "Write", "Flush")
 
 
 class ConfigError(ValueError):
@@ -77,6 +108,7 @@ class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     low_water: float = 0.05
     high_water: float = 0.15
     io_timeout: float | None = 30.0  # a driver command not answered by then fails with EIO
+    low_share: float = 0.5  # at most this share of the low (DMA32) zone is the cache's
 
 
 class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -86,7 +118,11 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     devices: list[DeviceConfig] = msgspec.field(default_factory=list)
     trace: TraceConfig = msgspec.field(default_factory=TraceConfig)
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
-    capabilities: dict[str, list[str]] | None = None  # None: default_capabilities()
+    # None: default_capabilities(). Per sender pattern either receiver patterns (any
+    # message type) or {receiver pattern: [message type patterns]}.
+    capabilities: dict[str, list[str] | dict[str, list[str]]] | None = None
+    # Private frames (the copy path's pages) one process may hold; None: a quarter of memory.
+    process_memory: int | str | None = None
     # Fault RAM in on a background thread at boot: first DMA into a page the host has
     # not allocated yet costs 5-7x more. Off saves the host memory of an idle system.
     populate_memory: bool = True
@@ -94,6 +130,14 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def memory_bytes(self) -> int:
         return parse_size(self.memory)
+
+    @property
+    def process_quota_frames(self) -> int:
+        """The per-process frame quota (exceeding it is ENOMEM for that process alone)."""
+        size = self.memory_bytes // 4 if self.process_memory is None else parse_size(
+            self.process_memory
+        )
+        return size // 4096
 
     @property
     def low_memory_bytes(self) -> int | None:
@@ -127,6 +171,13 @@ def validate(cfg: SystemConfig) -> SystemConfig:
         raise ConfigError(f"memory {mem} is below the 1 MiB minimum")
     if low is not None and low > mem:
         raise ConfigError(f"low_memory {low} exceeds memory {mem}")
+    if not 0.0 <= cfg.cache.low_share <= 1.0:
+        raise ConfigError(f"cache.low_share {cfg.cache.low_share} is not within 0..1")
+    try:
+        if cfg.process_quota_frames < 1:
+            raise ConfigError(f"process_memory {cfg.process_memory} is less than one frame")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     names = set()
     for i, dev in enumerate(cfg.devices):
         if not dev.name:

@@ -33,6 +33,18 @@ class CapabilityDenied(KernelError):
     default_errno = errno_.EACCES
 
 
+class MessageDenied(CapabilityDenied):
+    """The sender may reach that port, but not with this message type (capability table)."""
+
+    default_errno = errno_.EPERM
+
+
+class ForgedReply(CapabilityDenied):
+    """A reply named a call that was not sent to the replier (a guessed call id)."""
+
+    default_errno = errno_.EPERM
+
+
 class MalformedMessage(KernelError):
     """The body could not be decoded as one of the receiver's message types."""
 
@@ -62,6 +74,8 @@ _KINDS: dict[str, type[KernelError]] = {
     for cls in (
         PortNotFound,
         CapabilityDenied,
+        MessageDenied,
+        ForgedReply,
         MalformedMessage,
         CallTimeout,
         ServerCrashed,

@@ -31,6 +31,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from microkernel.errors import (
     CallTimeout,
     CapabilityDenied,
+    ForgedReply,
+    MessageDenied,
     PortNotFound,
     ServerCrashed,
     ServerStopped,
@@ -68,6 +70,26 @@ _reply_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 _error_decoder = msgspec.msgpack.Decoder(ErrorReply)
 
 
+_type_names: dict[type, str] = {}
+
+
+def message_type(msg: msgspec.Struct) -> str:
+    """The type a message travels as: its msgspec tag, the very name the receiver decodes by.
+
+    Taking the tag (not the class name) means a sender cannot dress one message
+    type up as another by naming its class after an allowed one; the receiving
+    server checks the decoded type against this name too (:mod:`microkernel.server`).
+    """
+    cls = type(msg)
+    name = _type_names.get(cls)
+    if name is None:
+        tag = cls.__struct_config__.tag
+        name = cls.__name__ if tag is None else str(tag)
+        if len(_type_names) < 4096:  # the protocols' classes; made-up ones are not kept
+            _type_names[cls] = name
+    return name
+
+
 def encode(msg: msgspec.Struct) -> bytes:
     return _encoder.encode(msg)
 
@@ -80,40 +102,92 @@ def reply_decoder(tp: Any) -> msgspec.msgpack.Decoder[Any]:
     return dec
 
 
+#: A capability table: sender pattern -> receiver patterns (every message type), or
+#: sender pattern -> {receiver pattern: [message type patterns]}. Patterns are shell wildcards.
+CapabilityTable = Mapping[str, Iterable[str] | Mapping[str, Iterable[str]]]
+
+ALLOWED: Final = 0
+PORT_DENIED: Final = 1
+TYPE_DENIED: Final = 2
+FORGED_REPLY: Final = 3
+MEMO_PER_SENDER: Final = 512  # remembered answers per sender; past it, answers are recomputed
+
+
 class Capabilities:
-    """Who may send to whom: ``{sender pattern: [receiver patterns]}`` with shell wildcards.
+    """Who may send which message types to whom; the router asks once per (src, dst, type).
 
     Replies are always allowed (answering a call you received needs no
-    capability). A table of ``None`` allows everything (for tests).
+    capability; the router checks that the replier is the callee instead). A
+    table of ``None`` allows everything (for tests). Answers are remembered, so
+    the hot path is one dict lookup; :meth:`forget` drops a departed port's.
     """
 
-    def __init__(self, table: Mapping[str, Iterable[str]] | None) -> None:
-        self._table = None if table is None else {k: tuple(v) for k, v in table.items()}
-        self._memo: dict[tuple[str, str], bool] = {}
+    def __init__(self, table: CapabilityTable | None) -> None:
+        self._rules = None if table is None else _normalise(table)
+        # sender -> {(receiver, type): verdict}: a departed sender's answers go in one pop
+        self._memo: dict[str, dict[tuple[str, str], int]] = {}
+        self._asked: dict[str, set[str]] = {}  # receiver -> senders with answers about it
 
-    def allows(self, src: str, dst: str) -> bool:
-        if self._table is None:
-            return True
-        key = (src, dst)
-        ok = self._memo.get(key)
-        if ok is None:
-            ok = any(
-                fnmatch.fnmatchcase(src, s) and any(fnmatch.fnmatchcase(dst, d) for d in ds)
-                for s, ds in self._table.items()
-            )
-            self._memo[key] = ok
-        return ok
+    def verdict(self, src: str, dst: str, type_: str) -> int:
+        """``ALLOWED``, ``PORT_DENIED`` (no rule reaches dst) or ``TYPE_DENIED`` (not this type)."""
+        if self._rules is None:
+            return ALLOWED
+        known = self._memo.get(src)
+        if known is None:
+            known = self._memo[src] = {}
+        verdict = known.get((dst, type_))
+        if verdict is None:
+            verdict = self._decide(src, dst, type_)
+            if len(known) < MEMO_PER_SENDER:  # a sender inventing type names gains no memory
+                known[dst, type_] = verdict
+                self._asked.setdefault(dst, set()).add(src)
+        return verdict
 
+    def allows(self, src: str, dst: str, type_: str) -> bool:
+        return self.verdict(src, dst, type_) == ALLOWED
+
+    def _decide(self, src: str, dst: str, type_: str) -> int:
+        assert self._rules is not None
+        verdict = PORT_DENIED
+        for s, d, types in self._rules:
+            if fnmatch.fnmatchcase(src, s) and fnmatch.fnmatchcase(dst, d):
+                if any(fnmatch.fnmatchcase(type_, t) for t in types):
+                    return ALLOWED
+                verdict = TYPE_DENIED
+        return verdict
 
     def forget(self, port: str) -> None:
         """Drop remembered answers about a port that went away (processes come and go)."""
-        self._memo = {k: v for k, v in self._memo.items() if port not in k}
+        for dst, _ in self._memo.pop(port, {}):
+            self._asked.get(dst, set()).discard(port)
+        for src in self._asked.pop(port, ()):
+            known = self._memo.get(src, {})
+            for key in [k for k in known if k[0] == port]:
+                del known[key]
+
+    def remembered(self) -> int:
+        """How many answers are remembered (bounded by the live ports, whatever the churn)."""
+        return sum(len(known) for known in self._memo.values())
+
+
+def _normalise(table: CapabilityTable) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Flatten both table forms to (sender, receiver, type patterns) rules."""
+    rules: list[tuple[str, str, tuple[str, ...]]] = []
+    for src, targets in table.items():
+        if isinstance(targets, Mapping):
+            rules.extend((src, dst, tuple(types)) for dst, types in targets.items())
+        else:
+            rules.extend((src, dst, ("*",)) for dst in targets)
+    return rules
 
 
 class _Pending:
-    __slots__ = ("dst", "future")
+    """A call in flight: only ``dst`` may answer it, and only to ``caller``."""
 
-    def __init__(self, dst: str, future: asyncio.Future[Envelope]) -> None:
+    __slots__ = ("caller", "dst", "future")
+
+    def __init__(self, caller: str | None, dst: str, future: asyncio.Future[Envelope]) -> None:
+        self.caller = caller
         self.dst = dst
         self.future = future
 
@@ -137,7 +211,7 @@ class Router:
     def __init__(
         self,
         *,
-        capabilities: Mapping[str, Iterable[str]] | None = None,
+        capabilities: CapabilityTable | None = None,
         counters: Counters | None = None,
         tracer: Tracer = DISABLED,
     ) -> None:
@@ -184,13 +258,30 @@ class Router:
             )
 
     def _route(self, env: Envelope) -> MemoryObjectSendStream[Envelope]:
+        # Authority first: a refused sender learns nothing, not even whether the port exists.
+        verdict = self.capabilities.verdict(env.src, env.dst, env.type)
+        if verdict != ALLOWED:
+            raise self._refuse(env, verdict)
         port = self.ports.get(env.dst)
         if port is None or port.outbox is None:
             raise PortNotFound(f"no server listens on port {env.dst!r} (message {env.type})")
-        if not self.capabilities.allows(env.src, env.dst):
-            raise CapabilityDenied(f"{env.src} may not send to {env.dst} (message {env.type})")
         self._account(env)
         return port.outbox
+
+    def _refuse(self, env: Envelope, verdict: int) -> OSError:
+        """Count a refusal and explain it; the sender gets the error, the receiver nothing."""
+        self.counters.count_refusal(env.type)
+        if self.tracer.enabled:
+            self.tracer.message(
+                env.src, env.dst, env.type, env.id, env.corr, len(env.body), "refused", 0
+            )
+        if verdict == PORT_DENIED:
+            return CapabilityDenied(f"{env.src} may not send to {env.dst} (message {env.type})")
+        if verdict == TYPE_DENIED:
+            return MessageDenied(f"{env.src} may not send {env.type} to {env.dst}")
+        return ForgedReply(
+            f"{env.src} may not answer call {env.reply_to} (it was not sent to {env.src})"
+        )
 
     async def deliver(self, env: Envelope) -> None:
         outbox = self._route(env)
@@ -208,15 +299,27 @@ class Router:
             raise ServerStopped(f"port {env.dst} closed while sending {env.type}") from None
 
     def complete(self, env: Envelope) -> None:
-        """Hand a reply to the waiting caller's future (late replies after a timeout are dropped)."""
-        pending = self._pending.pop(env.reply_to, None)
+        """Hand a reply to the waiting caller's future (late replies after a timeout are dropped).
+
+        Only the port a call was sent to may answer it, and only to its caller:
+        a guessed call id gains a forger nothing but a ``ForgedReply`` error.
+        """
+        pending = self._pending.get(env.reply_to)
+        if pending is not None and (
+            pending.dst != env.src or (pending.caller is not None and pending.caller != env.dst)
+        ):
+            raise self._refuse(env, FORGED_REPLY)
+        self._pending.pop(env.reply_to, None)
         self._account(env)
         if pending is not None and not pending.future.done():
             pending.future.set_result(env)
 
-    def expect_reply(self, call_id: int, dst: str) -> asyncio.Future[Envelope]:
+    def expect_reply(
+        self, call_id: int, dst: str, caller: str | None = None
+    ) -> asyncio.Future[Envelope]:
+        """Register a call in flight; ``caller`` (when given) is the only port its reply may reach."""
         future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = _Pending(dst, future)
+        self._pending[call_id] = _Pending(caller, dst, future)
         return future
 
     def forget(self, call_id: int) -> None:
@@ -259,7 +362,7 @@ class Endpoint:
             current_corr.get() if corr is None else corr,
             0,
             kind,
-            type(msg).__name__,
+            message_type(msg),
             _encoder.encode(msg),
         )
 
@@ -282,7 +385,7 @@ class Endpoint:
         """Request/reply. Error replies are raised as exceptions; no reply in time is ``CallTimeout``."""
         env = self._envelope(dst, msg, CALL, corr)
         router = self.router
-        future = router.expect_reply(env.id, dst)
+        future = router.expect_reply(env.id, dst, self.name)
         try:
             await router.deliver(env)
             if timeout is None:
@@ -302,7 +405,7 @@ class Endpoint:
 
     def reply(self, request: Envelope, msg: msgspec.Struct) -> None:
         """Answer a call (never blocks: the reply resolves the caller's future)."""
-        self._answer(request, REPLY, type(msg).__name__, msg)
+        self._answer(request, REPLY, message_type(msg), msg)
 
     def reply_error(self, request: Envelope, exc: BaseException) -> None:
         """Answer a call with an error as data (errno, message, kind)."""
@@ -340,6 +443,7 @@ __all__ = [
     "Router",
     "ServerCrashed",
     "encode",
+    "message_type",
     "now_ns",
     "reply_decoder",
 ]

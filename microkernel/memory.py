@@ -43,12 +43,21 @@ MADV_POPULATE_WRITE = 23  # Linux 5.14: fault pages in writable, as a first stor
 POPULATE_CHUNK = 8 << 20  # one madvise call: how long close() may wait for the populator
 
 
+def dma32_reserve(low_frames: int) -> int:
+    """Low frames a booted system keeps for explicit ``Zone.LOW`` requests (bounce frames):
+    1/16 of the low zone, at least 512 (a few commands' worth), at most a quarter."""
+    return min(max(low_frames // 16, 512), low_frames // 4)
+
+
 class Zone(enum.Enum):
-    """Where a frame may come from. ``ANY`` prefers high memory to spare the scarce low zone."""
+    """Where a frame may come from. ``ANY`` prefers high memory to spare the scarce low zone;
+    ``PREFER_LOW`` (a 32-bit controller's cache) takes low frames while the owner's share of
+    the low zone lasts, then high ones, which the driver bounces."""
 
     LOW = "low"
     HIGH = "high"
     ANY = "any"
+    PREFER_LOW = "prefer-low"
 
 
 class MemoryError_(OSError):
@@ -61,8 +70,11 @@ class OutOfFrames(MemoryError_):
 
 
 class QuotaExceeded(MemoryError_):
+    """The owner's own quota (all frames, or its share of the low zone) is used up: ENOMEM
+    for that owner alone, while every other owner keeps allocating."""
+
     def __init__(self, message: str) -> None:
-        super().__init__(errno.EDQUOT, message)
+        super().__init__(errno.ENOMEM, message)
 
 
 class BadAddress(MemoryError_):
@@ -77,6 +89,7 @@ class MemoryStatistics:
     low_free: int
     high_free: int
     frames_by_owner: dict[str, int]
+    low_by_owner: dict[str, int]
 
 
 def _memfd(size: int) -> tuple[int, bool]:
@@ -104,6 +117,7 @@ class PhysicalMemory:
         low_size: int | None = None,
         counters: Counters | None = None,
         populate: bool = False,
+        low_reserve: int = 0,
     ) -> None:
         if size < 16 * PAGE_SIZE or size % PAGE_SIZE:
             raise ValueError(f"memory size must be a multiple of 4 KiB and >= 64 KiB, got {size}")
@@ -115,6 +129,9 @@ class PhysicalMemory:
         self.low_frames = low_size // PAGE_SIZE
         self.high_frames = (size - low_size) // PAGE_SIZE
         self.frames_total = self.low_frames + self.high_frames
+        # Low frames only an explicit Zone.LOW request may take (bounce frames, 32-bit DMA):
+        # whoever exhausts the rest of memory, a 32-bit controller can still move data.
+        self.low_reserve = low_reserve  # boot sets dma32_reserve(low_frames)
         self.counters = counters if counters is not None else Counters()
         self.tracer: Tracer = DISABLED  # boot sets the system's tracer: copies become events
         self.fd, self.is_memfd = _memfd(size)
@@ -126,7 +143,10 @@ class PhysicalMemory:
         self._free_low = list(range(self.low_frames - 1, -1, -1))
         self._free_high = list(range(self.frames_total - 1, self.low_frames - 1, -1))
         self._quota: dict[str, int] = {}
+        self._low_quota: dict[str, int] = {}
         self._used: dict[str, int] = {}
+        self._low_used: dict[str, int] = {}
+        self._held: dict[str, set[int]] = {}  # owner -> frame numbers (release_owner, audits)
         self._populator: Populator | None = None
         if populate:
             self._populator = Populator(self._map, self._population_order())
@@ -154,55 +174,167 @@ class PhysicalMemory:
         return self.index_of(page) * PAGE_SIZE + (phys - page)
 
     # ------------------------------------------------------------------ allocation
-    def set_quota(self, owner: str, frames: int | None) -> None:
-        """Limit how many frames ``owner`` may hold (None removes the limit)."""
-        if frames is None:
-            self._quota.pop(owner, None)
-        else:
-            self._quota[owner] = frames
+    def set_quota(self, owner: str, frames: int | None, *, low: int | None = None) -> None:
+        """Limit how many frames ``owner`` may hold, and how many of them low (None: no limit).
 
-    def alloc(self, owner: str, count: int = 1, zone: Zone = Zone.ANY) -> list[int]:
-        """Allocate ``count`` frames (refcount 1) for ``owner``; all or nothing."""
-        if count < 0:
-            raise ValueError("negative frame count")
+        The low limit keeps one owner (the cache of a 32-bit controller, a
+        process) from taking the low zone that 32-bit DMA depends on.
+        """
+        for table, limit in ((self._quota, frames), (self._low_quota, low)):
+            if limit is None:
+                table.pop(owner, None)
+            else:
+                table[owner] = limit
+
+    def quota(self, owner: str) -> int | None:
+        return self._quota.get(owner)
+
+    def used(self, owner: str) -> int:
+        """Frames ``owner`` holds now."""
+        return self._used.get(owner, 0)
+
+    def check_quota(self, owner: str, count: int) -> None:
+        """Raise ``QuotaExceeded`` (ENOMEM) if ``owner`` may not take ``count`` more frames."""
         limit = self._quota.get(owner)
         used = self._used.get(owner, 0)
         if limit is not None and used + count > limit:
             raise QuotaExceeded(f"{owner} holds {used} frames, quota {limit}, asked {count} more")
-        stacks = self._stacks(zone)
-        if sum(len(s) for s in stacks) < count:
-            raise OutOfFrames(f"{count} frames wanted in zone {zone.value}, not enough free")
-        out: list[int] = []
-        refs, owners = self._refs, self._owner
-        for stack in stacks:
-            take = min(count - len(out), len(stack))
-            if take <= 0:
-                continue
-            # The same frames, in the same order, as popping them one at a time.
-            indices = stack[len(stack) - take :]
-            del stack[len(stack) - take :]
-            indices.reverse()
-            first = indices[0]
-            if indices == list(range(first, first + take)):  # usual: one run of free frames
-                refs[first : first + take] = array("i", [1]) * take
-                owners[first : first + take] = [owner] * take
-                # one stack holds one zone, so the run's addresses are consecutive too
-                base = self.phys_of(first)
-                out.extend(range(base, base + take * PAGE_SIZE, PAGE_SIZE))
-                continue
-            for index in indices:
-                refs[index] = 1
-                owners[index] = owner
-                out.append(self.phys_of(index))
-        self._used[owner] = used + count
+
+    def alloc(self, owner: str, count: int = 1, zone: Zone = Zone.ANY) -> list[int]:
+        """Allocate ``count`` frames (refcount 1) for ``owner``; all or nothing.
+
+        ``Zone.ANY`` takes high frames first and low ones only as far as the
+        owner's low quota allows.
+        """
+        if count < 0:
+            raise ValueError("negative frame count")
+        self.check_quota(owner, count)
+        high, low = self._takes(owner, count, zone)
+        held = self._held.setdefault(owner, set())
+        out = self._pop_run(self._free_high, high, owner, held) if high else []
+        if low:
+            out += self._pop_run(self._free_low, low, owner, held)
+            self._low_used[owner] = self._low_used.get(owner, 0) + low
+        self._used[owner] = self._used.get(owner, 0) + count
         return out
 
-    def _stacks(self, zone: Zone) -> list[list[int]]:
-        if zone is Zone.LOW:
-            return [self._free_low]
-        if zone is Zone.HIGH:
-            return [self._free_high]
-        return [self._free_high, self._free_low]
+    def _takes(self, owner: str, count: int, zone: Zone) -> tuple[int, int]:
+        """How many high and low frames to take, or ``OutOfFrames``/``QuotaExceeded``."""
+        free_low = len(self._free_low)
+        if zone is not Zone.LOW:
+            free_low = max(0, free_low - self.low_reserve)
+        low_room = free_low
+        low_limit = self._low_quota.get(owner)
+        if low_limit is not None:
+            low_room = min(free_low, max(0, low_limit - self._low_used.get(owner, 0)))
+        if zone is Zone.PREFER_LOW:
+            low = min(count, low_room)
+            high = min(count - low, len(self._free_high))
+            if high + low == count:
+                return high, low
+            raise OutOfFrames(f"{count} frames wanted, not enough free")
+        high = 0 if zone is Zone.LOW else min(count, len(self._free_high))
+        low = 0 if zone is Zone.HIGH else min(count - high, low_room)
+        if high + low == count:
+            return high, low
+        if zone is not Zone.HIGH and high + min(count - high, free_low) == count:
+            raise QuotaExceeded(
+                f"{owner} holds {self._low_used.get(owner, 0)} low frames, its share of the "
+                f"low zone is {low_limit}; {count - high} more wanted"
+            )
+        raise OutOfFrames(f"{count} frames wanted in zone {zone.value}, not enough free")
+
+    def _pop_run(self, stack: list[int], take: int, owner: str, held: set[int]) -> list[int]:
+        """Pop ``take`` frames off a free stack for ``owner``; their physical addresses."""
+        refs, owners = self._refs, self._owner
+        # The same frames, in the same order, as popping them one at a time.
+        indices = stack[len(stack) - take :]
+        del stack[len(stack) - take :]
+        indices.reverse()
+        held.update(indices)
+        first = indices[0]
+        if indices == list(range(first, first + take)):  # usual: one run of free frames
+            refs[first : first + take] = array("i", [1]) * take
+            owners[first : first + take] = [owner] * take
+            # one stack holds one zone, so the run's addresses are consecutive too
+            base = self.phys_of(first)
+            return list(range(base, base + take * PAGE_SIZE, PAGE_SIZE))
+        out = []
+        for index in indices:
+            refs[index] = 1
+            owners[index] = owner
+            out.append(self.phys_of(index))
+        return out
+
+    def charge(self, owner: str, frames: Iterable[int]) -> None:
+        """Make ``owner`` the owner of allocated frames (quota-checked, all or nothing).
+
+        For frames a server allocates on a process's behalf (the copy path's
+        private pages): the process's quota bounds them, and they come back
+        when the process goes (:meth:`release_owner`).
+        """
+        phys = list(frames)
+        indices = [self.index_of(p) for p in phys]
+        for index, address in zip(indices, phys, strict=True):
+            if self._refs[index] <= 0:
+                raise BadAddress(f"frame {address:#x} is not allocated")
+        moving = [i for i in set(indices) if self._owner[i] != owner]
+        self.check_quota(owner, len(moving))
+        low_limit = self._low_quota.get(owner)
+        low_moving = sum(1 for i in moving if i < self.low_frames)
+        if low_limit is not None and self._low_used.get(owner, 0) + low_moving > low_limit:
+            raise QuotaExceeded(f"{owner} may hold {low_limit} low frames; {low_moving} more "
+                                f"would exceed its share of the low zone")
+        held = self._held.setdefault(owner, set())
+        for index in moving:
+            self._disown(index)
+            self._owner[index] = owner
+            held.add(index)
+            self._used[owner] = self._used.get(owner, 0) + 1
+            if index < self.low_frames:
+                self._low_used[owner] = self._low_used.get(owner, 0) + 1
+
+    def owner_of(self, phys: int) -> str | None:
+        return self._owner[self.index_of(phys)]
+
+    def frames_of(self, owner: str) -> list[int]:
+        """Physical addresses of every frame ``owner`` holds."""
+        return [self.phys_of(i) for i in sorted(self._held.get(owner, ()))]
+
+    def release_owner(self, owner: str) -> int:
+        """Free every frame ``owner`` holds, whatever its reference count; returns how many.
+
+        For a process that exited: call it only after every mapping of those
+        frames is gone (its address spaces closed), since a freed frame goes
+        to the next allocation.
+        """
+        indices = sorted(self._held.get(owner, ()))
+        for index in indices:
+            self._refs[index] = 1
+        return self.release([self.phys_of(i) for i in indices])
+
+    def forget_owner(self, owner: str) -> int:
+        """An owner that went away for good: free what it held and drop its quotas."""
+        freed = self.release_owner(owner)
+        self.set_quota(owner, None, low=None)
+        self._low_used.pop(owner, None)
+        return freed
+
+    def _disown(self, index: int) -> None:
+        owner = self._owner[index]
+        if owner is None:
+            return
+        self._owner[index] = None
+        self._used[owner] -= 1
+        held = self._held.get(owner)
+        if held is not None:
+            held.discard(index)
+            if not held:  # processes come and go: no empty sets left behind
+                del self._held[owner]
+                if not self._used[owner]:
+                    del self._used[owner]
+        if index < self.low_frames:
+            self._low_used[owner] -= 1
 
     def ref(self, phys: int) -> None:
         """Take one more reference on an allocated frame (a mapping, a pin)."""
@@ -220,10 +352,7 @@ class PhysicalMemory:
                 raise BadAddress(f"double free of frame {phys:#x}")
             self._refs[index] -= 1
             if self._refs[index] == 0:
-                owner = self._owner[index]
-                self._owner[index] = None
-                if owner is not None:
-                    self._used[owner] -= 1
+                self._disown(index)
                 (self._free_low if index < self.low_frames else self._free_high).append(index)
                 freed += 1
         return freed
@@ -242,6 +371,7 @@ class PhysicalMemory:
             low_free=len(self._free_low),
             high_free=len(self._free_high),
             frames_by_owner={k: v for k, v in self._used.items() if v},
+            low_by_owner={k: v for k, v in self._low_used.items() if v},
         )
 
     # ------------------------------------------------------------- kernel access

@@ -37,6 +37,7 @@ class ProcessTable:
         self.router = router
         self.memory = memory
         self._pids = itertools.count(1)
+        self.quota_frames: int | None = None  # private frames per process (boot sets it)
         self.by_pid: dict[int, Process] = {}
         self.by_port: dict[str, Process] = {}
 
@@ -44,6 +45,7 @@ class ProcessTable:
         pid = next(self._pids)
         port = f"proc:{pid}"
         endpoint = self.router.register(port, capacity=0)
+        self.memory.set_quota(port, self.quota_frames)
         proc = Process(pid, name, port, make_address_space(self.memory, address_space), endpoint)
         self.by_pid[pid] = proc
         self.by_port[port] = proc
@@ -60,6 +62,7 @@ class ProcessTable:
             window.close()
         proc.windows.clear()
         proc.aspace.close()
+        self.memory.forget_owner(proc.port)  # after the mappings are gone
 
     def __len__(self) -> int:
         return len(self.by_pid)

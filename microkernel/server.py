@@ -6,7 +6,8 @@ handler methods with :func:`handles`. The runtime
 
 * decodes each body with one long-lived typed decoder (a malformed or
   unexpected message gets a ``MalformedMessage`` error reply, never a
-  half-processed request);
+  half-processed request), and checks that the decoded type is the type the
+  envelope declared, the one the router's capability table allowed;
 * dispatches by message type, one at a time or concurrently (``concurrent``);
 * replies with what the handler returns (``None`` means ``Ok``; ``DEFERRED``
   means the handler will call :meth:`Server.reply` later, e.g. after DMA);
@@ -29,7 +30,7 @@ import msgspec
 import structlog
 
 from microkernel.errors import MalformedMessage, ServerCrashed
-from microkernel.ipc import CALL, Endpoint, Envelope, Router
+from microkernel.ipc import CALL, Endpoint, Envelope, Router, message_type
 from microkernel.protocol import Ok
 from microkernel.trace import current_corr, log
 
@@ -177,6 +178,11 @@ class Server:
         except Exception as exc:  # decoding has no side effects: any failure is a bad body
             self._malformed += 1
             self._reject(env, f"cannot decode {env.type} from {env.src}: {exc}")
+            return
+        if message_type(msg) != env.type:  # the router allowed env.type, not what the body holds
+            self._malformed += 1
+            self.router.counters.count_refusal(env.type)
+            self._reject(env, f"{env.type} from {env.src} carries a {message_type(msg)} body")
             return
         handler = self._handlers.get(type(msg))
         if handler is None:

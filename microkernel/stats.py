@@ -27,7 +27,12 @@ SCALAR_COUNTERS = (
     "partial_sector_writes",
     "dma_bounce_bytes",
     "frames_free",
+    "refusals",
 )
+
+
+REFUSAL_TYPES = 256  # distinct message types counted in refusals_by_type
+OTHER_TYPES = "(other)"
 
 
 class Statistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +53,8 @@ class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     frames_free: int = 0
     copies_by_reason: dict[str, int] = msgspec.field(default_factory=dict)
     syscalls_by_type: dict[str, int] = msgspec.field(default_factory=dict)
+    refusals: int = 0  # messages the router refused (capability table, forged replies)
+    refusals_by_type: dict[str, int] = msgspec.field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)
@@ -82,6 +89,8 @@ class Counters:
         "messages_by_type",
         "messages_total",
         "partial_sector_writes",
+        "refusals",
+        "refusals_by_type",
         "syscalls",
         "syscalls_by_type",
     )
@@ -101,6 +110,16 @@ class Counters:
         self.partial_sector_writes = 0
         self.dma_bounce_bytes = 0
         self.copies_by_reason: Counter[str] = Counter()
+        self.refusals = 0
+        self.refusals_by_type: Counter[str] = Counter()
+
+    def count_refusal(self, type_: str) -> None:
+        """Count a refused message; type names a sender made up share one bucket past a bound."""
+        self.refusals += 1
+        by_type = self.refusals_by_type
+        if type_ not in by_type and (len(by_type) >= REFUSAL_TYPES or len(type_) > 64):
+            type_ = OTHER_TYPES
+        by_type[type_] += 1
 
     def count_copy(self, n: int, reason: str) -> None:
         self.bytes_copied += n
@@ -123,4 +142,6 @@ class Counters:
             frames_free=frames_free,
             copies_by_reason=dict(self.copies_by_reason),
             syscalls_by_type=dict(self.syscalls_by_type),
+            refusals=self.refusals,
+            refusals_by_type=dict(self.refusals_by_type),
         )

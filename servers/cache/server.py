@@ -79,6 +79,12 @@ class _GiveBackRound:
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
+def _zone_for(geometry: Geometry) -> Zone:
+    """High frames for a controller that reaches them; a 32-bit one gets low frames while the
+    cache's share of the low zone lasts, then high frames its driver bounces."""
+    return Zone.PREFER_LOW if geometry.dma_bits <= 32 else Zone.ANY
+
+
 def _errno_of(exc: OSError) -> tuple[int, str]:
     return exc.errno if exc.errno is not None else errno.EIO, exc.strerror or str(exc)
 
@@ -104,9 +110,12 @@ class CacheServer(Server):
         max_pages_per_command: int | None = None,
         giveback_timeout: float = 5.0,
         io_timeout: float | None = 30.0,
+        low_share: float = 0.5,
     ) -> None:
         if capacity_pages < 1:
             raise ValueError(f"capacity_pages must be >= 1, got {capacity_pages}")
+        if not 0.0 <= low_share <= 1.0:
+            raise ValueError(f"low_share must be within 0..1, got {low_share}")
         if not 0.0 <= low_water <= high_water < 1.0:
             raise ValueError(
                 f"need 0 <= low_water <= high_water < 1, got {low_water}, {high_water}"
@@ -114,6 +123,7 @@ class CacheServer(Server):
         super().__init__(name, router)
         self.memory = memory
         self.capacity = capacity_pages
+        self.low_share = low_share
         self.core = PageCache()
         self.devices: dict[str, CachedDevice] = {}
         self._ports = dict(devices)
@@ -154,11 +164,13 @@ class CacheServer(Server):
                 port,
                 geometry,
                 PageGeometry.from_geometry(geometry),
-                Zone.LOW if geometry.dma_bits <= 32 else Zone.ANY,
+                _zone_for(geometry),
                 max_pages_per_command(geometry, self._page_limit),
             )
             self.core.add_device(device, self.devices[device].pages)
-        self.memory.set_quota(self.name, self.capacity)
+        self.memory.set_quota(
+            self.name, self.capacity, low=int(self.low_share * self.memory.low_frames)
+        )
 
     async def teardown(self) -> None:
         """Write every dirty page and flush every device while the drivers still run."""

@@ -21,6 +21,7 @@ import errno
 import itertools
 from dataclasses import dataclass, field, replace
 
+from microkernel.trace import log
 from servers.fat.bpb import (
     FSINFO_UNKNOWN,
     BootSector,
@@ -489,7 +490,35 @@ class FatVolume:
         found = await self._existing(ref)
         if found.slot is None:
             return self._root_info()
-        return self._info(found.slot, found.parent.key)
+        slot = found.slot
+        clipped = self._clip_to_chain(slot.name, slot.entry)
+        if clipped is not slot.entry:
+            slot = replace(slot, entry=clipped)
+        return self._info(slot, found.parent.key)
+
+    def _clip_to_chain(self, name: str, entry: ShortEntry) -> ShortEntry:
+        """An entry claiming more bytes than its cluster chain holds, clipped to the chain.
+
+        Done at open and stat, before anybody sizes a buffer or a mapping by the
+        claim (0xFFFFFFFF bytes on a 2-cluster chain must not make a reader
+        allocate 4 GiB). Logged as a volume problem; a damaged chain is left to
+        the data path, which reports EIO for that file only.
+        """
+        if entry.is_dir or entry.size == 0:
+            return entry
+        try:
+            chain = self._walk(entry.cluster) if entry.cluster else []
+        except FatError:
+            return entry
+        room = len(chain) * self.boot.cluster_size
+        if entry.size <= room:
+            return entry
+        problem = (f"{name}: size {entry.size} exceeds its chain of {len(chain)} clusters; "
+                   f"clipped to {room} bytes")
+        if problem not in self.problems:
+            self.problems.append(problem)
+            log.warning("volume problem", problem=problem)
+        return entry.with_(size=room)
 
     async def readdir(self, path: str = "/") -> list[FileInfo]:
         """The entries of a directory (without '.', '..' and the volume label)."""
@@ -546,7 +575,8 @@ class FatVolume:
         loc = (self._cluster_to_key(d.key), slot.index)
         node = self._nodes.get(loc)
         if node is None:
-            node = _Node(loc[0], slot.index, slot.first_index, slot.entry, slot.name)
+            entry = self._clip_to_chain(slot.name, slot.entry)
+            node = _Node(loc[0], slot.index, slot.first_index, entry, slot.name)
             self._nodes[loc] = node
         return node
 
@@ -579,7 +609,8 @@ class FatVolume:
         if loc in self._nodes:
             return self._nodes[loc], False
         slot = found.slot
-        return _Node(loc[0], slot.index, slot.first_index, slot.entry, slot.name), True
+        entry = self._clip_to_chain(slot.name, slot.entry)
+        return _Node(loc[0], slot.index, slot.first_index, entry, slot.name), True
 
     # ================================================================ namespace
     async def create(self, path: str, attributes: int = ATTR_ARCHIVE) -> FileInfo:

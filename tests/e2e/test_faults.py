@@ -11,7 +11,7 @@ import pytest
 import microkernel
 from drivers.base import BlockDriver
 from drivers.protocol import InjectFault, Read
-from microkernel.errors import CapabilityDenied, MalformedMessage
+from microkernel.errors import CapabilityDenied, MessageDenied
 from microkernel.ipc import Envelope
 from microkernel.protocol import Ok
 from servers.fat.protocol import FsStatFs, FsVolume
@@ -131,8 +131,8 @@ async def test_processes_cannot_reach_servers_other_than_the_vfs(make_image: Ima
         assert reply.kind == 3
         with pytest.raises(FileNotFoundError):
             await proc.syscall(Stat("/missing"), FsVolume)
-        with pytest.raises(MalformedMessage):
-            await proc.syscall(FsStatFs(), FsVolume)  # not a syscall
+        with pytest.raises(MessageDenied):
+            await proc.syscall(FsStatFs(), FsVolume)  # not a syscall: the router refuses it
 
 
 async def test_a_disk_that_stops_answering_gives_an_error_not_a_hang(

@@ -28,7 +28,7 @@ COVERAGE = {
     "cyclic_chain": "test_chain_damage_gives_eio",
     "chain_into_free": "test_chain_damage_gives_eio",
     "chain_into_reserved": "test_chain_damage_gives_eio",
-    "chain_shorter_than_size": "test_chain_damage_gives_eio",
+    "chain_shorter_than_size": "test_chain_shorter_than_size_is_clipped",
     "start_beyond_volume": "test_start_cluster_beyond_volume",
     "cross_linked": "test_cross_linked_files",
     "directory_loop": "test_directory_loop",
@@ -145,14 +145,32 @@ async def test_chain_damage_gives_eio(tmp_path: Path, fat: int) -> None:
     reserved_value = {12: 0xFF0, 16: 0xFFF0, 32: 0x0FFFFFF0}[fat]
     for edits, words in (({a + 1: a}, "cyclic"), ({a + 1: 0}, "free cluster"),
                          ({a: 1}, "reserved/out-of-range"),
-                         ({a + 1: reserved_value}, "reserved/out-of-range"),
-                         ({a + 1: 0x0FFFFFFF}, "shorter than")):
+                         ({a + 1: reserved_value}, "reserved/out-of-range")):
         edit_fat(image, edits)
         report = await expect_eio(image, "/a.bin", words)
         assert any("a.bin" in line for line in report)
         edit_fat(image, {a: a + 1, a + 1: a + 2, a + 2: 0x0FFFFFFF})  # repair
     async with mounted(image, read_only=True) as vol:
         assert await vol.check() == []
+
+
+@pytest.mark.parametrize("fat", FATS)
+async def test_chain_shorter_than_size_is_clipped(tmp_path: Path, fat: int) -> None:
+    """A 3-cluster file whose chain ends after 2: open, stat and read see 2 clusters."""
+    image, first = await clean_image(tmp_path, fat)
+    a = first["/a.bin"]
+    edit_fat(image, {a + 1: 0x0FFFFFFF})
+    async with mounted(image, read_only=True) as vol:
+        cs = vol.boot.cluster_size
+        assert (await vol.stat("/a.bin")).size == 2 * cs
+        assert await vol.read("/a.bin") == b"A" * (2 * cs)
+        handle = await vol.open("/a.bin")
+        assert (await vol.stat(handle)).size == 2 * cs
+        assert sum(e.count for e in await vol.extents(handle)) * vol.io.sector_size == 2 * cs
+        await vol.close(handle)
+        assert [p for p in vol.problems if "a.bin" in p and "clipped" in p]
+        assert any("shorter than the file size" in line for line in await vol.check())
+        assert await vol.read("/b.bin") == b"B" * (2 * cs)
 
 
 @pytest.mark.parametrize("fat", FATS)
