@@ -27,6 +27,7 @@ class FsInfo(msgspec.Struct, frozen=True, gc=False, tag=True):
     ctime: float
     atime: float
     first_cluster: int
+    file_id: int = 0  # the file system's stable identity of the file (0: none given)
 
 
 class FsVolume(msgspec.Struct, frozen=True, gc=False, tag=True):

@@ -115,6 +115,7 @@ class FatServer(Server):
             fi.ctime,
             fi.atime,
             fi.first_cluster,
+            fi.file_id,
         )
 
     @property

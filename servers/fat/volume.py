@@ -73,6 +73,7 @@ from servers.fat.sectorio import SectorIO
 
 MAX_FILE_SIZE = 0xFFFFFFFF
 ROOT_KEY = -1  # key of the root directory in node locations, whatever its cluster
+ROOT_ID = 1  # file id of the root directory; entries get ids from 2 on
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class FileInfo:
     mtime: float
     atime: float
     location: tuple[int, int]  # (directory key, short entry index); root: (ROOT_KEY, -1)
+    file_id: int = 0  # stable identity: follows renames, never reused (ROOT_ID for the root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,7 @@ class _Node:
     first_index: int
     entry: ShortEntry
     name: str
+    file_id: int
     opens: int = 0
     unlinked: bool = False
 
@@ -162,6 +165,11 @@ class FatVolume:
         self.was_dirty = False
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
+        # File identity: an id per directory-entry location, moved by rename, dropped by
+        # unlink; ids come from a counter, so no id is ever reused (see docs/fat.md).
+        self._ids: dict[tuple[int, int], int] = {}
+        self._locations: dict[int, tuple[int, int]] = {ROOT_ID: (ROOT_KEY, -1)}
+        self._id_counter = itertools.count(ROOT_ID + 1)
         self._handles: dict[int, _Node] = {}
         self._next_handle = itertools.count(1)
         self._mounted = True
@@ -445,6 +453,7 @@ class FatVolume:
         d.data.extend(bytes(extra * self.boot.cluster_size))
 
     async def _delete_slot(self, d: _Dir, slot: DirSlot) -> None:
+        self._forget_id((self._cluster_to_key(d.key), slot.index))
         for i in range(slot.first_index, slot.index + 1):
             d.data[i * ENTRY_SIZE] = DELETED_MARK
         await self._write_entries(d, slot.first_index, slot.index - slot.first_index + 1)
@@ -468,23 +477,48 @@ class FatVolume:
         return ROOT_KEY if cluster == self._root_cluster else cluster
 
     # ================================================================ info
-    def _info(self, slot: DirSlot, dir_cluster: int) -> FileInfo:
+    def _info(self, slot: DirSlot, dir_cluster: int, file_id: int = 0) -> FileInfo:
+        """What stat reports; ``file_id`` given for an open node (it may be unlinked)."""
         e = slot.entry
+        loc = (self._cluster_to_key(dir_cluster), slot.index)
         return FileInfo(
             name=slot.name, short_name=slot.short_name, attributes=e.attr,
             size=0 if e.is_dir else e.size, first_cluster=e.cluster, is_dir=e.is_dir,
             ctime=dos_to_epoch(e.cdate, e.ctime, e.ctime_cs), mtime=dos_to_epoch(e.mdate, e.mtime),
-            atime=dos_to_epoch(e.adate), location=(self._cluster_to_key(dir_cluster), slot.index))
+            atime=dos_to_epoch(e.adate), location=loc, file_id=file_id or self._id_of(loc))
+
+    def _id_of(self, loc: tuple[int, int]) -> int:
+        """The file id of the entry at ``loc``, handing out a fresh one the first time."""
+        file_id = self._ids.get(loc)
+        if file_id is None:
+            file_id = self._ids[loc] = next(self._id_counter)
+            self._locations[file_id] = loc
+        return file_id
+
+    def _forget_id(self, loc: tuple[int, int]) -> None:
+        """The entry at ``loc`` is gone: a new entry there will be a new file."""
+        file_id = self._ids.pop(loc, None)
+        if file_id is not None:
+            self._locations.pop(file_id, None)
+
+    def _move_id(self, old: tuple[int, int], new: tuple[int, int]) -> None:
+        """A rename: the file keeps its id at its new location."""
+        self._forget_id(new)
+        file_id = self._ids.pop(old, None)
+        if file_id is not None:
+            self._ids[new] = file_id
+            self._locations[file_id] = new
 
     def _root_info(self) -> FileInfo:
         return FileInfo("/", "/", ATTR_DIRECTORY, 0, self._root_cluster, True, 0.0, 0.0, 0.0,
-                        (ROOT_KEY, -1))
+                        (ROOT_KEY, -1), ROOT_ID)
 
     async def stat(self, ref: FileRef) -> FileInfo:
         if isinstance(ref, int):
             node = self._handle(ref)
             slot = DirSlot(node.index, node.first_index, node.entry, None)
-            info = self._info(slot, self._key_to_cluster(node.dir_key))
+            slot = DirSlot(node.index, node.first_index, node.entry, None)
+            info = self._info(slot, self._key_to_cluster(node.dir_key), node.file_id)
             return replace(info, name=node.name)
         found = await self._existing(ref)
         if found.slot is None:
@@ -546,7 +580,8 @@ class FatVolume:
         loc = (self._cluster_to_key(d.key), slot.index)
         node = self._nodes.get(loc)
         if node is None:
-            node = _Node(loc[0], slot.index, slot.first_index, slot.entry, slot.name)
+            node = _Node(loc[0], slot.index, slot.first_index, slot.entry, slot.name,
+                         self._id_of(loc))
             self._nodes[loc] = node
         return node
 
@@ -579,7 +614,8 @@ class FatVolume:
         if loc in self._nodes:
             return self._nodes[loc], False
         slot = found.slot
-        return _Node(loc[0], slot.index, slot.first_index, slot.entry, slot.name), True
+        return _Node(loc[0], slot.index, slot.first_index, slot.entry, slot.name,
+                     self._id_of(loc)), True
 
     # ================================================================ namespace
     async def create(self, path: str, attributes: int = ATTR_ARCHIVE) -> FileInfo:
@@ -721,16 +757,18 @@ class FatVolume:
             else:
                 await self._remove_file(target, replaced)
         old_dir = target if same_dir else s.parent
-        await self._delete_slot(old_dir, src_slot)
         self._rekey((old_dir.key, src_slot.index), (target.key, at, new_index), d.leaf,
                     ShortEntry.unpack(entries[-1]))
+        await self._delete_slot(old_dir, src_slot)
         if src_slot.entry.is_dir and not same_dir:
             await self._fix_dotdot(src_slot.entry.cluster, target.key)
         await self._flush_fat()
 
     def _rekey(self, old: tuple[int, int], new: tuple[int, int, int], name: str,
                entry: ShortEntry) -> None:
-        """An open file was renamed: its node follows it to (dir, first index, index)."""
+        """A file was renamed: its id (and node, if open) follow it to (dir, first, index)."""
+        self._move_id((self._cluster_to_key(old[0]), old[1]),
+                      (self._cluster_to_key(new[0]), new[2]))
         node = self._nodes.pop((self._cluster_to_key(old[0]), old[1]), None)
         if node is None:
             return

@@ -143,7 +143,7 @@ class Fetch:
 
 @dataclass(eq=False, slots=True)
 class CentralFile:
-    key: tuple[str, str]
+    key: tuple[str, int]  # (file system server, the file system's file id)
     fs: str
     fs_handle: int
     info: FsInfo
@@ -218,13 +218,13 @@ class VfsServer(Server):
         self.cache = cache
         self.scan_interval = scan_interval
         self.volumes: dict[str, FsVolume] = {}
-        self.files: dict[tuple[str, str], CentralFile] = {}
+        self.files: dict[tuple[str, int], CentralFile] = {}
         self.windows: dict[int, Window] = {}
         self._handles = itertools.count(1)
         self._tags = itertools.count(1)
         self._fetches: dict[int, Fetch] = {}
         self._open_lock = anyio.Lock()
-        self._retiring: dict[tuple[str, str], anyio.Event] = {}
+        self._retiring: dict[tuple[str, int], anyio.Event] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def setup(self) -> None:
@@ -266,26 +266,45 @@ class VfsServer(Server):
         if flags & OpenFlags.WRITE and self.volumes[fs].read_only:
             raise OSError(30, f"{msg.path}: read-only file system")
         async with self._open_lock:
-            cfile = await self._central(fs, path, flags)
+            cfile, surplus = await self._central(fs, path, flags)
             window = self._new_window(proc, cfile, flags)
+        try:  # the window holds the central file now: awaiting cannot retire it
+            if surplus:
+                await self.endpoint.call(fs, FsClose(surplus), Ok)
+            if flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
+                await self._set_size(cfile, 0)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close(window)
+            raise
         return Opened(window.handle, 0, cfile.size, self.volumes[fs].aligned)
 
-    async def _central(self, fs: str, path: str, flags: OpenFlags) -> CentralFile:
-        key = (fs, _normalise(path))
-        retiring = self._retiring.get(key)
-        if retiring is not None:
-            await retiring.wait()
-        cfile = self.files.get(key)
+    async def _central(
+        self, fs: str, path: str, flags: OpenFlags
+    ) -> tuple[CentralFile, int]:
+        """The central file of what ``path`` names, found by the file system's identity.
+
+        Every open asks the file system (which resolves aliases, case and renamed
+        parents to one entry and says which file that is); a second handle onto a
+        file already open is given back at once. Truncation goes through the
+        central file, so the pages every process has mapped are unmapped first.
+        Returns the central file and the file system handle to give back (0: none).
+        """
         create, excl = bool(flags & OpenFlags.CREATE), bool(flags & OpenFlags.EXCLUSIVE)
+        opened: FsOpened = await self.endpoint.call(fs, FsOpen(path, create, excl), FsOpened)
+        key = (fs, opened.info.file_id)
+        retiring = self._retiring.get(key)
+        if retiring is not None:  # the last close is writing back: its size is not final yet
+            await retiring.wait()
+            info = await self.endpoint.call(fs, FsStatHandle(opened.handle), FsInfo)
+            opened = FsOpened(opened.handle, info)
+        cfile = self.files.get(key)
         if cfile is not None:
-            if create and excl:
-                raise OSError(17, f"{path}: file exists")
-            if flags & OpenFlags.TRUNCATE:
-                await self._set_size(cfile, 0)
-            return cfile
-        opened: FsOpened = await self.endpoint.call(
-            fs, FsOpen(path, create, excl, bool(flags & OpenFlags.TRUNCATE)), FsOpened
-        )
+            return cfile, opened.handle
+        return self._new_central(key, opened), 0
+
+    def _new_central(self, key: tuple[str, int], opened: FsOpened) -> CentralFile:
+        fs = key[0]
         (frame,) = self.memory.alloc("vfs", 1)
         self.memory.zero([frame])
         cfile = CentralFile(
@@ -425,7 +444,7 @@ class VfsServer(Server):
             )
             if not mapped.extents:
                 raise OSError(
-                    5, f"{cfile.key[1]}: no clusters behind bytes {start}..{start + length}"
+                    5, f"{cfile.info.name}: no clusters behind bytes {start}..{start + length}"
                 )
             with anyio.fail_after(FETCH_TIMEOUT_S):
                 await self._traced_wait(fetch.arrived)
@@ -805,10 +824,10 @@ class VfsServer(Server):
     @handles(Stat)
     async def on_stat(self, env: Envelope, msg: Stat) -> FsInfo:
         fs, path = self.mounts.route(msg.path)
-        cfile = self.files.get((fs, _normalise(path)))
-        if cfile is not None:
-            return msgspec.structs.replace(cfile.info, size=cfile.size)
         info: FsInfo = await self.endpoint.call(fs, FsStat(path), FsInfo)
+        cfile = self.files.get((fs, info.file_id))
+        if cfile is not None:  # open: the size every process sees, not the directory entry's
+            return msgspec.structs.replace(info, size=cfile.size)
         return info
 
     @handles(ReadDir)
@@ -838,10 +857,6 @@ class VfsServer(Server):
     async def on_unlink(self, env: Envelope, msg: Unlink) -> None:
         fs, path = self.mounts.route(msg.path)
         await self.endpoint.call(fs, FsUnlink(path), Ok)
-        cfile = self.files.pop((fs, _normalise(path)), None)
-        if cfile is not None:  # still open: keep it under a key no path can reach
-            cfile.key = (fs, f"\0unlinked:{cfile.fs_handle}")
-            self.files[cfile.key] = cfile
 
     @handles(Rename)
     async def on_rename(self, env: Envelope, msg: Rename) -> None:
@@ -850,11 +865,6 @@ class VfsServer(Server):
         if dst_fs != fs:
             raise OSError(18, f"{msg.src} -> {msg.dst}: rename across volumes")  # EXDEV
         await self.endpoint.call(fs, FsRename(src, dst), Ok)
-        old, new = (fs, _normalise(src)), (fs, _normalise(dst))
-        cfile = self.files.pop(old, None)
-        if cfile is not None:
-            cfile.key = new
-            self.files[new] = cfile
 
     @handles(StatFs)
     async def on_statfs(self, env: Envelope, msg: StatFs) -> FsVolume:

@@ -81,7 +81,7 @@ async def test_processes_share_one_set_of_frames(make_image: ImageFactory) -> No
         # Later processes cost only their control pages, never another copy of the data.
         assert free_after_first - system.memory.frames_free <= 3 * 19
         vfs = vfs_of(system)
-        (cfile,) = [c for c in vfs.files.values() if c.key[1] == "/shared.bin"]
+        (cfile,) = [c for c in vfs.files.values() if c.info.name == "shared.bin"]
         assert len(cfile.pages) == 128
         frames = {p: fp.phys for p, fp in cfile.pages.items()}
         for w in cfile.windows:
