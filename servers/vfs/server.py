@@ -296,7 +296,7 @@ class VfsServer(Server):
         retiring = self._retiring.get(key)
         if retiring is not None:  # the last close is writing back: its size is not final yet
             await retiring.wait()
-            info = await self.endpoint.call(fs, FsStatHandle(opened.handle), FsInfo)
+            info: FsInfo = await self.endpoint.call(fs, FsStatHandle(opened.handle), FsInfo)
             opened = FsOpened(opened.handle, info)
         cfile = self.files.get(key)
         if cfile is not None:
