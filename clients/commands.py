@@ -55,7 +55,7 @@ from clients.imagepath import ImagePath
 from clients.process import UserProcess
 from microkernel.boot import boot
 from microkernel.stats import Statistics
-from servers.fat.protocol import FsInfo
+from servers.fs.protocol import FsInfo
 
 PROG = "microkernel"
 CHUNK = 1 << 20  # bytes per read/write system call of a copy
@@ -324,7 +324,8 @@ def _stat_text(loc: ImagePath, info: FsInfo) -> str:
         f"  File: {loc}\n"
         f"  Size: {info.size:<12} Allocated: {info.alloc_size:<12} Type: {kind}\n"
         f" Attrs: {_attributes(info)} (0x{info.attributes:02x})  "
-        f"First cluster: {info.first_cluster}  Short name: {info.short_name}\n"
+        f"First cluster: {info.native.get('first_cluster')}  "
+        f"Short name: {info.native.get('short_name')}\n"
         f"Modify: {_when(info.mtime)}\n"
         f" Birth: {_when(info.ctime)}\n"
         f"Access: {time.strftime('%Y-%m-%d', time.localtime(info.atime)) if info.atime else '-'}\n"

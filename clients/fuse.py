@@ -41,9 +41,9 @@ from clients.commands import Invocation
 from clients.file import File
 from clients.process import UserProcess
 from microkernel.trace import log
-from servers.fat.protocol import FsInfo
+from servers.fs.protocol import FsInfo
+from servers.vfs.abi import WINDOW_DATA
 from servers.vfs.protocol import OpenFlags
-from servers.vfs.server import WINDOW_DATA
 
 P = ParamSpec("P")
 R = TypeVar("R")

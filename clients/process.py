@@ -1,4 +1,4 @@
-"""A user process: the file API of DESIGN §7 on top of system calls to the kernel file driver.
+"""A user process: the file API on top of system calls to the kernel file driver.
 
 Every system call gets a fresh correlation id, which every message it causes
 carries (the router's trace shows one ``read()`` across all servers).
@@ -7,14 +7,16 @@ carries (the router's trace shows one ``read()`` across all servers).
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from clients.file import File
-from microkernel.process import Process
+from microkernel.memory import PhysicalMemory
+from microkernel.process import Process, ProcessTable
 from microkernel.protocol import Ok
-from servers.fat.protocol import FsDir, FsInfo, FsVolume
+from microkernel.stats import Counters
+from servers.fs.protocol import FsDir, FsInfo, FsVolume
 from servers.vfs.protocol import (
     Exit,
     Mkdir,
@@ -29,8 +31,13 @@ from servers.vfs.protocol import (
     Unlink,
 )
 
-if TYPE_CHECKING:
-    from microkernel.boot import System
+
+class Host(Protocol):
+    """What a process needs of the running system (``microkernel.boot.System`` has it)."""
+
+    counters: Counters
+    memory: PhysicalMemory
+    processes: ProcessTable
 
 T = TypeVar("T")
 
@@ -59,7 +66,7 @@ def parse_mode(mode: str) -> OpenFlags:
 class UserProcess:
     """A process as its program sees it."""
 
-    def __init__(self, system: System, proc: Process) -> None:
+    def __init__(self, system: Host, proc: Process) -> None:
         self.system = system
         self.kernel = proc
         self.pid = proc.pid

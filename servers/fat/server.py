@@ -16,7 +16,9 @@ from microkernel.memory import PAGE_SIZE, PhysicalMemory
 from microkernel.server import Server, handles
 from servers.cache.protocol import CacheRead, Extent
 from servers.fat.cacheio import CacheSectorIO
-from servers.fat.protocol import (
+from servers.fat.protocol import FAT_TYPE, entry_native
+from servers.fat.volume import FatVolume, FileInfo
+from servers.fs.protocol import (
     FileExtent,
     FsClose,
     FsDir,
@@ -39,7 +41,6 @@ from servers.fat.protocol import (
     Mapped,
     MapRange,
 )
-from servers.fat.volume import FatVolume, FileInfo
 
 
 class FatServer(Server):
@@ -106,7 +107,6 @@ class FatServer(Server):
         cs = self.volume.boot.cluster_size
         return FsInfo(
             fi.name,
-            fi.short_name,
             fi.attributes,
             fi.size,
             -(-fi.size // cs) * cs,
@@ -114,8 +114,8 @@ class FatServer(Server):
             fi.mtime,
             fi.ctime,
             fi.atime,
-            fi.first_cluster,
             fi.file_id,
+            entry_native(fi.short_name, fi.first_cluster),
         )
 
     @property
@@ -206,7 +206,6 @@ class FatServer(Server):
         align = geo.alignment_offset * geo.logical_sector_size
         return FsVolume(
             self.device,
-            info.fat_type,
             info.label,
             geo.logical_sector_size,
             geo.alignment_offset,
@@ -216,4 +215,5 @@ class FatServer(Server):
             info.free_clusters,
             vol.data_alignment_ok(PAGE_SIZE, align),
             vol.read_only,
+            {FAT_TYPE: info.fat_type},
         )

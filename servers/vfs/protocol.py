@@ -122,6 +122,12 @@ class SetTimes(msgspec.Struct, frozen=True, gc=False, tag=True):
     mtime: float
 
 
+class StatHandle(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """fstat: the open file's metadata, even after it was unlinked or renamed."""
+
+    handle: int
+
+
 Syscall = (
     Open
     | Close
@@ -140,6 +146,7 @@ Syscall = (
     | Exit
     | StatFs
     | SetTimes
+    | StatHandle
 )
 
 
