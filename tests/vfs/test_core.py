@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -88,7 +89,7 @@ def test_window_states_admit_operations_only_while_open(memory: PhysicalMemory) 
     assert core.end_op(window)  # the last one: the closer may go on
     frames = core.finish_close(window)
     assert frames == [window.filemap_frame, window.procpage_frame]
-    assert window.state is WindowState.CLOSED
+    assert window.state.value == "closed"
     assert window not in cfile.windows
 
 
@@ -180,7 +181,7 @@ def test_runs_are_sorted_maximal_and_complete(pages: list[int]) -> None:
     assert sorted(p for run in runs for p in run) == sorted(set(pages))
     for run in runs:
         assert run == list(range(run[0], run[0] + len(run)))
-    for a, b in zip(runs, runs[1:], strict=False):
+    for a, b in itertools.pairwise(runs):
         assert b[0] > a[-1] + 1
 
 
