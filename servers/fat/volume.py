@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 from servers.fat.bpb import (
@@ -72,6 +73,7 @@ from servers.fat.names import (
 from servers.fat.sectorio import SectorIO
 
 MAX_FILE_SIZE = 0xFFFFFFFF
+DIR_CACHE = 512  # parsed directories kept (least recently used goes first)
 ROOT_KEY = -1  # key of the root directory in node locations, whatever its cluster
 ROOT_ID = 1  # file id of the root directory; entries get ids from 2 on
 
@@ -161,7 +163,11 @@ class FatVolume:
         self.read_only = read_only
         self.problems: list[str] = []  # what mount found and tolerated (or repaired)
         self._chains: dict[int, tuple[int, list[int]]] = {}  # start -> (FAT version, chain)
-        self._dirs: dict[int, tuple[int, _Dir]] = {}  # key -> (FAT version, parsed directory)
+        # Parsed directories by key, least recently used first. Every change to a directory
+        # goes through its _Dir (entries written through, listing re-parsed in place), so a
+        # parsed copy stays true across metadata writes; a directory whose clusters are freed
+        # or written behind its back (``..`` of a moved directory) is dropped.
+        self._dirs: OrderedDict[int, _Dir] = OrderedDict()
         self.was_dirty = False
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
@@ -264,11 +270,7 @@ class FatVolume:
         return await self.io.read(sector * self._scale, count * self._scale)
 
     async def _write(self, sector: int, data: bytes) -> None:
-        self._dirs.clear()  # any metadata write may change a directory: drop parsed copies
-        try:
-            await self.io.write(sector * self._scale, data)
-        finally:
-            self._dirs.clear()
+        await self.io.write(sector * self._scale, data)
 
     async def _flush_fat(self) -> None:
         """Write the dirty FAT sectors, in contiguous runs, to every (mirrored) FAT copy."""
@@ -300,20 +302,25 @@ class FatVolume:
         return self.boot.root_cluster if self.boot.fat_type == 32 else 0
 
     async def _load_dir(self, key: int) -> _Dir:
-        """A directory, parsed; kept until the next metadata write or FAT change.
+        """A directory, parsed; kept (and updated in place) across metadata writes.
 
-        Lookups walk the same directories again and again (every open and stat
-        resolves its path from the root); the volume is their only writer, so a
-        parsed copy stays true until it writes.
+        Lookups walk the same directories again and again; the volume is their
+        only writer and changes them through this very object, so a lookup costs
+        the same at depth 1 and at depth 200.
         """
-        hit = self._dirs.get(key)
-        if hit is not None and hit[0] == self.fat.version:
-            return hit[1]
+        d = self._dirs.get(key)
+        if d is not None:
+            self._dirs.move_to_end(key)
+            return d
         d = await self._read_dir(key)
-        if len(self._dirs) > 64:
-            self._dirs.clear()
-        self._dirs[key] = (self.fat.version, d)
+        self._dirs[key] = d
+        while len(self._dirs) > DIR_CACHE:
+            self._dirs.popitem(last=False)
         return d
+
+    def _forget_dir(self, key: int) -> None:
+        """The directory at ``key`` is gone (or was written behind its parsed copy)."""
+        self._dirs.pop(key, None)
 
     async def _read_dir(self, key: int) -> _Dir:
         """Read a whole directory in as few calls as its cluster runs allow."""
@@ -468,6 +475,7 @@ class FatVolume:
         # The name bytes belong to the directory (a rename may have changed them).
         node.entry = node.entry.with_(name=on_disk.name, nt_flags=on_disk.nt_flags)
         d.data[at:at + ENTRY_SIZE] = node.entry.pack()
+        d.listing.update_entry(node.index, node.entry)
         await self._write_entries(d, node.index, 1)
 
     def _key_to_cluster(self, key: int) -> int:
@@ -662,6 +670,7 @@ class FatVolume:
                             cluster=0 if parent == self._root_cluster else parent)
         data[0:ENTRY_SIZE] = dot.pack()
         data[ENTRY_SIZE:2 * ENTRY_SIZE] = up.pack()
+        self._forget_dir(cluster)
         await self._write(self.boot.cluster_to_sector(cluster), bytes(data))
 
     async def unlink(self, path: str) -> None:
@@ -699,6 +708,7 @@ class FatVolume:
         if any(not s.entry.is_dot and not s.entry.is_label for s in sub.listing.slots):
             raise DirectoryNotEmpty(f"{path}: directory not empty")
         await self._delete_slot(found.parent, slot)
+        self._forget_dir(key)
         self._free_chain(key, slot.name)
 
     async def rename(self, src: str, dst: str) -> None:
@@ -753,6 +763,7 @@ class FatVolume:
         if replaced is not None:
             if replaced.entry.is_dir:
                 await self._delete_slot(target, replaced)
+                self._forget_dir(replaced.entry.cluster)
                 self._free_chain(replaced.entry.cluster, replaced.name)
             else:
                 await self._remove_file(target, replaced)
@@ -785,6 +796,7 @@ class FatVolume:
             return
         up = up.with_(cluster=0 if new_parent == self._root_cluster else new_parent)
         raw[ENTRY_SIZE:2 * ENTRY_SIZE] = up.pack()
+        self._forget_dir(cluster)
         await self._write(first, bytes(raw))
 
     # ================================================================ sizes & data
