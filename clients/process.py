@@ -18,12 +18,16 @@ from microkernel.protocol import Ok
 from microkernel.stats import Counters
 from servers.fs.protocol import FsDir, FsInfo, FsVolume
 from servers.vfs.protocol import (
+    ROOT_NODE,
     Exit,
+    Lookup,
     Mkdir,
     Open,
+    OpenAt,
     Opened,
     OpenFlags,
     ReadDir,
+    ReadDirAt,
     Rename,
     Rmdir,
     Stat,
@@ -92,6 +96,21 @@ class UserProcess:
         flags = parse_mode(mode)
         opened: Opened = await self.syscall(Open(path, int(flags)), Opened)
         return File(self, path, opened, flags, self.kernel.windows[opened.handle])
+
+    async def open_at(self, directory: int, name: str, mode: str = "rb") -> File:
+        """Open ``name`` in the directory node ``directory`` (``file_id`` of its FsInfo)."""
+        flags = parse_mode(mode)
+        opened: Opened = await self.syscall(OpenAt(directory, name, int(flags)), Opened)
+        return File(self, name, opened, flags, self.kernel.windows[opened.handle])
+
+    async def lookup(self, directory: int, name: str) -> FsInfo:
+        """``name`` in the directory node ``directory`` (``ROOT_NODE`` is ``/``): no path walk."""
+        info: FsInfo = await self.syscall(Lookup(directory, name), FsInfo)
+        return info
+
+    async def scandir_at(self, directory: int = ROOT_NODE) -> list[FsInfo]:
+        listing: FsDir = await self.syscall(ReadDirAt(directory), FsDir)
+        return [e for e in listing.entries if e.name not in (".", "..")]
 
     async def stat(self, path: str) -> FsInfo:
         info: FsInfo = await self.syscall(Stat(path), FsInfo)

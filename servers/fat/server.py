@@ -24,10 +24,13 @@ from servers.fs.protocol import (
     FsDir,
     FsFsync,
     FsInfo,
+    FsLookup,
     FsMkdir,
     FsOpen,
+    FsOpenAt,
     FsOpened,
     FsReadDir,
+    FsReadDirAt,
     FsRename,
     FsRequest,
     FsRmdir,
@@ -131,6 +134,21 @@ class FatServer(Server):
             msg.path, create=msg.create, exclusive=msg.exclusive, truncate=msg.truncate
         )
         return FsOpened(handle, self._info(await self.volume.stat(handle)))
+
+    @handles(FsOpenAt)
+    async def on_open_at(self, env: Envelope, msg: FsOpenAt) -> FsOpened:
+        handle = await self.volume.open_at(
+            msg.directory, msg.name, create=msg.create, exclusive=msg.exclusive
+        )
+        return FsOpened(handle, self._info(await self.volume.stat(handle)))
+
+    @handles(FsLookup)
+    async def on_lookup(self, env: Envelope, msg: FsLookup) -> FsInfo:
+        return self._info(await self.volume.lookup(msg.directory, msg.name))
+
+    @handles(FsReadDirAt)
+    async def on_readdir_at(self, env: Envelope, msg: FsReadDirAt) -> FsDir:
+        return FsDir([self._info(fi) for fi in await self.volume.readdir_of(msg.directory)])
 
     @handles(FsClose)
     async def on_close(self, env: Envelope, msg: FsClose) -> None:

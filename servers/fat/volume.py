@@ -61,6 +61,7 @@ from servers.fat.errors import (
     NotADirectory,
     NotFound,
     ReadOnlyVolume,
+    Stale,
 )
 from servers.fat.fat_table import FREE, FatTable
 from servers.fat.names import (
@@ -71,11 +72,12 @@ from servers.fat.names import (
     validate_long_name,
 )
 from servers.fat.sectorio import SectorIO
+from servers.fs.protocol import ROOT_FILE_ID
 
 MAX_FILE_SIZE = 0xFFFFFFFF
 DIR_CACHE = 512  # parsed directories kept (least recently used goes first)
 ROOT_KEY = -1  # key of the root directory in node locations, whatever its cluster
-ROOT_ID = 1  # file id of the root directory; entries get ids from 2 on
+ROOT_ID = ROOT_FILE_ID  # file id of the root directory; entries get ids from 2 on
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,7 @@ class FatVolume:
         self._ids: dict[tuple[int, int], int] = {}
         self._locations: dict[int, tuple[int, int]] = {ROOT_ID: (ROOT_KEY, -1)}
         self._id_counter = itertools.count(ROOT_ID + 1)
+        self._dir_clusters: dict[int, int] = {}  # file id of a directory -> its first cluster
         self._handles: dict[int, _Node] = {}
         self._next_handle = itertools.count(1)
         self._mounted = True
@@ -493,14 +496,19 @@ class FatVolume:
             name=slot.name, short_name=slot.short_name, attributes=e.attr,
             size=0 if e.is_dir else e.size, first_cluster=e.cluster, is_dir=e.is_dir,
             ctime=dos_to_epoch(e.cdate, e.ctime, e.ctime_cs), mtime=dos_to_epoch(e.mdate, e.mtime),
-            atime=dos_to_epoch(e.adate), location=loc, file_id=file_id or self._id_of(loc))
+            atime=dos_to_epoch(e.adate), location=loc, file_id=file_id or self._id_of(loc, e))
 
-    def _id_of(self, loc: tuple[int, int]) -> int:
-        """The file id of the entry at ``loc``, handing out a fresh one the first time."""
+    def _id_of(self, loc: tuple[int, int], entry: ShortEntry | None = None) -> int:
+        """The file id of the entry at ``loc``, handing out a fresh one the first time.
+
+        A directory's id also finds its cluster, for lookups relative to it.
+        """
         file_id = self._ids.get(loc)
         if file_id is None:
             file_id = self._ids[loc] = next(self._id_counter)
             self._locations[file_id] = loc
+        if entry is not None and entry.is_dir and entry.cluster:
+            self._dir_clusters[file_id] = entry.cluster
         return file_id
 
     def _forget_id(self, loc: tuple[int, int]) -> None:
@@ -508,6 +516,7 @@ class FatVolume:
         file_id = self._ids.pop(loc, None)
         if file_id is not None:
             self._locations.pop(file_id, None)
+            self._dir_clusters.pop(file_id, None)
 
     def _move_id(self, old: tuple[int, int], new: tuple[int, int]) -> None:
         """A rename: the file keeps its id at its new location."""
@@ -576,13 +585,58 @@ class FatVolume:
         assert found.slot is not None
         if found.slot.entry.is_dir:
             raise IsADirectory(f"{path}: is a directory")
-        node = self._node(found.parent, found.slot)
+        handle = self._open_node(found.parent, found.slot)
+        if truncate and self._handles[handle].entry.size:
+            await self.set_size(handle, 0)
+        return handle
+
+    def _open_node(self, d: _Dir, slot: DirSlot) -> int:
+        node = self._node(d, slot)
         node.opens += 1
         handle = next(self._next_handle)
         self._handles[handle] = node
-        if truncate and node.entry.size:
-            await self.set_size(handle, 0)
         return handle
+
+    # ================================================================ relative to a directory
+    async def _dir_of(self, dir_id: int) -> _Dir:
+        """The directory whose file id is ``dir_id`` (ROOT_ID: the root), parsed."""
+        if dir_id == ROOT_ID:
+            return await self._load_dir(self._root_cluster)
+        cluster = self._dir_clusters.get(dir_id)
+        if cluster is None or dir_id not in self._locations:
+            raise Stale(f"file id {dir_id} names no directory (removed, or never looked up)")
+        if cluster == self._root_cluster:
+            raise DirectoryLoop(f"directory {dir_id} points to the root (cluster {cluster})")
+        return await self._load_dir(cluster)
+
+    async def lookup(self, dir_id: int, name: str) -> FileInfo:
+        """``name`` in the directory ``dir_id``: one parsed directory, one index probe."""
+        d = await self._dir_of(dir_id)
+        slot = self._lookup(d, name)
+        if slot is None:
+            raise NotFound(f"{name}: no such file or directory in directory {dir_id}")
+        return self._info(slot, d.key)
+
+    async def readdir_of(self, dir_id: int) -> list[FileInfo]:
+        d = await self._dir_of(dir_id)
+        return [self._info(s, d.key) for s in d.listing.slots
+                if not s.entry.is_label and not s.entry.is_dot]
+
+    async def open_at(self, dir_id: int, name: str, *, create: bool = False,
+                      exclusive: bool = False) -> int:
+        """Open (optionally create) ``name`` in the directory ``dir_id``; a handle."""
+        d = await self._dir_of(dir_id)
+        slot = self._lookup(d, name)
+        if slot is None:
+            if not create or name in (".", ".."):
+                raise NotFound(f"{name}: no such file or directory in directory {dir_id}")
+            self._writable()
+            slot = await self._create_in(d, name, ATTR_ARCHIVE)
+        elif exclusive and create:
+            raise AlreadyExists(f"{name}: file exists")
+        if slot.entry.is_dir:
+            raise IsADirectory(f"{name}: is a directory")
+        return self._open_node(d, slot)
 
     def _node(self, d: _Dir, slot: DirSlot) -> _Node:
         loc = (self._cluster_to_key(d.key), slot.index)
@@ -632,10 +686,13 @@ class FatVolume:
         found = await self._find(path)
         if found.slot is not None or not found.leaf:
             raise AlreadyExists(f"{path}: file exists")
-        entries = self._name_entries(found.parent, found.leaf, _new_entry(attributes))
-        at = await self._insert(found.parent, entries)
-        slot = self._slot_at(found.parent, at + len(entries) - 1)
+        slot = await self._create_in(found.parent, found.leaf, attributes)
         return self._info(slot, found.parent.key)
+
+    async def _create_in(self, d: _Dir, name: str, attributes: int) -> DirSlot:
+        entries = self._name_entries(d, name, _new_entry(attributes))
+        at = await self._insert(d, entries)
+        return self._slot_at(d, at + len(entries) - 1)
 
     @staticmethod
     def _slot_at(d: _Dir, index: int) -> DirSlot:

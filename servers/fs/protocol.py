@@ -21,7 +21,11 @@ directly with ``SectorsReady``.
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
+
+ROOT_FILE_ID: Final = 1  # the file id of every volume's root directory
 
 
 class FsInfo(msgspec.Struct, frozen=True, gc=False, tag=True):
@@ -136,6 +140,28 @@ class FsStatFs(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True)
     pass
 
 
+class FsLookup(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """``name`` inside the directory whose file id is ``directory`` (no path walk)."""
+
+    directory: int
+    name: str
+
+
+class FsOpenAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Open (optionally create) ``name`` inside the directory ``directory``; replies FsOpened."""
+
+    directory: int
+    name: str
+    create: bool = False
+    exclusive: bool = False
+
+
+class FsReadDirAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """The entries of the directory whose file id is ``directory``."""
+
+    directory: int
+
+
 FsRequest = (
     FsOpen
     | FsClose
@@ -151,6 +177,9 @@ FsRequest = (
     | FsSetTimes
     | FsFsync
     | FsStatFs
+    | FsLookup
+    | FsOpenAt
+    | FsReadDirAt
 )
 
 

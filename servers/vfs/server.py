@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import anyio
-import msgspec
 
 from microkernel.addrspace import make_address_space
 from microkernel.ipc import Envelope, Router
@@ -32,6 +31,7 @@ from servers.fs.protocol import (
     FsFsync,
     FsInfo,
     FsOpen,
+    FsOpenAt,
     FsOpened,
     FsStatFs,
     FsStatHandle,
@@ -53,6 +53,7 @@ from servers.vfs.protocol import (
     Flush,
     Fsync,
     Open,
+    OpenAt,
     Opened,
     OpenFlags,
     PartReady,
@@ -96,8 +97,9 @@ class VfsServer(NamespaceMixin, Server):
             raise ValueError("the kernel file driver needs at least one file system")
         self.memory = memory
         self.processes = processes
-        self.filesystems = list(filesystems)
         self.mounts = MountTable(mounts or {"/": filesystems[0]})
+        # The volume at / first: its root is node 1 (see namespace.py).
+        self.filesystems = sorted(filesystems, key=lambda fs: fs != self.mounts.root)
         self.cache = cache
         self.scan_interval = scan_interval
         self.volumes: dict[str, FsVolume] = {}
@@ -176,15 +178,29 @@ class VfsServer(NamespaceMixin, Server):
     # ------------------------------------------------------------------ open/close
     @handles(Open)
     async def on_open(self, env: Envelope, msg: Open) -> Opened:
+        fs, path = self.mounts.route(msg.path)
+        flags = OpenFlags(msg.flags)
+        create, excl = bool(flags & OpenFlags.CREATE), bool(flags & OpenFlags.EXCLUSIVE)
+        return await self._open(env, fs, FsOpen(path, create, excl), flags, msg.path)
+
+    @handles(OpenAt)
+    async def on_open_at(self, env: Envelope, msg: OpenAt) -> Opened:
+        fs, directory = self.split_node(msg.directory)
+        flags = OpenFlags(msg.flags)
+        create, excl = bool(flags & OpenFlags.CREATE), bool(flags & OpenFlags.EXCLUSIVE)
+        request = FsOpenAt(directory, msg.name, create, excl)
+        return await self._open(env, fs, request, flags, msg.name)
+
+    async def _open(
+        self, env: Envelope, fs: str, request: FsOpen | FsOpenAt, flags: OpenFlags, label: str
+    ) -> Opened:
         proc = self.processes.by_port.get(env.src)
         if proc is None:
             raise BadHandle(f"{env.src} is not a process")
-        flags = OpenFlags(msg.flags)
-        fs, path = self.mounts.route(msg.path)
         if flags & OpenFlags.WRITE and self.volumes[fs].read_only:
-            raise OSError(30, f"{msg.path}: read-only file system")
+            raise OSError(30, f"{label}: read-only file system")
         async with self._open_lock:
-            cfile, surplus = await self._central(fs, path, flags)
+            cfile, surplus = await self._central(fs, request)
             window = self._new_window(proc, cfile, flags)
         try:  # the window holds the central file now: awaiting cannot retire it
             with self._op(window):
@@ -198,16 +214,15 @@ class VfsServer(NamespaceMixin, Server):
             raise
         return Opened(window.handle, 0, cfile.size, self.volumes[fs].aligned)
 
-    async def _central(self, fs: str, path: str, flags: OpenFlags) -> tuple[CentralFile, int]:
-        """The central file of what ``path`` names, found by the file system's identity.
+    async def _central(self, fs: str, request: FsOpen | FsOpenAt) -> tuple[CentralFile, int]:
+        """The central file of what the request names, found by the file system's identity.
 
         Every open asks the file system (which resolves aliases, case and renamed
         parents to one entry and says which file that is); a second handle onto a
         file already open is given back. Returns the central file and the file
         system handle to give back (0: none).
         """
-        create, excl = bool(flags & OpenFlags.CREATE), bool(flags & OpenFlags.EXCLUSIVE)
-        opened: FsOpened = await self.endpoint.call(fs, FsOpen(path, create, excl), FsOpened)
+        opened: FsOpened = await self.endpoint.call(fs, request, FsOpened)
         key = (fs, opened.info.file_id)
         retiring = self._retiring.get(key)
         if retiring is not None:  # the last close is writing back: its size is not final yet
@@ -371,7 +386,7 @@ class VfsServer(NamespaceMixin, Server):
         with self._op(self._window(env, msg.handle)) as window:
             cfile = window.file
             info: FsInfo = await self.endpoint.call(cfile.fs, FsStatHandle(cfile.fs_handle), FsInfo)
-            return msgspec.structs.replace(info, size=cfile.size)
+            return self._for_process(cfile.fs, info)
 
     # --------------------------------------------------------------- legacy copies
     @handles(Read)
