@@ -1,6 +1,6 @@
 """Boot: assemble a system from a configuration, start servers in order, stop them in reverse.
 
-Order (DESIGN §3): device drivers, the disc cache, the file systems, the
+Order (``docs/architecture.md`` §2): device drivers, the disc cache, the file systems, the
 kernel file driver. Each server reports ``started`` through anyio's
 ``task_status`` only once it is ready (a file system has mounted its volume), so
 a later server can rely on an earlier one. Shutdown runs each server's
@@ -86,7 +86,7 @@ class System:
         return library(self, self.processes.create(name))
 
     def statistics(self) -> Statistics:
-        """An immutable snapshot of the counters (DESIGN §7)."""
+        """An immutable snapshot of the counters (``docs/guide.md``)."""
         return self.counters.snapshot(frames_free=self.memory.frames_free)
 
 

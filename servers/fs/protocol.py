@@ -12,7 +12,7 @@ stable ``file_id``: the same file whatever name reaches it (aliases, case, a
 renamed parent), never reused; a new file at an old path gets a new id. The
 kernel file driver keys its central files by (server, file_id). Open files are
 named by the file system's handle. ``MapRange`` is the heart of the read path
-(DESIGN §4): the file system resolves the cluster chain to device sector
+(``docs/architecture.md`` §4): the file system resolves the cluster chain to device sector
 extents, replies with them (so the kernel file driver knows which file offset
 each sector holds), and sends one ``CacheRead`` to the disc cache with the
 kernel file driver as ``notify`` port; the cache answers the kernel file driver

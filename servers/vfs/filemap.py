@@ -4,7 +4,7 @@ The kernel file driver owns one FileMap per (process, open file). It lives in sh
 memory; the process maps it read-only and searches it itself, so a read of data that is
 already mapped costs no system call. The kernel updates it without ever taking a lock,
 so every update is a sequence of single aligned stores ordered such that a reader running
-concurrently sees a stale-but-valid part or a miss, never a wrong mapping (DESIGN.md §5).
+concurrently sees a stale-but-valid part or a miss, never a wrong mapping (``docs/architecture.md`` §5).
 
 Layout (exactly 4096 bytes, little-endian)::
 
