@@ -41,6 +41,7 @@ from servers.vfs import core
 from servers.vfs.abi import FILEMAP_OFFSET, PAGE_SIZE, PROCPAGE_OFFSET, STATE_OFFSET, WINDOW_SIZE
 from servers.vfs.core import BadHandle, CentralFile, Window
 from servers.vfs.filemap import FileMapWriter
+from servers.vfs.legacy import LegacyMixin
 from servers.vfs.mounts import MountTable
 from servers.vfs.namespace import NamespaceMixin
 from servers.vfs.pages import FileStatePage, ProcessFilePage
@@ -48,7 +49,6 @@ from servers.vfs.paging import PARTS_BEFORE_SCAN, Pager
 from servers.vfs.protocol import (
     CachePart,
     Close,
-    Data,
     Exit,
     Flush,
     Fsync,
@@ -57,14 +57,11 @@ from servers.vfs.protocol import (
     Opened,
     OpenFlags,
     PartReady,
-    Read,
     SetSize,
     SetTimes,
     SizeSet,
     StatHandle,
     Syscall,
-    Write,
-    Written,
 )
 from servers.vfs.writeback import Flusher
 
@@ -73,7 +70,7 @@ __all__ = ["MountTable", "VfsServer"]
 MIN_PART_PAGES = 16
 
 
-class VfsServer(NamespaceMixin, Server):
+class VfsServer(NamespaceMixin, LegacyMixin, Server):
     """The kernel file driver."""
 
     protocol = Syscall | SectorsReady | CacheFailed | GiveBack
@@ -387,48 +384,6 @@ class VfsServer(NamespaceMixin, Server):
             cfile = window.file
             info: FsInfo = await self.endpoint.call(cfile.fs, FsStatHandle(cfile.fs_handle), FsInfo)
             return self._for_process(cfile.fs, info)
-
-    # --------------------------------------------------------------- legacy copies
-    @handles(Read)
-    async def on_read(self, env: Envelope, msg: Read) -> Data:
-        core.check_range(msg.position, msg.size)
-        with self._op(self._window(env, msg.handle)) as window:
-            cfile = window.file
-            end = min(msg.position + msg.size, cfile.size)
-            if msg.position >= end:
-                return Data(b"")
-            pages = list(range(msg.position // PAGE_SIZE, core.pages_of(end)))
-            await self.pager.ensure_pages(cfile, pages, window)
-            out = bytearray(end - msg.position)
-            for p in pages:
-                lo, hi = max(p * PAGE_SIZE, msg.position), min((p + 1) * PAGE_SIZE, end)
-                self.memory.copy(
-                    memoryview(out)[lo - msg.position : hi - msg.position],
-                    self.memory.view(cfile.pages[p].phys + lo - p * PAGE_SIZE, hi - lo),
-                    reason="legacy-read",
-                )
-            return Data(bytes(out))
-
-    @handles(Write)
-    async def on_write(self, env: Envelope, msg: Write) -> Written:
-        core.check_range(msg.position, len(msg.data))
-        with self._op(self._writable_window(env, msg.handle)) as window:
-            cfile = window.file
-            end = msg.position + len(msg.data)
-            if end > cfile.size:
-                await self.flusher.set_size(cfile, end)
-            pages = list(range(msg.position // PAGE_SIZE, core.pages_of(end)))
-            await self.pager.ensure_pages(cfile, pages, window)
-            src = memoryview(msg.data)
-            for p in pages:
-                lo, hi = max(p * PAGE_SIZE, msg.position), min((p + 1) * PAGE_SIZE, end)
-                self.memory.copy(
-                    self.memory.view(cfile.pages[p].phys + lo - p * PAGE_SIZE, hi - lo),
-                    src[lo - msg.position : hi - msg.position],
-                    reason="legacy-write",
-                )
-            core.mark_dirty(cfile, pages)
-            return Written(len(msg.data))
 
     # ---------------------------------------------------------------- the cache
     @handles(SectorsReady)
