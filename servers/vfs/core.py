@@ -37,7 +37,7 @@ from microkernel.memory import PhysicalMemory
 from microkernel.process import Process
 from servers.fs.protocol import FileExtent, FsInfo
 from servers.vfs.abi import PAGE_SIZE, PAGES_PER_MAP_PAGE, WINDOW_DATA, map_pages_for
-from servers.vfs.filemap import FileMapWriter
+from servers.vfs.filemap_writer import FileMapWriter
 from servers.vfs.pages import FileState, FileStatePage, ProcessFilePage
 from servers.vfs.protocol import OpenFlags
 

@@ -40,7 +40,7 @@ from servers.fs.protocol import (
 from servers.vfs import core
 from servers.vfs.abi import FILEMAP_OFFSET, PAGE_SIZE, PROCPAGE_OFFSET, STATE_OFFSET, WINDOW_SIZE
 from servers.vfs.core import BadHandle, CentralFile, Window
-from servers.vfs.filemap import FileMapWriter
+from servers.vfs.filemap_writer import FileMapWriter
 from servers.vfs.legacy import LegacyMixin
 from servers.vfs.mounts import MountTable
 from servers.vfs.namespace import NamespaceMixin

@@ -26,7 +26,7 @@ from servers.vfs.abi import (
     mark_dirty,
 )
 from servers.vfs.core import BadHandle, CentralFile, FilePage, Window, WindowState
-from servers.vfs.filemap import FileMapWriter
+from servers.vfs.filemap_writer import FileMapWriter
 from servers.vfs.pages import FileStatePage, ProcessFilePage
 from servers.vfs.protocol import OpenFlags
 
