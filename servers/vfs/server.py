@@ -309,10 +309,10 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         done = self._retiring[cfile.key] = anyio.Event()
         try:
             await self.pager.cancel_fetches(cfile)
-            await self.flusher.write_back(cfile)
+            await self.flusher.write_back(cfile, then_drop=lambda c: list(c.pages))
             await self.flusher.trim(cfile)
             await self.flusher.stamp_mtime(cfile)
-            self.flusher.drop_pages(cfile, list(cfile.pages))
+            self.flusher.forget(cfile)
             self.memory.release([cfile.state_frame])
             await self.endpoint.call(cfile.fs, FsClose(cfile.fs_handle), Ok)
         finally:

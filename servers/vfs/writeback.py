@@ -15,6 +15,7 @@ file stays open, without close, flush or fsync.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import anyio
 import msgspec
@@ -49,6 +50,7 @@ class Flusher:
         self.volumes = volumes
         self.cache = cache
         self.pager = pager
+        self._locks: dict[CentralFile, anyio.Lock] = {}
 
     # ---------------------------------------------------------------- writeback
     def collect(self, cfile: CentralFile) -> None:
@@ -56,8 +58,34 @@ class Flusher:
         for window in cfile.windows:
             core.mark_dirty(cfile, core.collect_window(window, self.memory))
 
-    async def write_back(self, cfile: CentralFile, *, durable: bool = False) -> None:
-        """Hand the dirty pages to the cache: zero-copy pages are marked, private copies copied."""
+    def _lock(self, cfile: CentralFile) -> anyio.Lock:
+        lock = self._locks.get(cfile)
+        if lock is None:
+            lock = self._locks[cfile] = anyio.Lock()
+        return lock
+
+    def forget(self, cfile: CentralFile) -> None:
+        """The central file is retired: drop its lock."""
+        self._locks.pop(cfile, None)
+
+    async def write_back(
+        self,
+        cfile: CentralFile,
+        *,
+        durable: bool = False,
+        then_drop: Callable[[CentralFile], list[int]] | None = None,
+    ) -> int:
+        """Hand the dirty pages to the cache: zero-copy pages are marked, private copies copied.
+
+        One writeback of a file at a time: a private page is read while its copy
+        awaits the cache, so pages are dropped (``then_drop`` chooses which; the
+        pins given back are returned) only under the same lock, after it.
+        """
+        async with self._lock(cfile):
+            await self._write_back(cfile, durable)
+            return self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
+
+    async def _write_back(self, cfile: CentralFile, durable: bool) -> None:
         self.collect(cfile)
         marked, private = core.writeback_plan(cfile)
         volume = self.volumes[cfile.fs]
@@ -144,8 +172,9 @@ class Flusher:
             unmapped.extend(self.pager.remove_parts(window, core.parts_reaching(window, size)))
         for event in unmapped:
             await event.wait()
-        self.collect(cfile)  # stores made during the grace: written if they stay in the file
-        self.drop_pages(cfile, core.pages_from(cfile, size))
+        async with self._lock(cfile):
+            self.collect(cfile)  # stores made during the grace: written if they stay in the file
+            self.drop_pages(cfile, core.pages_from(cfile, size))
 
     async def trim(self, cfile: CentralFile) -> None:
         """Give back a writer's unused reservation, so the directory entry says the true size."""
@@ -179,6 +208,5 @@ class Flusher:
         for cfile in files:
             if released >= wanted:
                 break
-            await self.write_back(cfile)
-            released += self.drop_pages(cfile, core.idle_pages(cfile))
+            released += await self.write_back(cfile, then_drop=core.idle_pages)
         return released
