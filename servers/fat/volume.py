@@ -653,7 +653,9 @@ class FatVolume:
         node.opens -= 1
         if node.opens:
             return
-        self._nodes.pop((node.dir_key, node.index), None)
+        loc = (node.dir_key, node.index)
+        if self._nodes.get(loc) is node:  # an unlinked node's place may hold a new file now
+            del self._nodes[loc]
         if node.unlinked and node.entry.cluster and not self.read_only:
             self._free_chain(node.entry.cluster, node.name)
             await self._flush_fat()

@@ -105,3 +105,29 @@ async def test_temporary_file_sequence(make_image: ImageFactory) -> None:
         assert await f.read() == bytes([19]) * 5000
         await f.close()
     fsck_ok(image)
+
+
+async def test_last_close_of_an_unlinked_file_leaves_the_new_file_at_its_place_alone(
+    make_image: ImageFactory,
+) -> None:
+    """The new file takes the unlinked one's directory slot; closing the old one must not
+    forget the new one's node, or unlinking the new one frees clusters it still uses
+    (found by the state machine)."""
+    image = make_image({})
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("p")
+        old = await proc.open("/x.bin", "w+b")
+        await old.write(b"o" * 10_000)
+        await proc.unlink("/x.bin")
+        new = await proc.open("/x.bin", "w+b")
+        await new.write(b"n" * 50_000)
+        await new.fsync()
+        await old.close()
+        await proc.unlink("/x.bin")  # open: its clusters must stay until its last close
+        await proc.write_file("/y.bin", b"y" * 200_000)  # would reuse freed clusters
+        new.seek(0)
+        assert await new.read() == b"n" * 50_000
+        await new.close()
+        assert await proc.read_file("/y.bin") == b"y" * 200_000
+    fsck_ok(image)
+    assert mtype(image, "/y.bin") == b"y" * 200_000
