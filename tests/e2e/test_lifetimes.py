@@ -112,7 +112,7 @@ async def test_a_file_kept_open_reaches_the_disk_within_two_writeback_intervals(
         await f.write(b"K" * 5000)
         expected = DATA[:100_000] + b"K" * 5000 + DATA[105_000:200_000]
         on_disk = b""
-        with anyio.move_on_after(2 * interval + 0.5):
+        with anyio.move_on_after(2 * interval + 1.0):  # + slack for mtype on a busy machine
             while on_disk != expected:
                 await anyio.sleep(0.1)
                 on_disk = await anyio.to_thread.run_sync(mtype, image, "/kept.bin")
