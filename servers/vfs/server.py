@@ -279,8 +279,10 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
     async def _close(self, window: Window) -> None:
         """CLOSING: wake and wait out the handle's operations; then unmap, release, CLOSED."""
         handle = window.handle
-        if not core.begin_close(window):
-            await self._closed[handle].wait()
+        if not core.begin_close(window):  # another close is under way (or done): join it
+            closed = self._closed.get(handle)
+            if closed is not None:
+                await closed.wait()
             return
         self.pager.closing.pop(handle).set()
         if window.ops:
