@@ -50,7 +50,8 @@ from microkernel.boot import boot
 from microkernel.config import DeviceConfig, SystemConfig, load_config
 from microkernel.imagelock import ImageInUse
 from microkernel.stats import Statistics
-from servers.fat.protocol import FsInfo
+from servers.fat.protocol import FAT_TYPE, FIRST_CLUSTER
+from servers.fs.protocol import FsInfo
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -101,6 +102,11 @@ class Located(OSError):
         super().__init__(exc.errno, exc.strerror)
         self.where = where
         self.cause = exc
+
+
+def _cluster(info: FsInfo) -> int:
+    """A directory's first cluster: what tells a loop in a damaged volume's tree apart."""
+    return int(info.native.get(FIRST_CLUSTER, 0))
 
 
 def human(n: int) -> str:
@@ -514,12 +520,12 @@ async def _ls(inv: Invocation) -> None:
         if not args.recursive:
             return
         for e in entries:
-            if not e.is_dir or e.first_cluster in seen:
+            if not e.is_dir or _cluster(e) in seen:
                 continue
             if depth >= MAX_DEPTH:
                 inv.fail(loc.child(e.name), "directories nested too deep (not listed)")
                 continue
-            seen.add(e.first_cluster)
+            seen.add(_cluster(e))
             try:
                 await show_dir(proc, loc.child(e.name), seen, depth + 1)
             except OSError as exc:
@@ -528,7 +534,7 @@ async def _ls(inv: Invocation) -> None:
     async def listing(proc: UserProcess, loc: ImagePath) -> None:
         info = await proc.stat(loc.path)
         if info.is_dir:
-            await show_dir(proc, loc, {info.first_cluster}, 0)
+            await show_dir(proc, loc, {_cluster(info)}, 0)
         else:
             first[0] = False
             _print_rows(_rows([info], args.long), [info], args.long)
@@ -548,7 +554,8 @@ def _stat_text(loc: ImagePath, info: FsInfo) -> str:
         f"  File: {loc}\n"
         f"  Size: {info.size:<12} Allocated: {info.alloc_size:<12} Type: {kind}\n"
         f" Attrs: {_attributes(info)} (0x{info.attributes:02x})  "
-        f"First cluster: {info.first_cluster}  Short name: {info.short_name}\n"
+        f"First cluster: {info.native.get('first_cluster')}  "
+        f"Short name: {info.native.get('short_name')}\n"
         f"Modify: {_when(info.mtime)}\n"
         f" Birth: {_when(info.ctime)}\n"
         f"Access: {time.strftime('%Y-%m-%d', time.localtime(info.atime)) if info.atime else '-'}\n"
@@ -600,13 +607,13 @@ async def _usage(
     total = info.alloc_size
     if info.is_dir:
         for e in await proc.scandir(loc.path):
-            if e.attributes & ATTR_VOLUME or (e.is_dir and e.first_cluster in seen):
+            if e.attributes & ATTR_VOLUME or (e.is_dir and _cluster(e) in seen):
                 continue
             if depth >= MAX_DEPTH:
                 inv.fail(loc.child(e.name), "directories nested too deep (not counted)")
                 continue
             if e.is_dir:
-                seen.add(e.first_cluster)
+                seen.add(_cluster(e))
             try:
                 total += await _usage(inv, proc, loc.child(e.name), e, seen, depth + 1)
             except OSError as exc:
@@ -620,7 +627,7 @@ async def _usage(
 async def _du(inv: Invocation) -> None:
     async def usage(proc: UserProcess, loc: ImagePath) -> None:
         info = await proc.stat(loc.path)
-        await _usage(inv, proc, loc, info, {info.first_cluster}, 0)
+        await _usage(inv, proc, loc, info, {_cluster(info)}, 0)
         sys.stdout.flush()
 
     await _for_each(inv, inv.args.paths, usage, writing=False)
@@ -652,7 +659,7 @@ async def _df(inv: Invocation) -> None:
         used = total - free
         percent = f"{-(-100 * used // total)}%" if total else "-"
         rows.append(
-            [loc.image, f"FAT{v.fat_type}", size(total), size(used), size(free), percent,
+            [loc.image, f"FAT{v.native.get(FAT_TYPE, '?')}", size(total), size(used), size(free), percent,
              str(v.cluster_size), v.label.strip() or "-"]
         )  # fmt: skip
     if len(rows) > 1:
@@ -940,7 +947,7 @@ class ImageSide:
         return imagepath.normalise(a).casefold() == imagepath.normalise(b).casefold()
 
     async def identity(self, path: str) -> object:
-        return (await self.proc.stat(path)).first_cluster
+        return _cluster(await self.proc.stat(path))
 
     async def is_dir(self, path: str) -> bool | None:
         try:

@@ -5,9 +5,11 @@ bytes through the read-only FileMap (an 8-step binary search, no system call),
 learns the file size from the read-only state page (a sequence-counted
 snapshot, no lock), keeps its file position in the writable per-process page
 (seek/tell need no system call) and bumps the per-part counters there (a read
-adds 1, a write adds 2 and marks the part dirty). It makes a system call only
-on a miss (``CachePart``), a size change (``SetSize``) or an explicit
-flush/fsync/close.
+adds 1, a write adds 2). A store also sets the byte of each page it touched in
+the window's dirty map, in the same step (``servers/vfs/abi.py``): the kernel
+writes back exactly those pages. It makes a system call only on a miss
+(``CachePart``), a size change (``SetSize``) or an explicit
+flush/fsync/close/fstat.
 
 Misses ask for a part sized for throughput: it starts at ``INITIAL_PART`` and
 doubles while access stays sequential (readahead), up to ``MAX_PART``.
@@ -20,7 +22,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from microkernel.addrspace import AddressSpace
-from servers.fat.protocol import FsInfo
+from servers.fs.protocol import FsInfo
+from servers.vfs.abi import (
+    DATA_OFFSET,
+    FILEMAP_OFFSET,
+    PROCPAGE_OFFSET,
+    STATE_OFFSET,
+    WINDOW_DATA,
+    mark_dirty,
+)
 from servers.vfs.filemap import FileMapReader
 from servers.vfs.pages import FileStatePage, ProcessFilePage
 from servers.vfs.protocol import (
@@ -36,15 +46,9 @@ from servers.vfs.protocol import (
     SetSize,
     SetTimes,
     SizeSet,
+    StatHandle,
     Write,
     Written,
-)
-from servers.vfs.server import (
-    DATA_OFFSET,
-    FILEMAP_OFFSET,
-    PROCPAGE_OFFSET,
-    STATE_OFFSET,
-    WINDOW_DATA,
 )
 
 if TYPE_CHECKING:
@@ -269,6 +273,7 @@ class File:
             index, avail = await self._span(pos + done, len(src) - done)
             n = min(avail, len(src) - done)
             self._raw(pos + done, n, writable=True)[:] = src[done : done + n]
+            mark_dirty(self._space, pos + done, n)
             self._page.note_write(index)
             done += n
 
@@ -300,6 +305,12 @@ class File:
         """Set the modification time (seconds since the epoch), like ``os.utime``."""
         self._check()
         await self.proc.syscall(SetTimes(self.handle, mtime), FsInfo)
+
+    async def stat(self) -> FsInfo:
+        """fstat: the open file's metadata, also after it was renamed or unlinked."""
+        self._check()
+        info: FsInfo = await self.proc.syscall(StatHandle(self.handle), FsInfo)
+        return info
 
     async def flush(self) -> None:
         self._check()

@@ -12,9 +12,12 @@ pyfuse3 runs in asyncio mode on the loop anyio started, next to the servers.
 leaving the boot block then shuts the system down cleanly (dirty pages written
 back, FAT dirty flag cleared).
 
-FUSE speaks inodes, the file system speaks paths: :class:`InodeTable` keeps the
-mapping (pure, no I/O). Inode numbers are never reused while mounted, so a
-``forget`` needs no bookkeeping.
+FUSE speaks inodes relative to a parent, and so does the kernel file driver
+(``Lookup``/``OpenAt``/``ReadDirAt`` by node): an inode *is* the node, so a
+lookup costs one directory probe whatever the depth. :class:`InodeTable`
+keeps each inode's (parent, name) (pure, no I/O). Nodes are never reused, so a
+``forget`` needs no bookkeeping. An unlinked file that is still open (what
+``tempfile.TemporaryFile`` makes) is answered through its open handle.
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ from clients.commands import Invocation
 from clients.file import File
 from clients.process import UserProcess
 from microkernel.trace import log
-from servers.fat.protocol import FsInfo
+from servers.fs.protocol import FsInfo
+from servers.vfs.abi import WINDOW_DATA
 from servers.vfs.protocol import OpenFlags
-from servers.vfs.server import WINDOW_DATA
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -51,63 +54,73 @@ R = TypeVar("R")
 TIMEOUT = 1.0  # seconds the host kernel may cache names and attributes
 ATTR_READ_ONLY, ATTR_VOLUME = 0x01, 0x08
 NAME_MAX = 255
+MAX_DEPTH = 4096  # bound on the parent links walked to rebuild a path
 
 
 class InodeTable:
-    """Inode numbers <-> volume paths, following renames and removals.
+    """Inode numbers are the system's nodes (``FsInfo.file_id``: a file keeps its node
+    across renames, a new file at an old name gets a new one). Each known inode
+    remembers (parent inode, name): lookups go to the kernel relative to the parent,
+    and the path rebuilt from these links serves the calls that still take one.
 
-    FAT names are case-insensitive, so a path is keyed case-folded: ``/A.TXT``
-    and ``/a.txt`` are one inode, as they are one file.
+    FAT names are case-insensitive, so children are keyed case-folded.
     """
 
     def __init__(self) -> None:
-        self._paths: dict[int, str] = {pyfuse3.ROOT_INODE: "/"}
-        self._inodes: dict[str, int] = {"/": pyfuse3.ROOT_INODE}
-        self._next = itertools.count(pyfuse3.ROOT_INODE + 1)
+        self._where: dict[int, tuple[int, str]] = {}  # inode -> (parent inode, name)
+        self._children: dict[tuple[int, str], int] = {}  # (parent, folded name) -> inode
 
-    def path(self, inode: int) -> str:
+    def known(self, parent: int, name: str, inode: int) -> None:
+        """``name`` in ``parent`` is ``inode`` (a lookup, readdir or create said so)."""
+        if inode == pyfuse3.ROOT_INODE:
+            return
+        old = self._children.get((parent, name.casefold()))
+        if old is not None and old != inode:
+            self._where.pop(old, None)
+        self._children[(parent, name.casefold())] = inode
+        self._where[inode] = (parent, name)
+
+    def where(self, inode: int) -> tuple[int, str]:
+        """(parent inode, name) of a known inode."""
         try:
-            return self._paths[inode]
+            return self._where[inode]
         except KeyError:
             raise OSError(errno.ESTALE, f"inode {inode} is not known") from None
 
-    def inode(self, path: str) -> int:
-        """The inode of ``path``, allocating a fresh number the first time it is seen."""
-        key = path.casefold()
-        inode = self._inodes.get(key)
-        if inode is None:
-            inode = self._inodes[key] = next(self._next)
-        self._paths[inode] = path
-        return inode
+    def parent(self, inode: int) -> int:
+        return inode if inode == pyfuse3.ROOT_INODE else self.where(inode)[0]
+
+    def path(self, inode: int) -> str:
+        """The volume path of ``inode``, rebuilt from the parent links (bounded)."""
+        names: list[str] = []
+        for _ in range(MAX_DEPTH):
+            if inode == pyfuse3.ROOT_INODE:
+                return "/" + "/".join(reversed(names))
+            inode, name = self.where(inode)
+            names.append(name)
+        raise OSError(errno.ELOOP, f"more than {MAX_DEPTH} directories deep")
 
     def child(self, parent: int, name: bytes) -> str:
         """The path of ``name`` in directory ``parent`` (``.`` and ``..`` resolved)."""
-        base = self.path(parent)
         text = os.fsdecode(name)
         if text == ".":
-            return base
+            return self.path(parent)
         if text == "..":
-            return posixpath.dirname(base)
-        return posixpath.join(base, text)
+            return self.path(self.parent(parent))
+        return posixpath.join(self.path(parent), text)
 
-    def moved(self, old: str, new: str) -> None:
-        """``old`` (and everything below it) is now ``new``; a replaced ``new`` is gone."""
-        self.removed(new)
-        prefix = old.casefold() + "/"
-        for key, inode in list(self._inodes.items()):
-            if key == old.casefold() or key.startswith(prefix):
-                del self._inodes[key]
-                path = new + self._paths[inode][len(old) :]
-                self._inodes[path.casefold()] = inode
-                self._paths[inode] = path
+    def moved(self, old_parent: int, old: str, new_parent: int, new: str) -> None:
+        """``old`` in ``old_parent`` is now ``new`` in ``new_parent`` (its subtree follows)."""
+        self.removed(new_parent, new)
+        inode = self._children.pop((old_parent, old.casefold()), None)
+        if inode is not None:
+            self.known(new_parent, new, inode)
 
-    def removed(self, path: str) -> None:
-        """Forget ``path`` and everything below it (their inodes become stale)."""
-        prefix = path.casefold() + "/"
-        for key, inode in list(self._inodes.items()):
-            if key == path.casefold() or key.startswith(prefix):
-                del self._inodes[key]
-                self._paths.pop(inode, None)
+    def removed(self, parent: int, name: str) -> None:
+        """Forget ``name`` in ``parent``; its inode stays valid only through open files."""
+        inode = self._children.pop((parent, name.casefold()), None)
+        if inode is not None:
+            self._where.pop(inode, None)
 
 
 def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -150,7 +163,7 @@ class ImageOperations(pyfuse3.Operations):
         self.memory = proc.system.memory
         self.inodes = InodeTable()
         self.files: dict[int, OpenFile] = {}
-        self.dirs: dict[int, tuple[str, list[FsInfo]]] = {}
+        self.dirs: dict[int, tuple[int, list[FsInfo]]] = {}
         self._handles = itertools.count(1)
         # File.write checks the size and then extends it across an await: writes to one
         # file are serialised so a short write cannot shrink what a longer one just grew.
@@ -182,18 +195,39 @@ class ImageOperations(pyfuse3.Operations):
                 return entry.file.size
         return size
 
-    async def _entry(self, path: str) -> pyfuse3.EntryAttributes:
-        return self._attributes(self.inodes.inode(path), await self.proc.stat(path))
+    async def _entry_at(self, parent: int, name: str) -> pyfuse3.EntryAttributes:
+        """Look ``name`` up in ``parent`` (one kernel lookup, relative) and remember it."""
+        info = await self.proc.lookup(parent, name)
+        self.inodes.known(parent, name, info.file_id)
+        return self._attributes(info.file_id, info)
+
+    async def _entry(self, inode: int) -> pyfuse3.EntryAttributes:
+        """Attributes of a known inode: through an open handle if any (it may be unlinked)."""
+        for entry in self.files.values():
+            if entry.inode == inode:
+                return self._attributes(inode, await entry.file.stat())
+        if inode == pyfuse3.ROOT_INODE:
+            return self._attributes(inode, await self.proc.stat("/"))
+        parent, name = self.inodes.where(inode)
+        info = await self.proc.lookup(parent, name)
+        if info.file_id != inode:
+            raise OSError(errno.ENOENT, f"{name}: replaced by another file")
+        return self._attributes(inode, info)
 
     @_fuse_errors
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return await self._entry(self.inodes.child(parent_inode, name))
+        text = os.fsdecode(name)
+        if text == ".":
+            return await self._entry(parent_inode)
+        if text == "..":
+            return await self._entry(self.inodes.parent(parent_inode))
+        return await self._entry_at(parent_inode, text)
 
     @_fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return await self._entry(self.inodes.path(inode))
+        return await self._entry(inode)
 
     @_fuse_errors
     async def setattr(
@@ -209,16 +243,19 @@ class ImageOperations(pyfuse3.Operations):
             await self._truncate(inode, fh, attr.st_size)
         if fields.update_mtime:
             await self._set_mtime(inode, fh, attr.st_mtime_ns / 1e9)
-        return await self._entry(self.inodes.path(inode))
+        return await self._entry(inode)
 
     async def _set_mtime(self, inode: int, fh: int | None, mtime: float) -> None:
         entry = self.files.get(fh) if fh is not None else None
         if entry is not None and entry.file.flags & OpenFlags.WRITE:
             await entry.file.set_times(mtime)
             return
-        if (await self.proc.stat(self.inodes.path(inode))).is_dir:
+        if inode == pyfuse3.ROOT_INODE:
+            return
+        parent, name = self.inodes.where(inode)
+        if (await self.proc.lookup(parent, name)).is_dir:
             return  # a directory's times live in its parent's entry; not exposed here
-        async with await self.proc.open(self.inodes.path(inode), "r+b") as f:
+        async with await self.proc.open_at(parent, name, "r+b") as f:
             await f.set_times(mtime)
 
     async def _truncate(self, inode: int, fh: int | None, size: int) -> None:
@@ -227,7 +264,8 @@ class ImageOperations(pyfuse3.Operations):
             if entry is not None:
                 await entry.file.truncate(size)
                 return
-            async with await self.proc.open(self.inodes.path(inode), "r+b") as f:
+            parent, name = self.inodes.where(inode)
+            async with await self.proc.open_at(parent, name, "r+b") as f:
                 await f.truncate(size)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -237,19 +275,18 @@ class ImageOperations(pyfuse3.Operations):
     @_fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         """The listing is taken once per open, so readdir offsets stay stable."""
-        path = self.inodes.path(inode)
-        entries = [e for e in await self.proc.scandir(path) if not e.attributes & ATTR_VOLUME]
+        entries = [e for e in await self.proc.scandir_at(inode) if not e.attributes & ATTR_VOLUME]
         fh = next(self._handles)
-        self.dirs[fh] = (path, entries)
+        self.dirs[fh] = (inode, entries)
         return fh
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        path, entries = self.dirs[fh]
+        parent, entries = self.dirs[fh]
         for index in range(start_id, len(entries)):
             info = entries[index]
-            inode = self.inodes.inode(posixpath.join(path, info.name))
-            attr = self._attributes(inode, info)
+            self.inodes.known(parent, info.name, info.file_id)
+            attr = self._attributes(info.file_id, info)
             if not pyfuse3.readdir_reply(token, os.fsencode(info.name), attr, index + 1):
                 return
 
@@ -261,21 +298,18 @@ class ImageOperations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        path = self.inodes.child(parent_inode, name)
-        await self.proc.mkdir(path)
-        return await self._entry(path)
+        await self.proc.mkdir(self.inodes.child(parent_inode, name))
+        return await self._entry_at(parent_inode, os.fsdecode(name))
 
     @_fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        path = self.inodes.child(parent_inode, name)
-        await self.proc.rmdir(path)
-        self.inodes.removed(path)
+        await self.proc.rmdir(self.inodes.child(parent_inode, name))
+        self.inodes.removed(parent_inode, os.fsdecode(name))
 
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        path = self.inodes.child(parent_inode, name)
-        await self.proc.unlink(path)
-        self.inodes.removed(path)
+        await self.proc.unlink(self.inodes.child(parent_inode, name))
+        self.inodes.removed(parent_inode, os.fsdecode(name))
 
     @_fuse_errors
     async def rename(
@@ -295,7 +329,9 @@ class ImageOperations(pyfuse3.Operations):
         if flags & pyfuse3.RENAME_NOREPLACE and await self.proc.exists(new):
             raise FileExistsError(errno.EEXIST, f"{new}: exists")
         await self.proc.rename(old, new)
-        self.inodes.moved(old, new)
+        self.inodes.moved(
+            parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new)
+        )
 
     @_fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -323,7 +359,8 @@ class ImageOperations(pyfuse3.Operations):
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         mode = "rb" if flags & os.O_ACCMODE == os.O_RDONLY else "r+b"
-        f = await self.proc.open(self.inodes.path(inode), mode)
+        parent, name = self.inodes.where(inode)
+        f = await self.proc.open_at(parent, name, mode)
         if flags & os.O_TRUNC and mode != "rb":
             await f.truncate(0)
         return self._register(inode, f)
@@ -332,11 +369,11 @@ class ImageOperations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        path = self.inodes.child(parent_inode, name)
-        f = await self.proc.open(path, "x+b" if flags & os.O_EXCL else "w+b")
-        inode = self.inodes.inode(path)
-        info = self._register(inode, f)
-        return info, await self._entry(path)
+        text = os.fsdecode(name)
+        f = await self.proc.open_at(parent_inode, text, "x+b" if flags & os.O_EXCL else "w+b")
+        stat = await f.stat()
+        self.inodes.known(parent_inode, text, stat.file_id)
+        return self._register(stat.file_id, f), self._attributes(stat.file_id, stat)
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:

@@ -1,4 +1,4 @@
-"""A user process: the file API of DESIGN §7 on top of system calls to the kernel file driver.
+"""A user process: the file API on top of system calls to the kernel file driver.
 
 Every system call gets a fresh correlation id, which every message it causes
 carries (the router's trace shows one ``read()`` across all servers).
@@ -7,21 +7,27 @@ carries (the router's trace shows one ``read()`` across all servers).
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from clients.file import File
-from microkernel.process import Process
+from microkernel.memory import PhysicalMemory
+from microkernel.process import Process, ProcessTable
 from microkernel.protocol import Ok
-from servers.fat.protocol import FsDir, FsInfo, FsVolume
+from microkernel.stats import Counters
+from servers.fs.protocol import FsDir, FsInfo, FsVolume
 from servers.vfs.protocol import (
+    ROOT_NODE,
     Exit,
+    Lookup,
     Mkdir,
     Open,
+    OpenAt,
     Opened,
     OpenFlags,
     ReadDir,
+    ReadDirAt,
     Rename,
     Rmdir,
     Stat,
@@ -29,8 +35,13 @@ from servers.vfs.protocol import (
     Unlink,
 )
 
-if TYPE_CHECKING:
-    from microkernel.boot import System
+
+class Host(Protocol):
+    """What a process needs of the running system (``microkernel.boot.System`` has it)."""
+
+    counters: Counters
+    memory: PhysicalMemory
+    processes: ProcessTable
 
 T = TypeVar("T")
 
@@ -59,7 +70,7 @@ def parse_mode(mode: str) -> OpenFlags:
 class UserProcess:
     """A process as its program sees it."""
 
-    def __init__(self, system: System, proc: Process) -> None:
+    def __init__(self, system: Host, proc: Process) -> None:
         self.system = system
         self.kernel = proc
         self.pid = proc.pid
@@ -85,6 +96,21 @@ class UserProcess:
         flags = parse_mode(mode)
         opened: Opened = await self.syscall(Open(path, int(flags)), Opened)
         return File(self, path, opened, flags, self.kernel.windows[opened.handle])
+
+    async def open_at(self, directory: int, name: str, mode: str = "rb") -> File:
+        """Open ``name`` in the directory node ``directory`` (``file_id`` of its FsInfo)."""
+        flags = parse_mode(mode)
+        opened: Opened = await self.syscall(OpenAt(directory, name, int(flags)), Opened)
+        return File(self, name, opened, flags, self.kernel.windows[opened.handle])
+
+    async def lookup(self, directory: int, name: str) -> FsInfo:
+        """``name`` in the directory node ``directory`` (``ROOT_NODE`` is ``/``): no path walk."""
+        info: FsInfo = await self.syscall(Lookup(directory, name), FsInfo)
+        return info
+
+    async def scandir_at(self, directory: int = ROOT_NODE) -> list[FsInfo]:
+        listing: FsDir = await self.syscall(ReadDirAt(directory), FsDir)
+        return [e for e in listing.entries if e.name not in (".", "..")]
 
     async def stat(self, path: str) -> FsInfo:
         info: FsInfo = await self.syscall(Stat(path), FsInfo)

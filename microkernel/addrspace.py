@@ -101,8 +101,16 @@ class AddressSpace:
                 f"range {offset:#x}+{length:#x} outside a {self.size:#x} address space"
             )
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BadAddress("map into a closed address space")
+
     def map(self, offset: int, frames: Sequence[int], *, writable: bool) -> None:
-        """Map ``frames`` (physical addresses) at ``offset``, merging memfd-contiguous runs."""
+        """Map ``frames`` (physical addresses) at ``offset``, merging memfd-contiguous runs.
+
+        A closed space refuses: its range may already belong to someone else.
+        """
+        self._check_open()
         self._check(offset, len(frames) * PAGE_SIZE)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         mem = self.memory
@@ -228,6 +236,7 @@ class StitchedAddressSpace(AddressSpace):
         self._closed = False
 
     def map(self, offset: int, frames: Sequence[int], *, writable: bool) -> None:
+        self._check_open()
         self._check(offset, len(frames) * PAGE_SIZE)
         for k, phys in enumerate(frames):
             self.memory.index_of(phys)

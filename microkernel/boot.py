@@ -1,6 +1,6 @@
 """Boot: assemble a system from a configuration, start servers in order, stop them in reverse.
 
-Order (DESIGN §3): device drivers, the disc cache, the file systems, the
+Order (``docs/architecture.md`` §2): device drivers, the disc cache, the file systems, the
 kernel file driver. Each server reports ``started`` through anyio's
 ``task_status`` only once it is ready (a file system has mounted its volume), so
 a later server can rely on an earlier one. Shutdown runs each server's
@@ -16,7 +16,7 @@ import importlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -37,8 +37,13 @@ from microkernel.stats import Counters, Statistics
 from microkernel.trace import Tracer, configure_logging, log
 from microkernel.units import parse_size
 
-if TYPE_CHECKING:
-    from clients.process import UserProcess
+# The layers above the router, loaded by name: a layer that is not built is reported in
+# ``System.missing``; nothing in ``microkernel/`` imports a server or the file library.
+CACHE_SERVER = "servers.cache.server:CacheServer"
+FAT_SERVER = "servers.fat.server:FatServer"
+FILE_DRIVER = "servers.vfs.server:VfsServer"
+FS_PROTOCOL = "servers.fs.protocol:FsRequest"
+FILE_LIBRARY = "clients.process:UserProcess"
 
 
 class System:
@@ -66,18 +71,25 @@ class System:
 
     @property
     def filesystems(self) -> list[str]:
-        return [s.name for s in self.servers if s.name.startswith("fat")]
+        """The file-system servers: those that speak the file-system protocol."""
+        protocol = _import(FS_PROTOCOL)
+        return [s.name for s in self.servers if protocol is not None and s.protocol == protocol]
 
-    async def spawn(self, name: str = "process") -> UserProcess:
-        """Create a user process with its own address space, bound to the kernel file driver."""
-        from clients.process import UserProcess
+    async def spawn(self, name: str = "process") -> Any:
+        """Create a user process with its own address space, bound to the kernel file driver.
 
+        The process comes wrapped in the file library (``clients/process.py``:
+        ``open``, ``stat``, ...), loaded by name like the servers.
+        """
+        library = _import(FILE_LIBRARY)
+        if library is None:
+            raise RuntimeError("the file library (clients.process) is not installed")
         if "vfs" not in self.router.ports:
             raise RuntimeError(f"no kernel file driver is running; missing: {self.missing}")
-        return UserProcess(self, self.processes.create(name))
+        return library(self, self.processes.create(name))
 
     def statistics(self) -> Statistics:
-        """An immutable snapshot of the counters (DESIGN §7)."""
+        """An immutable snapshot of the counters (``docs/guide.md``)."""
         return self.counters.snapshot(frames_free=self.memory.frames_free)
 
 
@@ -216,7 +228,7 @@ async def _start_all(system: System, tg: anyio.abc.TaskGroup) -> None:
             **dev.options,
         )
         await _start(system, tg, drv)
-    cache_cls = _import("servers.cache.server:CacheServer")
+    cache_cls = _import(CACHE_SERVER)
     if cache_cls is None:
         system.missing.append("disc cache (servers.cache)")
         return
@@ -237,7 +249,7 @@ async def _start_all(system: System, tg: anyio.abc.TaskGroup) -> None:
             low_share=cfg.cache.low_share,
         ),
     )
-    fat_cls = _import("servers.fat.server:FatServer")
+    fat_cls = _import(FAT_SERVER)
     if fat_cls is None:
         system.missing.append("FAT file system (servers.fat.server)")
         return
@@ -254,7 +266,7 @@ async def _start_all(system: System, tg: anyio.abc.TaskGroup) -> None:
                 read_only=dev.read_only,
             ),
         )
-    vfs_cls = _import("servers.vfs.server:VfsServer")
+    vfs_cls = _import(FILE_DRIVER)
     if vfs_cls is None:
         system.missing.append("kernel file driver (servers.vfs.server)")
         return
@@ -273,10 +285,12 @@ async def _start_all(system: System, tg: anyio.abc.TaskGroup) -> None:
 
 
 async def _stop_all(system: System) -> None:
+    library = _import(FILE_LIBRARY)
     for proc in list(system.processes.by_pid.values()):
-        from clients.process import UserProcess
-
-        await UserProcess(system, proc).exit()
+        if library is not None:
+            await library(system, proc).exit()
+        else:
+            system.processes.destroy(proc)
     for server in reversed(system.servers):
         try:
             await server.stop()

@@ -59,7 +59,7 @@ def default_capabilities(
     """
     from drivers.protocol import BlockRequest, Identify
     from servers.cache.protocol import CacheNotification, CacheRequest, GiveBackDone
-    from servers.fat.protocol import FsRequest
+    from servers.fs.protocol import FsRequest
     from servers.vfs.protocol import Syscall
 
     cache_requests = message_types(CacheRequest)

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from clients.benchmarks import contenders, gaps, router
+from clients.benchmarks import contenders, deep, gaps, router
 from clients.benchmarks.harness import (
     BenchResult,
     BenchSkipped,
@@ -256,6 +256,25 @@ async def router_round_trip(ctx: Context) -> BenchResult:
     return result
 
 
+# ------------------------------------------------------------- 9. deep path
+DEEP_SHALLOW, DEEP_DEEP = 20, 200
+
+
+async def deep_path(ctx: Context) -> BenchResult:
+    """Extracting a tar with a 200-level deep path against a 20-level one (per entry)."""
+    scratch = ctx.workspace.scratch("")
+    sides: list[tuple[str, Measure]] = [
+        (f"depth {DEEP_SHALLOW}", partial(deep.extract_sample, scratch, DEEP_SHALLOW)),
+        (f"depth {DEEP_DEEP}", partial(deep.extract_sample, scratch, DEEP_DEEP)),
+    ]
+    notes = ["linear in size: time per entry stays flat as the depth grows tenfold"]
+    result = await _result(ctx, "deep-path", sides, notes)
+    result.ratio(f"depth {DEEP_DEEP}", f"depth {DEEP_SHALLOW}")
+    for side in result.sides:
+        result.figures[f"{side.name} us/entry"] = side.counters.get("us per entry", 0.0)
+    return result
+
+
 # ------------------------------------------------------------------ the suite
 def _title(name: str, settings: Settings) -> str:
     if name in gaps.TITLES:
@@ -270,6 +289,7 @@ def _title(name: str, settings: Settings) -> str:
         "tiny-reads": f"1..16-byte reads at random offsets in a {tiny} file, warm",
         "aligned-vs-unaligned": f"cold read of a {size} file, aligned vs copy-path volume",
         "router": "one request/reply: routed msgspec call vs bare anyio streams",
+        "deep-path": f"extract a tar with a {DEEP_DEEP}-level deep path vs {DEEP_SHALLOW} levels",
     }[name]
 
 
@@ -282,6 +302,7 @@ BENCHMARKS: tuple[tuple[str, BenchFn], ...] = (
     ("tiny-reads", tiny_reads),
     ("aligned-vs-unaligned", aligned_vs_unaligned),
     ("router", router_round_trip),
+    ("deep-path", deep_path),
     *gaps.BENCHMARKS,
 )
 NAMES = tuple(name for name, _ in BENCHMARKS)

@@ -158,6 +158,24 @@ class DirListing:
             self._by_name = index
         return self._by_name.get(wanted_upper)
 
+    def update_entry(self, index: int, entry: ShortEntry) -> None:
+        """The short entry at ``index`` was rewritten (size, times, cluster): same names.
+
+        Keeps a parsed directory true without parsing it again.
+        """
+        for k, slot in enumerate(self.slots):
+            if slot.index == index:
+                new = DirSlot(slot.index, slot.first_index, entry, slot.long_name)
+                self.slots[k] = new
+                if self._by_name is not None:
+                    names = [short_display(entry.name).upper()]
+                    if slot.long_name is not None:
+                        names.append(slot.long_name.upper())
+                    for name in names:
+                        if self._by_name.get(name) is slot:
+                            self._by_name[name] = new
+                return
+
 
 @dataclass(slots=True)
 class _Pending:

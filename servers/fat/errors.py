@@ -62,6 +62,12 @@ class NotFound(FatError, FileNotFoundError):
     default_errno = errno.ENOENT
 
 
+class Stale(FatError):
+    """ESTALE: a file id that no longer names an entry (its directory was removed)."""
+
+    default_errno = errno.ESTALE
+
+
 class AlreadyExists(FatError, FileExistsError):
     """EEXIST."""
 

@@ -1,162 +1,18 @@
-"""The file-system protocol (kernel file driver <-> file system servers).
+"""What the FAT server adds to the file-system protocol (``servers/fs/protocol.py``).
 
-Paths are absolute within the volume (``/docs/notes.txt``). Open files are
-named by the file system's handle. ``MapRange`` is the heart of the read path
-(DESIGN §4): the file system resolves the cluster chain to device sector
-extents, replies with them (so the kernel file driver knows which file offset
-each sector holds), and sends one ``CacheRead`` to the disc cache with the
-kernel file driver as ``notify`` port; the cache answers the kernel file driver
-directly with ``SectorsReady``.
+The generic replies carry server-specific facts in their ``native`` map; the FAT
+server fills these keys.
 """
 
 from __future__ import annotations
 
-import msgspec
+from typing import Final
+
+SHORT_NAME: Final = "short_name"  # FsInfo.native: the 8.3 name ("LONGFI~1.TXT")
+FIRST_CLUSTER: Final = "first_cluster"  # FsInfo.native: first cluster of the chain (0: none)
+FAT_TYPE: Final = "fat_type"  # FsVolume.native: 12, 16 or 32
 
 
-class FsInfo(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """What stat and readdir report."""
-
-    name: str
-    short_name: str
-    attributes: int
-    size: int
-    alloc_size: int
-    is_dir: bool
-    mtime: float
-    ctime: float
-    atime: float
-    first_cluster: int
-
-
-class FsVolume(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """Volume facts the kernel file driver needs to choose the zero-copy or the copy path."""
-
-    device: str
-    fat_type: int
-    label: str
-    logical_sector_size: int
-    alignment_offset: int  # device logical sectors before the first physical-sector boundary
-    partition_start: int  # device LBA of the volume's boot sector
-    cluster_size: int
-    total_clusters: int
-    free_clusters: int
-    aligned: bool  # every cluster maps onto whole 4 KiB cache pages: zero-copy for all pages
-    read_only: bool
-
-
-class FileExtent(msgspec.Struct, frozen=True, gc=False, array_like=True):
-    """``count`` device logical sectors from ``lba`` hold the file's bytes from ``file_offset``."""
-
-    file_offset: int
-    lba: int
-    count: int
-
-
-# ------------------------------------------------------------------ requests
-class FsOpen(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    path: str
-    create: bool = False
-    exclusive: bool = False
-    truncate: bool = False
-
-
-class FsClose(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    handle: int
-
-
-class FsStat(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    path: str
-
-
-class FsStatHandle(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    handle: int
-
-
-class FsReadDir(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    path: str
-
-
-class FsMkdir(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    path: str
-
-
-class FsRmdir(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    path: str
-
-
-class FsUnlink(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    path: str
-
-
-class FsRename(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    src: str
-    dst: str
-
-
-class MapRange(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    """Resolve ``length`` bytes at ``offset`` and have the cache bring them in for ``notify``."""
-
-    handle: int
-    offset: int
-    length: int
-    notify: str
-    tag: int
-
-
-class FsSetSize(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    """Truncate or extend; new space is zero-filled in the cache without a disk read."""
-
-    handle: int
-    size: int
-
-
-class FsSetTimes(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    handle: int
-    mtime: float
-
-
-class FsFsync(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    """Write the FAT, directory entries and FSInfo, then flush the device (handle 0: whole volume)."""
-
-    handle: int = 0
-
-
-class FsStatFs(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    pass
-
-
-FsRequest = (
-    FsOpen
-    | FsClose
-    | FsStat
-    | FsStatHandle
-    | FsReadDir
-    | FsMkdir
-    | FsRmdir
-    | FsUnlink
-    | FsRename
-    | MapRange
-    | FsSetSize
-    | FsSetTimes
-    | FsFsync
-    | FsStatFs
-)
-
-
-# ------------------------------------------------------------------- replies
-class FsOpened(msgspec.Struct, frozen=True, gc=False, tag=True):
-    handle: int
-    info: FsInfo
-
-
-class FsDir(msgspec.Struct, frozen=True, gc=False, tag=True):
-    entries: list[FsInfo]
-
-
-class Mapped(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """Reply to MapRange: the extents (the cache will notify ``SectorsReady(tag)``), or none."""
-
-    tag: int
-    size: int
-    extents: list[FileExtent]
+def entry_native(short_name: str, first_cluster: int) -> dict[str, str | int]:
+    """The native facts of one directory entry."""
+    return {SHORT_NAME: short_name, FIRST_CLUSTER: first_cluster}

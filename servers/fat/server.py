@@ -16,16 +16,21 @@ from microkernel.memory import PAGE_SIZE, PhysicalMemory
 from microkernel.server import Server, handles
 from servers.cache.protocol import CacheRead, Extent
 from servers.fat.cacheio import CacheSectorIO
-from servers.fat.protocol import (
+from servers.fat.protocol import FAT_TYPE, entry_native
+from servers.fat.volume import FatVolume, FileInfo
+from servers.fs.protocol import (
     FileExtent,
     FsClose,
     FsDir,
     FsFsync,
     FsInfo,
+    FsLookup,
     FsMkdir,
     FsOpen,
+    FsOpenAt,
     FsOpened,
     FsReadDir,
+    FsReadDirAt,
     FsRename,
     FsRequest,
     FsRmdir,
@@ -39,7 +44,6 @@ from servers.fat.protocol import (
     Mapped,
     MapRange,
 )
-from servers.fat.volume import FatVolume, FileInfo
 
 
 class FatServer(Server):
@@ -106,7 +110,6 @@ class FatServer(Server):
         cs = self.volume.boot.cluster_size
         return FsInfo(
             fi.name,
-            fi.short_name,
             fi.attributes,
             fi.size,
             -(-fi.size // cs) * cs,
@@ -114,7 +117,8 @@ class FatServer(Server):
             fi.mtime,
             fi.ctime,
             fi.atime,
-            fi.first_cluster,
+            fi.file_id,
+            entry_native(fi.short_name, fi.first_cluster),
         )
 
     @property
@@ -130,6 +134,21 @@ class FatServer(Server):
             msg.path, create=msg.create, exclusive=msg.exclusive, truncate=msg.truncate
         )
         return FsOpened(handle, self._info(await self.volume.stat(handle)))
+
+    @handles(FsOpenAt)
+    async def on_open_at(self, env: Envelope, msg: FsOpenAt) -> FsOpened:
+        handle = await self.volume.open_at(
+            msg.directory, msg.name, create=msg.create, exclusive=msg.exclusive
+        )
+        return FsOpened(handle, self._info(await self.volume.stat(handle)))
+
+    @handles(FsLookup)
+    async def on_lookup(self, env: Envelope, msg: FsLookup) -> FsInfo:
+        return self._info(await self.volume.lookup(msg.directory, msg.name))
+
+    @handles(FsReadDirAt)
+    async def on_readdir_at(self, env: Envelope, msg: FsReadDirAt) -> FsDir:
+        return FsDir([self._info(fi) for fi in await self.volume.readdir_of(msg.directory)])
 
     @handles(FsClose)
     async def on_close(self, env: Envelope, msg: FsClose) -> None:
@@ -205,7 +224,6 @@ class FatServer(Server):
         align = geo.alignment_offset * geo.logical_sector_size
         return FsVolume(
             self.device,
-            info.fat_type,
             info.label,
             geo.logical_sector_size,
             geo.alignment_offset,
@@ -215,4 +233,5 @@ class FatServer(Server):
             info.free_clusters,
             vol.data_alignment_ok(PAGE_SIZE, align),
             vol.read_only,
+            {FAT_TYPE: info.fat_type},
         )

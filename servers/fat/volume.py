@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 from microkernel.trace import log
@@ -61,6 +62,7 @@ from servers.fat.errors import (
     NotADirectory,
     NotFound,
     ReadOnlyVolume,
+    Stale,
 )
 from servers.fat.fat_table import FREE, FatTable
 from servers.fat.names import (
@@ -71,9 +73,12 @@ from servers.fat.names import (
     validate_long_name,
 )
 from servers.fat.sectorio import SectorIO
+from servers.fs.protocol import ROOT_FILE_ID
 
 MAX_FILE_SIZE = 0xFFFFFFFF
+DIR_CACHE = 512  # parsed directories kept (least recently used goes first)
 ROOT_KEY = -1  # key of the root directory in node locations, whatever its cluster
+ROOT_ID = ROOT_FILE_ID  # file id of the root directory; entries get ids from 2 on
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,7 @@ class FileInfo:
     mtime: float
     atime: float
     location: tuple[int, int]  # (directory key, short entry index); root: (ROOT_KEY, -1)
+    file_id: int = 0  # stable identity: follows renames, never reused (ROOT_ID for the root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,7 @@ class _Node:
     first_index: int
     entry: ShortEntry
     name: str
+    file_id: int
     opens: int = 0
     unlinked: bool = False
 
@@ -159,10 +166,20 @@ class FatVolume:
         self.read_only = read_only
         self.problems: list[str] = []  # what mount found and tolerated (or repaired)
         self._chains: dict[int, tuple[int, list[int]]] = {}  # start -> (FAT version, chain)
-        self._dirs: dict[int, tuple[int, _Dir]] = {}  # key -> (FAT version, parsed directory)
+        # Parsed directories by key, least recently used first. Every change to a directory
+        # goes through its _Dir (entries written through, listing re-parsed in place), so a
+        # parsed copy stays true across metadata writes; a directory whose clusters are freed
+        # or written behind its back (``..`` of a moved directory) is dropped.
+        self._dirs: OrderedDict[int, _Dir] = OrderedDict()
         self.was_dirty = False
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
+        # File identity: an id per directory-entry location, moved by rename, dropped by
+        # unlink; ids come from a counter, so no id is ever reused (see docs/fat.md).
+        self._ids: dict[tuple[int, int], int] = {}
+        self._locations: dict[int, tuple[int, int]] = {ROOT_ID: (ROOT_KEY, -1)}
+        self._id_counter = itertools.count(ROOT_ID + 1)
+        self._dir_clusters: dict[int, int] = {}  # file id of a directory -> its first cluster
         self._handles: dict[int, _Node] = {}
         self._next_handle = itertools.count(1)
         self._mounted = True
@@ -257,11 +274,7 @@ class FatVolume:
         return await self.io.read(sector * self._scale, count * self._scale)
 
     async def _write(self, sector: int, data: bytes) -> None:
-        self._dirs.clear()  # any metadata write may change a directory: drop parsed copies
-        try:
-            await self.io.write(sector * self._scale, data)
-        finally:
-            self._dirs.clear()
+        await self.io.write(sector * self._scale, data)
 
     async def _flush_fat(self) -> None:
         """Write the dirty FAT sectors, in contiguous runs, to every (mirrored) FAT copy."""
@@ -293,20 +306,25 @@ class FatVolume:
         return self.boot.root_cluster if self.boot.fat_type == 32 else 0
 
     async def _load_dir(self, key: int) -> _Dir:
-        """A directory, parsed; kept until the next metadata write or FAT change.
+        """A directory, parsed; kept (and updated in place) across metadata writes.
 
-        Lookups walk the same directories again and again (every open and stat
-        resolves its path from the root); the volume is their only writer, so a
-        parsed copy stays true until it writes.
+        Lookups walk the same directories again and again; the volume is their
+        only writer and changes them through this very object, so a lookup costs
+        the same at depth 1 and at depth 200.
         """
-        hit = self._dirs.get(key)
-        if hit is not None and hit[0] == self.fat.version:
-            return hit[1]
+        d = self._dirs.get(key)
+        if d is not None:
+            self._dirs.move_to_end(key)
+            return d
         d = await self._read_dir(key)
-        if len(self._dirs) > 64:
-            self._dirs.clear()
-        self._dirs[key] = (self.fat.version, d)
+        self._dirs[key] = d
+        while len(self._dirs) > DIR_CACHE:
+            self._dirs.popitem(last=False)
         return d
+
+    def _forget_dir(self, key: int) -> None:
+        """The directory at ``key`` is gone (or was written behind its parsed copy)."""
+        self._dirs.pop(key, None)
 
     async def _read_dir(self, key: int) -> _Dir:
         """Read a whole directory in as few calls as its cluster runs allow."""
@@ -446,6 +464,7 @@ class FatVolume:
         d.data.extend(bytes(extra * self.boot.cluster_size))
 
     async def _delete_slot(self, d: _Dir, slot: DirSlot) -> None:
+        self._forget_id((self._cluster_to_key(d.key), slot.index))
         for i in range(slot.first_index, slot.index + 1):
             d.data[i * ENTRY_SIZE] = DELETED_MARK
         await self._write_entries(d, slot.first_index, slot.index - slot.first_index + 1)
@@ -460,6 +479,7 @@ class FatVolume:
         # The name bytes belong to the directory (a rename may have changed them).
         node.entry = node.entry.with_(name=on_disk.name, nt_flags=on_disk.nt_flags)
         d.data[at:at + ENTRY_SIZE] = node.entry.pack()
+        d.listing.update_entry(node.index, node.entry)
         await self._write_entries(d, node.index, 1)
 
     def _key_to_cluster(self, key: int) -> int:
@@ -469,23 +489,54 @@ class FatVolume:
         return ROOT_KEY if cluster == self._root_cluster else cluster
 
     # ================================================================ info
-    def _info(self, slot: DirSlot, dir_cluster: int) -> FileInfo:
+    def _info(self, slot: DirSlot, dir_cluster: int, file_id: int = 0) -> FileInfo:
+        """What stat reports; ``file_id`` given for an open node (it may be unlinked)."""
         e = slot.entry
+        loc = (self._cluster_to_key(dir_cluster), slot.index)
         return FileInfo(
             name=slot.name, short_name=slot.short_name, attributes=e.attr,
             size=0 if e.is_dir else e.size, first_cluster=e.cluster, is_dir=e.is_dir,
             ctime=dos_to_epoch(e.cdate, e.ctime, e.ctime_cs), mtime=dos_to_epoch(e.mdate, e.mtime),
-            atime=dos_to_epoch(e.adate), location=(self._cluster_to_key(dir_cluster), slot.index))
+            atime=dos_to_epoch(e.adate), location=loc, file_id=file_id or self._id_of(loc, e))
+
+    def _id_of(self, loc: tuple[int, int], entry: ShortEntry | None = None) -> int:
+        """The file id of the entry at ``loc``, handing out a fresh one the first time.
+
+        A directory's id also finds its cluster, for lookups relative to it.
+        """
+        file_id = self._ids.get(loc)
+        if file_id is None:
+            file_id = self._ids[loc] = next(self._id_counter)
+            self._locations[file_id] = loc
+        if entry is not None and entry.is_dir and entry.cluster:
+            self._dir_clusters[file_id] = entry.cluster
+        return file_id
+
+    def _forget_id(self, loc: tuple[int, int]) -> None:
+        """The entry at ``loc`` is gone: a new entry there will be a new file."""
+        file_id = self._ids.pop(loc, None)
+        if file_id is not None:
+            self._locations.pop(file_id, None)
+            self._dir_clusters.pop(file_id, None)
+
+    def _move_id(self, old: tuple[int, int], new: tuple[int, int]) -> None:
+        """A rename: the file keeps its id at its new location."""
+        self._forget_id(new)
+        file_id = self._ids.pop(old, None)
+        if file_id is not None:
+            self._ids[new] = file_id
+            self._locations[file_id] = new
 
     def _root_info(self) -> FileInfo:
         return FileInfo("/", "/", ATTR_DIRECTORY, 0, self._root_cluster, True, 0.0, 0.0, 0.0,
-                        (ROOT_KEY, -1))
+                        (ROOT_KEY, -1), ROOT_ID)
 
     async def stat(self, ref: FileRef) -> FileInfo:
         if isinstance(ref, int):
             node = self._handle(ref)
             slot = DirSlot(node.index, node.first_index, node.entry, None)
-            info = self._info(slot, self._key_to_cluster(node.dir_key))
+            slot = DirSlot(node.index, node.first_index, node.entry, None)
+            info = self._info(slot, self._key_to_cluster(node.dir_key), node.file_id)
             return replace(info, name=node.name)
         found = await self._existing(ref)
         if found.slot is None:
@@ -563,20 +614,66 @@ class FatVolume:
         assert found.slot is not None
         if found.slot.entry.is_dir:
             raise IsADirectory(f"{path}: is a directory")
-        node = self._node(found.parent, found.slot)
+        handle = self._open_node(found.parent, found.slot)
+        if truncate and self._handles[handle].entry.size:
+            await self.set_size(handle, 0)
+        return handle
+
+    def _open_node(self, d: _Dir, slot: DirSlot) -> int:
+        node = self._node(d, slot)
         node.opens += 1
         handle = next(self._next_handle)
         self._handles[handle] = node
-        if truncate and node.entry.size:
-            await self.set_size(handle, 0)
         return handle
+
+    # ================================================================ relative to a directory
+    async def _dir_of(self, dir_id: int) -> _Dir:
+        """The directory whose file id is ``dir_id`` (ROOT_ID: the root), parsed."""
+        if dir_id == ROOT_ID:
+            return await self._load_dir(self._root_cluster)
+        cluster = self._dir_clusters.get(dir_id)
+        if cluster is None or dir_id not in self._locations:
+            raise Stale(f"file id {dir_id} names no directory (removed, or never looked up)")
+        if cluster == self._root_cluster:
+            raise DirectoryLoop(f"directory {dir_id} points to the root (cluster {cluster})")
+        return await self._load_dir(cluster)
+
+    async def lookup(self, dir_id: int, name: str) -> FileInfo:
+        """``name`` in the directory ``dir_id``: one parsed directory, one index probe."""
+        d = await self._dir_of(dir_id)
+        slot = self._lookup(d, name)
+        if slot is None:
+            raise NotFound(f"{name}: no such file or directory in directory {dir_id}")
+        return self._info(slot, d.key)
+
+    async def readdir_of(self, dir_id: int) -> list[FileInfo]:
+        d = await self._dir_of(dir_id)
+        return [self._info(s, d.key) for s in d.listing.slots
+                if not s.entry.is_label and not s.entry.is_dot]
+
+    async def open_at(self, dir_id: int, name: str, *, create: bool = False,
+                      exclusive: bool = False) -> int:
+        """Open (optionally create) ``name`` in the directory ``dir_id``; a handle."""
+        d = await self._dir_of(dir_id)
+        slot = self._lookup(d, name)
+        if slot is None:
+            if not create or name in (".", ".."):
+                raise NotFound(f"{name}: no such file or directory in directory {dir_id}")
+            self._writable()
+            slot = await self._create_in(d, name, ATTR_ARCHIVE)
+        elif exclusive and create:
+            raise AlreadyExists(f"{name}: file exists")
+        if slot.entry.is_dir:
+            raise IsADirectory(f"{name}: is a directory")
+        return self._open_node(d, slot)
 
     def _node(self, d: _Dir, slot: DirSlot) -> _Node:
         loc = (self._cluster_to_key(d.key), slot.index)
         node = self._nodes.get(loc)
         if node is None:
             entry = self._clip_to_chain(slot.name, slot.entry)
-            node = _Node(loc[0], slot.index, slot.first_index, entry, slot.name)
+            node = _Node(loc[0], slot.index, slot.first_index, entry, slot.name,
+                         self._id_of(loc))
             self._nodes[loc] = node
         return node
 
@@ -586,7 +683,9 @@ class FatVolume:
         node.opens -= 1
         if node.opens:
             return
-        self._nodes.pop((node.dir_key, node.index), None)
+        loc = (node.dir_key, node.index)
+        if self._nodes.get(loc) is node:  # an unlinked node's place may hold a new file now
+            del self._nodes[loc]
         if node.unlinked and node.entry.cluster and not self.read_only:
             self._free_chain(node.entry.cluster, node.name)
             await self._flush_fat()
@@ -610,7 +709,8 @@ class FatVolume:
             return self._nodes[loc], False
         slot = found.slot
         entry = self._clip_to_chain(slot.name, slot.entry)
-        return _Node(loc[0], slot.index, slot.first_index, entry, slot.name), True
+        return _Node(loc[0], slot.index, slot.first_index, entry, slot.name,
+                     self._id_of(loc)), True
 
     # ================================================================ namespace
     async def create(self, path: str, attributes: int = ATTR_ARCHIVE) -> FileInfo:
@@ -619,10 +719,13 @@ class FatVolume:
         found = await self._find(path)
         if found.slot is not None or not found.leaf:
             raise AlreadyExists(f"{path}: file exists")
-        entries = self._name_entries(found.parent, found.leaf, _new_entry(attributes))
-        at = await self._insert(found.parent, entries)
-        slot = self._slot_at(found.parent, at + len(entries) - 1)
+        slot = await self._create_in(found.parent, found.leaf, attributes)
         return self._info(slot, found.parent.key)
+
+    async def _create_in(self, d: _Dir, name: str, attributes: int) -> DirSlot:
+        entries = self._name_entries(d, name, _new_entry(attributes))
+        at = await self._insert(d, entries)
+        return self._slot_at(d, at + len(entries) - 1)
 
     @staticmethod
     def _slot_at(d: _Dir, index: int) -> DirSlot:
@@ -657,6 +760,7 @@ class FatVolume:
                             cluster=0 if parent == self._root_cluster else parent)
         data[0:ENTRY_SIZE] = dot.pack()
         data[ENTRY_SIZE:2 * ENTRY_SIZE] = up.pack()
+        self._forget_dir(cluster)
         await self._write(self.boot.cluster_to_sector(cluster), bytes(data))
 
     async def unlink(self, path: str) -> None:
@@ -694,6 +798,7 @@ class FatVolume:
         if any(not s.entry.is_dot and not s.entry.is_label for s in sub.listing.slots):
             raise DirectoryNotEmpty(f"{path}: directory not empty")
         await self._delete_slot(found.parent, slot)
+        self._forget_dir(key)
         self._free_chain(key, slot.name)
 
     async def rename(self, src: str, dst: str) -> None:
@@ -748,20 +853,23 @@ class FatVolume:
         if replaced is not None:
             if replaced.entry.is_dir:
                 await self._delete_slot(target, replaced)
+                self._forget_dir(replaced.entry.cluster)
                 self._free_chain(replaced.entry.cluster, replaced.name)
             else:
                 await self._remove_file(target, replaced)
         old_dir = target if same_dir else s.parent
-        await self._delete_slot(old_dir, src_slot)
         self._rekey((old_dir.key, src_slot.index), (target.key, at, new_index), d.leaf,
                     ShortEntry.unpack(entries[-1]))
+        await self._delete_slot(old_dir, src_slot)
         if src_slot.entry.is_dir and not same_dir:
             await self._fix_dotdot(src_slot.entry.cluster, target.key)
         await self._flush_fat()
 
     def _rekey(self, old: tuple[int, int], new: tuple[int, int, int], name: str,
                entry: ShortEntry) -> None:
-        """An open file was renamed: its node follows it to (dir, first index, index)."""
+        """A file was renamed: its id (and node, if open) follow it to (dir, first, index)."""
+        self._move_id((self._cluster_to_key(old[0]), old[1]),
+                      (self._cluster_to_key(new[0]), new[2]))
         node = self._nodes.pop((self._cluster_to_key(old[0]), old[1]), None)
         if node is None:
             return
@@ -778,6 +886,7 @@ class FatVolume:
             return
         up = up.with_(cluster=0 if new_parent == self._root_cluster else new_parent)
         raw[ENTRY_SIZE:2 * ENTRY_SIZE] = up.pack()
+        self._forget_dir(cluster)
         await self._write(first, bytes(raw))
 
     # ================================================================ sizes & data

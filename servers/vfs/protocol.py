@@ -122,6 +122,34 @@ class SetTimes(msgspec.Struct, frozen=True, gc=False, tag=True):
     mtime: float
 
 
+class StatHandle(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """fstat: the open file's metadata, even after it was unlinked or renamed."""
+
+    handle: int
+
+
+class Lookup(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """``name`` inside the directory whose node is ``directory`` (a ``file_id`` from an earlier
+    reply; 1 is the root). Replies FsInfo; its ``file_id`` is the entry's node."""
+
+    directory: int
+    name: str
+
+
+class OpenAt(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Open ``name`` inside the directory node ``directory`` (like ``openat``)."""
+
+    directory: int
+    name: str
+    flags: int
+
+
+class ReadDirAt(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """The entries of the directory node ``directory``."""
+
+    directory: int
+
+
 Syscall = (
     Open
     | Close
@@ -140,6 +168,10 @@ Syscall = (
     | Exit
     | StatFs
     | SetTimes
+    | StatHandle
+    | Lookup
+    | OpenAt
+    | ReadDirAt
 )
 
 
@@ -172,3 +204,6 @@ class Data(msgspec.Struct, frozen=True, gc=False, tag=True):
 
 class Written(msgspec.Struct, frozen=True, gc=False, tag=True):
     count: int
+
+
+ROOT_NODE = 1  # the node of ``/``: the root directory of the volume mounted there

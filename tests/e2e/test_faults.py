@@ -14,7 +14,7 @@ from drivers.protocol import InjectFault, Read
 from microkernel.errors import CapabilityDenied, MessageDenied
 from microkernel.ipc import Envelope
 from microkernel.protocol import Ok
-from servers.fat.protocol import FsStatFs, FsVolume
+from servers.fs.protocol import FsStatFs, FsVolume
 from servers.vfs.protocol import Stat
 from tests.e2e.conftest import ImageFactory, fsck_ok, mtype
 

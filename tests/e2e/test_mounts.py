@@ -8,7 +8,7 @@ import pytest
 
 import microkernel
 from microkernel.config import DeviceConfig, SystemConfig
-from servers.vfs.server import MountTable
+from servers.vfs.mounts import MountTable
 from tests.e2e.conftest import ImageFactory, fsck_ok, mtype
 
 pytestmark = pytest.mark.anyio

@@ -28,7 +28,7 @@ async def test_one_read_is_traced_across_every_server(
     msgs = [e for e in events if e["event"] == "msg"]
     (part,) = [m for m in msgs if m["msg"] == "CachePart"]
     flow = [(m["src"], m["dst"], m["msg"]) for m in msgs if m["corr"] == part["corr"]]
-    # DESIGN §4: the cache answers the kernel file driver directly, not the file system.
+    # docs/architecture.md §4: the cache answers the kernel file driver directly, not the file system.
     assert sorted(flow) == sorted(
         [
             ("proc:1", "vfs", "CachePart"),

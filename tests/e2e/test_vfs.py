@@ -12,8 +12,9 @@ import pytest
 import microkernel
 from microkernel.boot import System
 from microkernel.config import CacheConfig, DeviceConfig, SystemConfig
+from servers.vfs.abi import DATA_OFFSET
 from servers.vfs.filemap import iter_parts
-from servers.vfs.server import DATA_OFFSET, VfsServer
+from servers.vfs.server import VfsServer
 from tests.e2e.conftest import ImageFactory, fsck_ok, mtype
 
 pytestmark = pytest.mark.anyio
@@ -81,7 +82,7 @@ async def test_processes_share_one_set_of_frames(make_image: ImageFactory) -> No
         # Later processes cost only their control pages, never another copy of the data.
         assert free_after_first - system.memory.frames_free <= 3 * 19
         vfs = vfs_of(system)
-        (cfile,) = [c for c in vfs.files.values() if c.key[1] == "/shared.bin"]
+        (cfile,) = [c for c in vfs.files.values() if c.info.name == "shared.bin"]
         assert len(cfile.pages) == 128
         frames = {p: fp.phys for p, fp in cfile.pages.items()}
         for w in cfile.windows:
@@ -201,7 +202,7 @@ async def test_second_chance_evicts_untouched_parts_and_keeps_touched(
             for _ in range(4):
                 f.seek(10)
                 await f.read(5)  # keep touching part 1 only
-                await vfs_of(system)._second_chance(window)
+                vfs_of(system).pager.second_chance(window)
             positions = [part.position for _, part in iter_parts(window.space.view(0, 4096))]
             assert positions == [0]  # unlinked at once
             with anyio.fail_after(5):  # unmapped after two grace periods

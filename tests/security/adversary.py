@@ -263,7 +263,7 @@ class Scene:
     async def _servers_answer(self) -> list[str]:
         from drivers.protocol import DriverStats, GetStats
         from servers.cache.protocol import CacheStats, GetCacheStats
-        from servers.fat.protocol import FsStatFs, FsVolume
+        from servers.fs.protocol import FsStatFs, FsVolume
 
         kernel = self.system.kernel
         bad = []

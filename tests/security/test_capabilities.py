@@ -17,7 +17,7 @@ from microkernel.ipc import CALL, Envelope, Router, message_type
 from microkernel.protocol import Ok
 from microkernel.server import DEFERRED, Server, handles
 from servers.cache.protocol import GiveBack, PageRef, SectorsReady
-from servers.fat.protocol import FsStatFs, FsVolume
+from servers.fs.protocol import FsStatFs, FsVolume
 from servers.vfs.protocol import Stat
 from tests.e2e.conftest import ImageFactory
 

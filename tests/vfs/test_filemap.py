@@ -15,7 +15,6 @@ from servers.vfs.filemap import (
     FileMapCorrupt,
     FileMapFull,
     FileMapReader,
-    FileMapWriter,
     InvalidPart,
     Part,
     PartOverlap,
@@ -25,6 +24,7 @@ from servers.vfs.filemap import (
     lookup,
     run_lookup_steps,
 )
+from servers.vfs.filemap_writer import FileMapWriter
 
 
 def new_page() -> bytearray:

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 import pytest
 
 from servers.vfs.filemap import (
-    FileMapWriter,
     Part,
     Store,
     as_bytes,
     part_offset,
-    plan_insert,
     run_lookup_steps,
 )
+from servers.vfs.filemap_writer import FileMapWriter, plan_insert
 from tests.vfs.interleave import Hit, Run, explore
 
 SPACING = 100

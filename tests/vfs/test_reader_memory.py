@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from servers.vfs.filemap import FileMapReader, FileMapWriter
+from servers.vfs.filemap import FileMapReader
+from servers.vfs.filemap_writer import FileMapWriter
 
 
 def test_still_tracks_removal_clear_and_reuse() -> None:

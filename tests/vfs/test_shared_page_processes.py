@@ -20,10 +20,10 @@ from servers.vfs.filemap import (
     FILEMAP_SIZE,
     FileMapFull,
     FileMapReader,
-    FileMapWriter,
     Part,
     PartOverlap,
 )
+from servers.vfs.filemap_writer import FileMapWriter
 from servers.vfs.pages import PAGE_SIZE, FileState, FileStatePage
 
 CTX = multiprocessing.get_context("fork")

@@ -1,0 +1,201 @@
+"""The file-system protocol: what the kernel file driver asks of any file-system server.
+
+A file-system server (today the FAT server, ``servers/fat``) implements every
+request here; boot finds such servers by the protocol they speak
+(:data:`FsRequest`), not by their name. Facts only one kind of file system has
+(FAT's short names, first clusters, FAT type) travel in the ``native`` maps of
+:class:`FsInfo` and :class:`FsVolume`, described by that server's own module
+(``servers/fat/protocol.py``).
+
+Paths are absolute within the volume (``/docs/notes.txt``). Every file has a
+stable ``file_id``: the same file whatever name reaches it (aliases, case, a
+renamed parent), never reused; a new file at an old path gets a new id. The
+kernel file driver keys its central files by (server, file_id). Open files are
+named by the file system's handle. ``MapRange`` is the heart of the read path
+(``docs/architecture.md`` §4): the file system resolves the cluster chain to device sector
+extents, replies with them (so the kernel file driver knows which file offset
+each sector holds), and sends one ``CacheRead`` to the disc cache with the
+kernel file driver as ``notify`` port; the cache answers the kernel file driver
+directly with ``SectorsReady``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+ROOT_FILE_ID: Final = 1  # the file id of every volume's root directory
+
+
+class FsInfo(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """What stat and readdir report."""
+
+    name: str
+    attributes: int
+    size: int
+    alloc_size: int
+    is_dir: bool
+    mtime: float
+    ctime: float
+    atime: float
+    file_id: int  # the file system's stable identity of the file
+    native: dict[str, str | int] = msgspec.field(default_factory=dict)  # server-specific facts
+
+
+class FsVolume(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Volume facts the kernel file driver needs to choose the zero-copy or the copy path."""
+
+    device: str
+    label: str
+    logical_sector_size: int
+    alignment_offset: int  # device logical sectors before the first physical-sector boundary
+    partition_start: int  # device LBA of the volume's boot sector
+    cluster_size: int
+    total_clusters: int
+    free_clusters: int
+    aligned: bool  # every cluster maps onto whole 4 KiB cache pages: zero-copy for all pages
+    read_only: bool
+    native: dict[str, str | int] = msgspec.field(default_factory=dict)  # server-specific facts
+
+
+class FileExtent(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """``count`` device logical sectors from ``lba`` hold the file's bytes from ``file_offset``."""
+
+    file_offset: int
+    lba: int
+    count: int
+
+
+# ------------------------------------------------------------------ requests
+class FsOpen(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    path: str
+    create: bool = False
+    exclusive: bool = False
+    truncate: bool = False
+
+
+class FsClose(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    handle: int
+
+
+class FsStat(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    path: str
+
+
+class FsStatHandle(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    handle: int
+
+
+class FsReadDir(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    path: str
+
+
+class FsMkdir(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    path: str
+
+
+class FsRmdir(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    path: str
+
+
+class FsUnlink(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    path: str
+
+
+class FsRename(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    src: str
+    dst: str
+
+
+class MapRange(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Resolve ``length`` bytes at ``offset`` and have the cache bring them in for ``notify``."""
+
+    handle: int
+    offset: int
+    length: int
+    notify: str
+    tag: int
+
+
+class FsSetSize(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Truncate or extend; new space is zero-filled in the cache without a disk read."""
+
+    handle: int
+    size: int
+
+
+class FsSetTimes(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    handle: int
+    mtime: float
+
+
+class FsFsync(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Write the FAT, directory entries and FSInfo, then flush the device (handle 0: whole volume)."""
+
+    handle: int = 0
+
+
+class FsStatFs(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    pass
+
+
+class FsLookup(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """``name`` inside the directory whose file id is ``directory`` (no path walk)."""
+
+    directory: int
+    name: str
+
+
+class FsOpenAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Open (optionally create) ``name`` inside the directory ``directory``; replies FsOpened."""
+
+    directory: int
+    name: str
+    create: bool = False
+    exclusive: bool = False
+
+
+class FsReadDirAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """The entries of the directory whose file id is ``directory``."""
+
+    directory: int
+
+
+FsRequest = (
+    FsOpen
+    | FsClose
+    | FsStat
+    | FsStatHandle
+    | FsReadDir
+    | FsMkdir
+    | FsRmdir
+    | FsUnlink
+    | FsRename
+    | MapRange
+    | FsSetSize
+    | FsSetTimes
+    | FsFsync
+    | FsStatFs
+    | FsLookup
+    | FsOpenAt
+    | FsReadDirAt
+)
+
+
+# ------------------------------------------------------------------- replies
+class FsOpened(msgspec.Struct, frozen=True, gc=False, tag=True):
+    handle: int
+    info: FsInfo
+
+
+class FsDir(msgspec.Struct, frozen=True, gc=False, tag=True):
+    entries: list[FsInfo]
+
+
+class Mapped(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Reply to MapRange: the extents (the cache will notify ``SectorsReady(tag)``), or none."""
+
+    tag: int
+    size: int
+    extents: list[FileExtent]

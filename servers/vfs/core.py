@@ -1,0 +1,398 @@
+"""The pure core of the kernel file driver: central files, windows, parts, dirty pages.
+
+No awaits and no I/O (h11 style, like ``servers/cache/pages.py``): the server
+shell receives messages, asks this core what to do, performs the mappings and
+the messages to the cache and the file system, and reports back. Every rule
+below is tested without a router or an event loop (``tests/vfs/test_core.py``).
+
+A window (one open handle) goes through explicit states::
+
+    OPENING --opened--> OPEN --close--> CLOSING --idle--> CLOSED
+
+Operations (``CachePart``, ``Read``, ``Write``, ...) are admitted only while
+the window is ``OPEN`` and are counted while in flight; ``CLOSING`` refuses new
+ones, nothing is mapped into a window that is not ``OPEN``, and the window's
+frames are released only once the count is back to zero (``CLOSED``).
+
+A central file is found by (file system, file id) and holds the file's pages
+(file page -> frame). Dirt is tracked per 4 KiB page: the library sets a byte in
+the window's dirty map (``abi.py``) for each page it stores into; the driver
+takes those bytes into ``FilePage.dirty`` and hands exactly those pages to the
+cache.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
+
+from microkernel.addrspace import AddressSpace
+from microkernel.errors import KernelError
+from microkernel.memory import PhysicalMemory
+from microkernel.process import Process
+from servers.fs.protocol import FileExtent, FsInfo
+from servers.vfs.abi import PAGE_SIZE, PAGES_PER_MAP_PAGE, WINDOW_DATA, map_pages_for
+from servers.vfs.filemap_writer import FileMapWriter
+from servers.vfs.pages import FileState, FileStatePage, ProcessFilePage
+from servers.vfs.protocol import OpenFlags
+
+MAX_PART_PAGES: Final = 1024  # one part maps at most 4 MiB
+MAX_OFFSET: Final = (1 << 63) - 1
+
+
+class BadHandle(KernelError):
+    default_errno = errno.EBADF
+
+
+class WindowState(enum.Enum):
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class FilePage(msgspec.Struct, gc=False):
+    """One cached 4 KiB page of a file: a cache frame (zero-copy) or a private copy.
+
+    Untracked by the garbage collector (``gc=False``: no cycles), since a large
+    read creates thousands at once.
+    """
+
+    phys: int
+    cache_lba: int | None  # the cache page mapped as is; None for a private frame
+    sources: tuple[tuple[int, int, int, int], ...] = ()  # copy path: (cache page, offset in
+    # it, offset in this page, length)
+    dirty: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class CentralFile:
+    key: tuple[str, int]  # (file system server, the file system's file id)
+    fs_handle: int
+    info: FsInfo
+    state_frame: int
+    state: FileStatePage
+    pages: dict[int, FilePage] = field(default_factory=dict)
+    inflight: dict[int, int] = field(default_factory=dict)  # page -> tag of its fetch
+    windows: set[Window] = field(default_factory=set)
+    modified: bool = False
+    published: int = -1  # the size processes see; <= the file system's size (reservations)
+
+    @property
+    def fs(self) -> str:
+        return self.key[0]
+
+    @property
+    def size(self) -> int:
+        """The published size: what every process sees in the state page."""
+        return self.info.size if self.published < 0 else self.published
+
+    @property
+    def fat_size(self) -> int:
+        """The size in the file system: published size plus any reservation of a writer."""
+        return self.info.size
+
+    def publish(self) -> None:
+        """Write the size and metadata into the state page (seqlock, see ``pages.py``)."""
+        info = self.info
+        self.state.write(
+            FileState(self.size, info.alloc_size, info.attributes, int(info.mtime * 1e9), info.name)
+        )
+
+
+@dataclass(eq=False, slots=True)
+class Window:
+    """One open handle: the file's window in one process."""
+
+    handle: int
+    proc: Process
+    file: CentralFile
+    space: AddressSpace
+    flags: int
+    filemap_frame: int
+    procpage_frame: int
+    writer: FileMapWriter
+    procpage: ProcessFilePage
+    state: WindowState = WindowState.OPENING
+    ops: int = 0  # operations admitted and not yet finished
+    dirty_frames: dict[int, int] = field(default_factory=dict)  # dirty-map page -> frame
+    mapped: set[int] = field(default_factory=set)  # file pages linked into a FileMap part
+    generation: dict[int, int] = field(default_factory=dict)  # page -> times it was mapped
+    parts: dict[int, tuple[int, int]] = field(default_factory=dict)  # part -> (first page, n)
+    ages: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & OpenFlags.WRITE)
+
+    @property
+    def frames(self) -> list[int]:
+        """Every frame the window owns (control pages and dirty map)."""
+        return [self.filemap_frame, self.procpage_frame, *self.dirty_frames.values()]
+
+
+# ------------------------------------------------------------------ window lifetime
+def opened(window: Window) -> None:
+    """OPENING -> OPEN: the handle may be used."""
+    if window.state is not WindowState.OPENING:
+        raise BadHandle(f"handle {window.handle} is {window.state.value}, not opening")
+    window.state = WindowState.OPEN
+
+
+def begin_op(window: Window) -> None:
+    """Admit an operation on the handle: only while OPEN."""
+    if window.state is not WindowState.OPEN:
+        raise BadHandle(f"handle {window.handle} is {window.state.value}")
+    window.ops += 1
+
+
+def end_op(window: Window) -> bool:
+    """An operation ended; True when it was the last one a closing window waited for."""
+    window.ops -= 1
+    assert window.ops >= 0, "end_op without begin_op"
+    return window.state is WindowState.CLOSING and window.ops == 0
+
+
+def begin_close(window: Window) -> bool:
+    """OPEN/OPENING -> CLOSING; False when a close is already under way (or done)."""
+    if window.state in (WindowState.CLOSING, WindowState.CLOSED):
+        return False
+    window.state = WindowState.CLOSING
+    return True
+
+
+def finish_close(window: Window) -> list[int]:
+    """CLOSING -> CLOSED once idle: the frames that may be released now."""
+    if window.state is not WindowState.CLOSING or window.ops:
+        raise BadHandle(f"handle {window.handle} is not an idle closing window")
+    window.state = WindowState.CLOSED
+    window.file.windows.discard(window)
+    return window.frames
+
+
+def may_map(window: Window) -> bool:
+    """Nothing is mapped into a window that is not OPEN."""
+    return window.state is WindowState.OPEN
+
+
+# ---------------------------------------------------------------------- requests
+def check_range(position: int, size: int) -> None:
+    """Offsets and sizes from a process: non-negative, and their end fits an off_t."""
+    if position < 0 or size < 0 or position + size > MAX_OFFSET:
+        raise OSError(errno.EINVAL, f"bad file range {position}+{size}")
+
+
+def part_pages(window: Window, position: int, size: int) -> list[int]:
+    """The file pages a ``CachePart`` at ``position`` maps (empty: at or past the end).
+
+    A writer may map its reservation (beyond the published size); a part is
+    at most ``MAX_PART_PAGES`` long and never leaves the window.
+    """
+    check_range(position, size)
+    cfile = window.file
+    limit = cfile.fat_size if window.writable else cfile.size
+    if position >= limit:
+        return []
+    first = position // PAGE_SIZE
+    end = min(position + max(size, 1), round_up(limit), WINDOW_DATA)
+    return list(range(first, min(pages_of(end), first + MAX_PART_PAGES)))
+
+
+def missing_pages(cfile: CentralFile, pages: Iterable[int]) -> list[int]:
+    """Pages neither cached nor being fetched."""
+    return [p for p in pages if p not in cfile.pages and p not in cfile.inflight]
+
+
+def unmapped_runs(window: Window, pages: Iterable[int]) -> list[list[int]]:
+    """Runs of the pages not yet linked into the window."""
+    return runs([p for p in pages if p not in window.mapped])
+
+
+def dirty_map_pages_needed(window: Window, run: list[int]) -> list[int]:
+    """Dirty-map pages a new part needs that the window does not have yet."""
+    return [m for m in map_pages_for(run[0], len(run)) if m not in window.dirty_frames]
+
+
+def record_mapping(window: Window, run: list[int], index: int) -> None:
+    """A run of pages is mapped and linked as FileMap part ``index``."""
+    window.mapped.update(run)
+    for p in run:
+        window.generation[p] = window.generation.get(p, 0) + 1
+    window.parts[index] = (run[0], len(run))
+
+
+def forget_part(window: Window, index: int) -> tuple[int, int, dict[int, int]]:
+    """Unlink part ``index``: (first page, count, generations to unmap after the grace).
+
+    The pages count as unmapped at once (a miss maps them again under a new
+    part); the real unmap waits out the grace and spares pages mapped again.
+    """
+    first, n = window.parts.pop(index)
+    window.ages.pop(index, None)
+    window.mapped.difference_update(range(first, first + n))
+    return first, n, {p: window.generation.get(p, 0) for p in range(first, first + n)}
+
+
+def stale_pages(window: Window, generations: dict[int, int]) -> list[int]:
+    """Pages of a removed part still unmapped since: safe to unmap now."""
+    return [
+        p
+        for p, g in generations.items()
+        if p not in window.mapped and window.generation.get(p) == g
+    ]
+
+
+# ------------------------------------------------------------------ dirty pages
+def take_dirty(window: Window, memory: PhysicalMemory, first: int, count: int) -> list[int]:
+    """Read and clear the dirty-map bytes of pages ``first .. first+count-1``.
+
+    Clearing before the writeback means a store racing with it sets the byte
+    again and is written next time, instead of being forgotten.
+    """
+    out: list[int] = []
+    end = first + count
+    for m in map_pages_for(first, count):
+        frame = window.dirty_frames.get(m)
+        if frame is None:
+            continue
+        lo, hi = max(first, m * PAGES_PER_MAP_PAGE), min(end, (m + 1) * PAGES_PER_MAP_PAGE)
+        view = memory.view(frame + lo - m * PAGES_PER_MAP_PAGE, hi - lo)
+        chunk = bytes(view)
+        if chunk.count(0) == len(chunk):
+            continue
+        for i, byte in enumerate(chunk):
+            if byte:
+                view[i] = 0
+                out.append(lo + i)
+    return out
+
+
+def collect_window(window: Window, memory: PhysicalMemory) -> list[int]:
+    """Every dirty page of the window, taken from its whole dirty map.
+
+    The whole map, not only the linked parts: a part being removed may still
+    take stores made through a lookup that began before its removal.
+    """
+    pages: list[int] = []
+    for m in sorted(window.dirty_frames):
+        pages.extend(take_dirty(window, memory, m * PAGES_PER_MAP_PAGE, PAGES_PER_MAP_PAGE))
+    return pages
+
+
+def mark_dirty(cfile: CentralFile, pages: Iterable[int]) -> None:
+    for p in pages:
+        fp = cfile.pages.get(p)
+        if fp is not None:
+            fp.dirty = True
+            cfile.modified = True
+
+
+def writeback_plan(cfile: CentralFile) -> tuple[list[int], list[FilePage]]:
+    """Take the dirty pages: (cache pages to mark dirty, private pages to copy back).
+
+    Pages past the file system's size have no clusters behind them and are
+    dropped clean.
+    """
+    marked: list[int] = []
+    private: list[FilePage] = []
+    for p, fp in cfile.pages.items():
+        if not fp.dirty:
+            continue
+        fp.dirty = False
+        if p * PAGE_SIZE >= cfile.fat_size:
+            continue
+        if fp.cache_lba is not None:
+            marked.append(fp.cache_lba)
+        else:
+            private.append(fp)
+    return marked, private
+
+
+def idle_pages(cfile: CentralFile) -> list[int]:
+    """Cached pages no window has linked: what a give-back may drop."""
+    return [p for p in cfile.pages if not any(p in w.mapped for w in cfile.windows)]
+
+
+def pages_from(cfile: CentralFile, size: int) -> list[int]:
+    """Cached pages at or past a new size (dropped by a shrink)."""
+    keep = pages_of(size)
+    return [p for p in cfile.pages if p >= keep]
+
+
+def parts_reaching(window: Window, size: int) -> list[int]:
+    """Parts reaching past a new size (unmapped before the clusters go back)."""
+    keep = pages_of(size)
+    return [i for i, (first, n) in window.parts.items() if first + n > keep]
+
+
+# ---------------------------------------------------------------------- page math
+def pages_of(nbytes: int) -> int:
+    return -(-nbytes // PAGE_SIZE)
+
+
+def round_up(nbytes: int) -> int:
+    return pages_of(nbytes) * PAGE_SIZE
+
+
+def runs(pages: Iterable[int]) -> list[list[int]]:
+    """Split page numbers into sorted runs of consecutive pages."""
+    out: list[list[int]] = []
+    for p in sorted(pages):
+        if out and out[-1][-1] == p - 1:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
+def page_lba(lba: int, ss: int, align: int) -> int:
+    """First logical sector of the cache page holding ``lba``."""
+    spp = PAGE_SIZE // ss
+    origin = align % spp
+    return lba - (lba - origin) % spp
+
+
+def direct_pages(extents: list[FileExtent], ss: int, align: int) -> Iterator[tuple[int, int]]:
+    """(file page, cache page) for every file page that *is* one aligned cache page.
+
+    A file page qualifies when its 4 KiB lie inside one extent and start on a
+    cache page boundary; within an extent that holds for all pages or for none.
+    """
+    spp = PAGE_SIZE // ss
+    for e in extents:
+        first = -(-e.file_offset // PAGE_SIZE)
+        end = (e.file_offset + e.count * ss) // PAGE_SIZE
+        if first >= end or (first * PAGE_SIZE - e.file_offset) % ss:
+            continue
+        lba0 = e.lba + (first * PAGE_SIZE - e.file_offset) // ss
+        if page_lba(lba0, ss, align) != lba0:
+            continue
+        for k in range(end - first):
+            yield first + k, lba0 + k * spp
+
+
+def byte_sources(
+    lo: int, hi: int, extents: list[FileExtent], ss: int, align: int
+) -> list[tuple[int, int, int, int]]:
+    """(sector, byte offset in sector, offset in the file page, length) covering file bytes lo..hi.
+
+    Pieces never cross a cache page boundary, so each is one copy from one frame.
+    """
+    origin = align % (PAGE_SIZE // ss)
+    out = []
+    for e in extents:
+        e_lo, e_hi = e.file_offset, e.file_offset + e.count * ss
+        a, b = max(lo, e_lo), min(hi, e_hi)
+        pos = a
+        while pos < b:
+            sector = e.lba + (pos - e_lo) // ss
+            in_sector = (pos - e_lo) % ss
+            n = min(b - pos, PAGE_SIZE - (((sector - origin) * ss + in_sector) % PAGE_SIZE))
+            out.append((sector, in_sector, pos - lo, n))
+            pos += n
+    return out

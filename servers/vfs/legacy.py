@@ -1,0 +1,79 @@
+"""The legacy copying system calls ``Read`` and ``Write`` of the kernel file driver.
+
+They are the only system calls that carry file data, kept so the benefit of
+the mapping can be measured on the same system: every byte they move is
+counted in ``bytes_copied``. Ranges are checked first (EINVAL for a negative
+or overflowing offset or size).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from microkernel.ipc import Envelope
+from microkernel.memory import PhysicalMemory
+from microkernel.server import handles
+from servers.vfs import core
+from servers.vfs.abi import PAGE_SIZE
+from servers.vfs.core import Window
+from servers.vfs.paging import Pager
+from servers.vfs.protocol import Data, Read, Write, Written
+from servers.vfs.writeback import Flusher
+
+
+class LegacyMixin:
+    """``Read``/``Write``; mixed into :class:`servers.vfs.server.VfsServer`."""
+
+    memory: PhysicalMemory
+    pager: Pager
+    flusher: Flusher
+
+    def _window(self, env: Envelope, handle: int) -> Window:
+        raise NotImplementedError
+
+    def _writable_window(self, env: Envelope, handle: int) -> Window:
+        raise NotImplementedError
+
+    def _op(self, window: Window) -> AbstractContextManager[Window]:
+        raise NotImplementedError
+
+    @handles(Read)
+    async def on_read(self, env: Envelope, msg: Read) -> Data:
+        core.check_range(msg.position, msg.size)
+        with self._op(self._window(env, msg.handle)) as window:
+            cfile = window.file
+            end = min(msg.position + msg.size, cfile.size)
+            if msg.position >= end:
+                return Data(b"")
+            pages = list(range(msg.position // PAGE_SIZE, core.pages_of(end)))
+            await self.pager.ensure_pages(cfile, pages, window)
+            out = bytearray(end - msg.position)
+            for p in pages:
+                lo, hi = max(p * PAGE_SIZE, msg.position), min((p + 1) * PAGE_SIZE, end)
+                self.memory.copy(
+                    memoryview(out)[lo - msg.position : hi - msg.position],
+                    self.memory.view(cfile.pages[p].phys + lo - p * PAGE_SIZE, hi - lo),
+                    reason="legacy-read",
+                )
+            return Data(bytes(out))
+
+    @handles(Write)
+    async def on_write(self, env: Envelope, msg: Write) -> Written:
+        core.check_range(msg.position, len(msg.data))
+        with self._op(self._writable_window(env, msg.handle)) as window:
+            cfile = window.file
+            end = msg.position + len(msg.data)
+            if end > cfile.size:
+                await self.flusher.set_size(cfile, end)
+            pages = list(range(msg.position // PAGE_SIZE, core.pages_of(end)))
+            await self.pager.ensure_pages(cfile, pages, window)
+            src = memoryview(msg.data)
+            for p in pages:
+                lo, hi = max(p * PAGE_SIZE, msg.position), min((p + 1) * PAGE_SIZE, end)
+                self.memory.copy(
+                    self.memory.view(cfile.pages[p].phys + lo - p * PAGE_SIZE, hi - lo),
+                    src[lo - msg.position : hi - msg.position],
+                    reason="legacy-write",
+                )
+            core.mark_dirty(cfile, pages)
+            return Written(len(msg.data))

@@ -1,0 +1,212 @@
+"""The write path of the kernel file driver: dirty pages to the cache, sizes, give-backs.
+
+Dirt is per 4 KiB page (``core.py``): the dirty maps of a file's windows are
+taken into ``FilePage.dirty``, and only those pages go to the cache: a
+zero-copy page (a cache frame) is marked dirty there, a private page of the
+copy path is copied back into the cache pages it came from. The cache writes
+what it holds dirty within its writeback interval; ``durable`` (fsync) asks it
+to write them now and flush the device.
+
+The kernel file driver's periodic scan calls :meth:`Flusher.write_back` for
+every open file, so bytes stored through a mapping reach the disk while the
+file stays open, without close, flush or fsync.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+import msgspec
+
+from microkernel.ipc import Endpoint
+from microkernel.memory import PhysicalMemory
+from microkernel.protocol import Ok
+from servers.cache.protocol import CacheMap, Extent, MarkDirty, Pages, Release, Writeback
+from servers.fs.protocol import FsInfo, FsSetSize, FsSetTimes, FsStatHandle, FsVolume
+from servers.vfs import core
+from servers.vfs.abi import PAGE_SIZE
+from servers.vfs.core import CentralFile, FilePage
+from servers.vfs.paging import Pager
+
+WRITEBACK_TIMEOUT_S = 120
+
+
+class Flusher:
+    """Dirty pages, sizes and memory pressure for the kernel file driver's shell."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        memory: PhysicalMemory,
+        volumes: dict[str, FsVolume],
+        *,
+        cache: str,
+        pager: Pager,
+    ) -> None:
+        self.endpoint = endpoint
+        self.memory = memory
+        self.volumes = volumes
+        self.cache = cache
+        self.pager = pager
+        self._locks: dict[CentralFile, anyio.Lock] = {}
+
+    # ---------------------------------------------------------------- writeback
+    def collect(self, cfile: CentralFile) -> None:
+        """Take the dirty maps of every window of the file into its pages."""
+        for window in cfile.windows:
+            core.mark_dirty(cfile, core.collect_window(window, self.memory))
+
+    def _lock(self, cfile: CentralFile) -> anyio.Lock:
+        lock = self._locks.get(cfile)
+        if lock is None:
+            lock = self._locks[cfile] = anyio.Lock()
+        return lock
+
+    def forget(self, cfile: CentralFile) -> None:
+        """The central file is retired: drop its lock."""
+        self._locks.pop(cfile, None)
+
+    async def write_back(
+        self,
+        cfile: CentralFile,
+        *,
+        durable: bool = False,
+        then_drop: Callable[[CentralFile], list[int]] | None = None,
+    ) -> int:
+        """Hand the dirty pages to the cache: zero-copy pages are marked, private copies copied.
+
+        One writeback of a file at a time: a private page is read while its copy
+        awaits the cache, so pages are dropped (``then_drop`` chooses which; the
+        pins given back are returned) only under the same lock, after it.
+        """
+        async with self._lock(cfile):
+            await self._write_back(cfile, durable)
+            return self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
+
+    async def _write_back(self, cfile: CentralFile, durable: bool) -> None:
+        self.collect(cfile)
+        marked, private = core.writeback_plan(cfile)
+        volume = self.volumes[cfile.fs]
+        written: list[int] = []
+        for fp in private:
+            written.extend(await self._copy_back(volume, fp))
+        if marked:
+            await self.endpoint.call(self.cache, MarkDirty(volume.device, marked), Ok)
+        if durable and (marked or written):
+            lbas = sorted({*marked, *written})
+            await self.endpoint.call(
+                self.cache, Writeback(volume.device, lbas), Ok, timeout=WRITEBACK_TIMEOUT_S
+            )
+
+    async def _copy_back(self, volume: FsVolume, fp: FilePage) -> list[int]:
+        ss, device = volume.logical_sector_size, volume.device
+        extents = [Extent(lba, PAGE_SIZE // ss) for lba in sorted({s[0] for s in fp.sources})]
+        if not extents:
+            return []
+        reply: Pages = await self.endpoint.call(self.cache, CacheMap(device, extents), Pages)
+        frames = {p.lba: p.phys for p in reply.pages}
+        for plba, inpage, dst, n in fp.sources:
+            self.memory.copy(
+                self.memory.view(frames[plba] + inpage, n),
+                self.memory.view(fp.phys + dst, n),
+                reason="copy-path",
+            )
+        lbas = list(frames)
+        await self.endpoint.call(self.cache, MarkDirty(device, lbas), Ok)
+        self.endpoint.send_nowait(self.cache, Release(device, lbas))
+        return lbas
+
+    def drop_pages(self, cfile: CentralFile, pages: list[int]) -> int:
+        """Forget cached pages: cache pins go back, private frames are freed. Returns pins."""
+        pins = []
+        for p in pages:
+            fp = cfile.pages.pop(p, None)
+            if fp is None:
+                continue
+            if fp.cache_lba is not None:
+                pins.append(fp.cache_lba)
+            else:
+                self.memory.release([fp.phys])
+        if pins:
+            self.endpoint.send_nowait(self.cache, Release(self.volumes[cfile.fs].device, pins))
+        return len(pins)
+
+    # -------------------------------------------------------------------- sizes
+    async def set_size(self, cfile: CentralFile, size: int, *, reserve: bool = False) -> None:
+        """Change the size; ``reserve`` only makes room in the file system for a writer.
+
+        An extending write reserves first (the clusters are allocated and zero
+        filled), stores its bytes into the mapping, then publishes the new size:
+        a concurrent reader therefore never sees the size before the data.
+        """
+        core.check_range(size, 0)
+        cfile.modified = True
+        if reserve:
+            if size > cfile.fat_size:
+                await self._fs_set_size(cfile, size)
+            return
+        if size < cfile.size:
+            await self._shrink(cfile, size)
+        if (size < cfile.fat_size and size < cfile.size) or size > cfile.fat_size:
+            await self._fs_set_size(cfile, size)
+        cfile.published = size
+        cfile.publish()
+
+    async def _fs_set_size(self, cfile: CentralFile, size: int) -> None:
+        published = cfile.size
+        info: FsInfo = await self.endpoint.call(cfile.fs, FsSetSize(cfile.fs_handle, size), FsInfo)
+        cfile.info = info
+        cfile.published = min(published, size)
+        last = (size - 1) // PAGE_SIZE if size else -1
+        if last in cfile.pages:
+            self.pager.zero_past_eof(cfile, last)
+
+    async def _shrink(self, cfile: CentralFile, size: int) -> None:
+        """Unmap every part reaching past the new end before the clusters go back to the FAT."""
+        keep = core.pages_of(size)
+        await self.pager.cancel_fetches(cfile, keep)
+        unmapped: list[anyio.Event] = []
+        for window in list(cfile.windows):
+            unmapped.extend(self.pager.remove_parts(window, core.parts_reaching(window, size)))
+        for event in unmapped:
+            await event.wait()
+        async with self._lock(cfile):
+            self.collect(cfile)  # stores made during the grace: written if they stay in the file
+            self.drop_pages(cfile, core.pages_from(cfile, size))
+
+    async def trim(self, cfile: CentralFile) -> None:
+        """Give back a writer's unused reservation, so the directory entry says the true size."""
+        if cfile.fat_size != cfile.size:
+            await self._fs_set_size(cfile, cfile.size)
+
+    async def stamp_mtime(self, cfile: CentralFile) -> None:
+        """A file written since its last stamp gets the current time (at fsync and last close)."""
+        if cfile.modified:
+            await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, time.time()), Ok)
+
+    async def set_times(self, cfile: CentralFile, mtime: float) -> FsInfo:
+        await self.write_back(cfile)
+        await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, mtime), Ok)
+        cfile.modified = False  # an explicit time wins over the automatic one at close
+        info: FsInfo = await self.endpoint.call(cfile.fs, FsStatHandle(cfile.fs_handle), FsInfo)
+        cfile.info = msgspec.structs.replace(info, size=cfile.fat_size)
+        cfile.publish()
+        return msgspec.structs.replace(info, size=cfile.size)
+
+    # ------------------------------------------------------------ memory pressure
+    async def give_back(self, files: list[CentralFile], wanted: int) -> int:
+        """Unmap every part (waiting for the unmaps, all at once), then drop idle pages."""
+        unmapped: list[anyio.Event] = []
+        for cfile in files:
+            for window in list(cfile.windows):
+                unmapped.extend(self.pager.evict_parts(window, len(window.parts)))
+        for event in unmapped:
+            await event.wait()
+        released = 0
+        for cfile in files:
+            if released >= wanted:
+                break
+            released += await self.write_back(cfile, then_drop=core.idle_pages)
+        return released

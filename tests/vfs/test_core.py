@@ -1,0 +1,203 @@
+"""The kernel file driver's pure core, without a router or an event loop."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from microkernel.addrspace import StitchedAddressSpace, make_address_space
+from microkernel.memory import BadAddress, PhysicalMemory
+from microkernel.process import Process
+from servers.fs.protocol import FsInfo
+from servers.vfs import core
+from servers.vfs.abi import (
+    DATA_OFFSET,
+    DIRTY_OFFSET,
+    PAGE_SIZE,
+    PAGES_PER_MAP_PAGE,
+    WINDOW_SIZE,
+    map_pages_for,
+    mark_dirty,
+)
+from servers.vfs.core import BadHandle, CentralFile, FilePage, Window, WindowState
+from servers.vfs.filemap_writer import FileMapWriter
+from servers.vfs.pages import FileStatePage, ProcessFilePage
+from servers.vfs.protocol import OpenFlags
+
+
+@pytest.fixture
+def memory() -> Iterator[PhysicalMemory]:
+    mem = PhysicalMemory(512 * PAGE_SIZE)
+    yield mem
+    mem.close()
+
+
+def _info(size: int) -> FsInfo:
+    return FsInfo("f", 0x20, size, size, False, 0.0, 0.0, 0.0, 7)
+
+
+def _cfile(memory: PhysicalMemory, size: int) -> CentralFile:
+    (frame,) = memory.alloc("t", 1)
+    return CentralFile(
+        ("fat0", 7), 1, _info(size), frame, FileStatePage(memory.view(frame), writable=True)
+    )
+
+
+def _window(
+    memory: PhysicalMemory, cfile: CentralFile, flags: OpenFlags, handle: int = 1
+) -> Window:
+    fm, pp = memory.alloc("t", 2)
+    memory.zero([fm, pp])
+    proc = Process(1, "p", "proc:1", StitchedAddressSpace(memory, PAGE_SIZE), cast(Any, None))
+    window = Window(
+        handle,
+        proc,
+        cfile,
+        StitchedAddressSpace(memory, WINDOW_SIZE),
+        int(flags),
+        fm,
+        pp,
+        FileMapWriter(memory.view(fm)),
+        ProcessFilePage(memory.view(pp)),
+    )
+    cfile.windows.add(window)
+    return window
+
+
+def test_window_states_admit_operations_only_while_open(memory: PhysicalMemory) -> None:
+    cfile = _cfile(memory, 10_000)
+    window = _window(memory, cfile, OpenFlags.READ)
+    with pytest.raises(BadHandle):
+        core.begin_op(window)  # OPENING
+    core.opened(window)
+    core.begin_op(window)
+    assert core.begin_close(window)
+    assert window.state is WindowState.CLOSING
+    assert not core.may_map(window)  # nothing is mapped into a closing window
+    with pytest.raises(BadHandle) as info:
+        core.begin_op(window)
+    assert info.value.errno == errno.EBADF
+    assert not core.begin_close(window)  # a second close joins the first
+    with pytest.raises(BadHandle):
+        core.finish_close(window)  # an operation is still in flight: frames stay
+    assert core.end_op(window)  # the last one: the closer may go on
+    frames = core.finish_close(window)
+    assert frames == [window.filemap_frame, window.procpage_frame]
+    assert window.state.value == "closed"
+    assert window not in cfile.windows
+
+
+def test_part_pages_respect_size_reservation_and_window(memory: PhysicalMemory) -> None:
+    cfile = _cfile(memory, 10_000)
+    reader = _window(memory, cfile, OpenFlags.READ)
+    writer = _window(memory, cfile, OpenFlags.READ | OpenFlags.WRITE, handle=2)
+    cfile.published = 5000  # a writer reserved up to 10 000 and published 5000
+    assert core.part_pages(reader, 0, 1 << 20) == [0, 1]
+    assert core.part_pages(reader, 5000, 10) == []
+    assert core.part_pages(writer, 5000, 1 << 20) == [1, 2]
+    big = _cfile(memory, 64 << 20)
+    huge = _window(memory, big, OpenFlags.READ, handle=3)
+    assert len(core.part_pages(huge, 0, 64 << 20)) == core.MAX_PART_PAGES
+    for position, size in [(-1, 10), (0, -1), ((1 << 63) - 5, 10)]:
+        with pytest.raises(OSError) as info:
+            core.part_pages(reader, position, size)
+        assert info.value.errno == errno.EINVAL
+
+
+def test_parts_are_forgotten_at_once_and_unmapped_only_if_not_mapped_again(
+    memory: PhysicalMemory,
+) -> None:
+    cfile = _cfile(memory, 1 << 20)
+    window = _window(memory, cfile, OpenFlags.READ)
+    core.opened(window)
+    core.record_mapping(window, [0, 1, 2], index=1)
+    assert core.unmapped_runs(window, range(5)) == [[3, 4]]
+    first, n, generations = core.forget_part(window, 1)
+    assert (first, n) == (0, 3) and not window.mapped
+    core.record_mapping(window, [1], index=2)  # page 1 mapped again meanwhile
+    assert core.stale_pages(window, generations) == [0, 2]
+
+
+def test_dirty_map_is_per_page_and_taken_once(memory: PhysicalMemory) -> None:
+    """The library marks bytes through its mapping; the core takes exactly those pages."""
+    cfile = _cfile(memory, 64 << 20)
+    window = _window(memory, cfile, OpenFlags.READ | OpenFlags.WRITE)
+    space = make_address_space(memory, WINDOW_SIZE)
+    window.space = space
+    for m in map_pages_for(PAGES_PER_MAP_PAGE - 2, 4):  # a run across two dirty-map pages
+        (frame,) = memory.alloc("t", 1)
+        memory.zero([frame])
+        space.map(DIRTY_OFFSET + m * PAGE_SIZE, [frame], writable=True)
+        window.dirty_frames[m] = frame
+    first = PAGES_PER_MAP_PAGE - 2
+    mark_dirty(space, first * PAGE_SIZE + 4095, 2)  # one byte on each side of a page edge
+    mark_dirty(space, (first + 3) * PAGE_SIZE, 1)
+    assert core.take_dirty(window, memory, first, 4) == [first, first + 1, first + 3]
+    assert core.take_dirty(window, memory, first, 4) == []  # taken: clean until stored again
+    mark_dirty(space, (first + 2) * PAGE_SIZE + 7, 1)
+    assert core.collect_window(window, memory) == [first + 2]
+    space.close()
+
+
+def test_writeback_plan_takes_only_dirty_pages_inside_the_file(memory: PhysicalMemory) -> None:
+    cfile = _cfile(memory, 3 * PAGE_SIZE)
+    cfile.pages = {
+        0: FilePage(0x1000, 100),
+        1: FilePage(0x2000, None, ((8, 0, 0, 512),)),
+        2: FilePage(0x3000, 108),
+        5: FilePage(0x4000, 120),  # past the end: no clusters behind it
+    }
+    core.mark_dirty(cfile, [0, 1, 5, 9])
+    assert cfile.modified
+    marked, private = core.writeback_plan(cfile)
+    assert marked == [100]
+    assert private == [cfile.pages[1]]
+    assert not any(fp.dirty for fp in cfile.pages.values())
+    assert core.writeback_plan(cfile) == ([], [])
+
+
+def test_shrink_and_give_back_choose_their_pages(memory: PhysicalMemory) -> None:
+    cfile = _cfile(memory, 10 * PAGE_SIZE)
+    window = _window(memory, cfile, OpenFlags.READ)
+    core.opened(window)
+    cfile.pages = {p: FilePage(0x1000 * (p + 1), p) for p in range(6)}
+    core.record_mapping(window, [0, 1], 1)
+    core.record_mapping(window, [4, 5], 2)
+    assert core.parts_reaching(window, 3 * PAGE_SIZE + 1) == [2]
+    assert core.pages_from(cfile, 3 * PAGE_SIZE + 1) == [4, 5]
+    assert core.idle_pages(cfile) == [2, 3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 200), max_size=60))
+def test_runs_are_sorted_maximal_and_complete(pages: list[int]) -> None:
+    runs = core.runs(set(pages))
+    assert sorted(p for run in runs for p in run) == sorted(set(pages))
+    for run in runs:
+        assert run == list(range(run[0], run[0] + len(run)))
+    for a, b in itertools.pairwise(runs):
+        assert b[0] > a[-1] + 1
+
+
+def test_a_closed_address_space_refuses_mappings(memory: PhysicalMemory) -> None:
+    (frame,) = memory.alloc("t", 1)
+    for space in (
+        make_address_space(memory, 4 * PAGE_SIZE),
+        StitchedAddressSpace(memory, 4 * PAGE_SIZE),
+    ):
+        space.map(0, [frame], writable=False)
+        space.close()
+        with pytest.raises(BadAddress):
+            space.map(PAGE_SIZE, [frame], writable=False)
+
+
+def test_data_follows_the_dirty_map_in_the_window() -> None:
+    assert DIRTY_OFFSET == 3 * PAGE_SIZE
+    assert DATA_OFFSET == DIRTY_OFFSET + (1 << 31) // PAGE_SIZE
+    assert DATA_OFFSET % PAGE_SIZE == 0
