@@ -70,11 +70,16 @@ class WriteLog:
         return sum(1 for e in self.entries if not e.is_flush)
 
 
-def recording(cls: type[BlockDriver]) -> type[BlockDriver]:
-    """A subclass of ``cls`` that logs its completed writes and flushes into ``write_log``."""
+class Recorder:
+    """What every recording driver has: its :class:`WriteLog` (test with ``isinstance``)."""
 
-    class Recording(cls):  # type: ignore[valid-type,misc]
-        write_log: WriteLog
+    write_log: WriteLog
+
+
+def recording(cls: type[BlockDriver]) -> type[BlockDriver]:
+    """A subclass of ``cls`` (and of :class:`Recorder`) that logs its writes and flushes."""
+
+    class Recording(Recorder, cls):  # type: ignore[valid-type,misc]
 
         def open_backing(self, image: str | None, size: int | None,
                          read_only: bool) -> tuple[int, int]:
@@ -205,6 +210,7 @@ __all__ = [
     "TORN_UNIT",
     "CrashState",
     "LogEntry",
+    "Recorder",
     "RecordingRamDisk",
     "WriteLog",
     "crash_states",

@@ -13,6 +13,7 @@ from drivers.ramdisk import RamDisk
 from drivers.recording import (
     TORN_UNIT,
     LogEntry,
+    Recorder,
     RecordingRamDisk,
     WriteLog,
     crash_states,
@@ -85,7 +86,7 @@ async def test_recording_ramdisk_logs_a_whole_system_run(tmp_path: Path) -> None
     async with microkernel.boot(image=image, driver="drivers.recording:RecordingRamDisk",
                                 memory="32M") as system:
         drv = system.server("recordingramdisk0")
-        assert isinstance(drv, RecordingRamDisk)
+        assert isinstance(drv, Recorder) and isinstance(drv, RecordingRamDisk)
         proc = await system.spawn("p")
         async with await proc.open("/hello.txt", "wb") as f:
             await f.write(b"logged " * 1000)
