@@ -25,6 +25,7 @@ from servers.cache.protocol import (
     PageRef,
     Pages,
     Release,
+    Writeback,
 )
 
 CHUNK_BYTES = 1 << 20  # at most 256 cache pages pinned per request
@@ -53,6 +54,8 @@ class CacheSectorIO:
         self.partition_offset = partition_start * sector_size
         self.total_sectors = total_sectors
         self._chunk_sectors = CHUNK_BYTES // sector_size
+        self._unordered: set[int] = set()  # pages dirtied since the last barrier
+        self.barriers = 0
 
     async def _map(self, lba: int, count: int, *, zero_fill: bool) -> list[PageRef]:
         if lba < 0 or count < 0 or lba + count > self.total_sectors:
@@ -113,8 +116,24 @@ class CacheSectorIO:
             for offset, view in self._pieces(pages, lba, count):
                 view[:] = src[offset : offset + len(view)]
             await self.endpoint.call(self.cache, MarkDirty(self.device, [p.lba for p in pages]), Ok)
+            self._unordered.update(p.lba for p in pages)
         finally:
             await self._release(pages)
 
     async def flush(self) -> None:
         await self.endpoint.call(self.cache, FlushDevice(self.device), Ok, timeout=120)
+        self._unordered.clear()
+
+    async def barrier(self) -> None:
+        """Make every page written since the last barrier durable before anything written next.
+
+        Without it the cache writes dirty pages back in any order. Nothing to do
+        when nothing was written since the last barrier (or flush).
+        """
+        if not self._unordered:
+            return
+        pages = sorted(self._unordered)
+        await self.endpoint.call(self.cache, Writeback(self.device, pages, flush=True), Ok,
+                                 timeout=120)
+        self._unordered.difference_update(pages)
+        self.barriers += 1

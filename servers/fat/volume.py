@@ -160,6 +160,7 @@ class FatVolume:
         self._chains: dict[int, tuple[int, list[int]]] = {}  # start -> (FAT version, chain)
         self._dirs: dict[int, tuple[int, _Dir]] = {}  # key -> (FAT version, parsed directory)
         self.was_dirty = False
+        self.repairs = 0  # what mount repair changed on a volume left dirty (see _repair)
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
         self._handles: dict[int, _Node] = {}
@@ -191,6 +192,8 @@ class FatVolume:
             await vol._load_fsinfo()
         if not read_only:
             await vol._set_dirty(True)
+            if vol.was_dirty:
+                await vol._repair()
         return vol
 
     def _check_copies(self, copies: list[bytes], primary: int) -> None:
@@ -221,6 +224,7 @@ class FatVolume:
             return
 
     async def _set_dirty(self, dirty: bool) -> None:
+        await self.io.barrier()  # clean: only after everything else is on the disk
         self.fat.set_clean(not dirty)
         await self._flush_fat()
         raw = set_boot_dirty(self._boot_raw, self.boot.fat_type == 32, dirty)
@@ -244,6 +248,7 @@ class FatVolume:
     async def _write_fsinfo(self) -> None:
         info = FsInfo(self.fat.free_count, self.fat.next_free)
         raw = pack_fsinfo(info, self.boot.bytes_per_sector)
+        await self.io.barrier()
         old = await self._read(self.boot.fsinfo_sector, 1)
         # Keep any bytes between the FSInfo fields (reserved, normally zero) intact.
         merged = raw[:4] + old[4:484] + raw[484:496] + old[496:508] + raw[508:]
@@ -268,6 +273,7 @@ class FatVolume:
         if not runs or self.read_only:
             self.fat.clear_dirty()
             return
+        await self.io.barrier()  # zero fill before links, entries before frees (docs/fat.md)
         active = self.boot.active_fat
         copies = [active] if active is not None else range(self.boot.num_fats)
         for n in copies:
@@ -330,6 +336,7 @@ class FatVolume:
         ss = self.boot.bytes_per_sector
         lo = first * ENTRY_SIZE // ss
         hi = ((first + count) * ENTRY_SIZE - 1) // ss
+        await self.io.barrier()  # the FAT (or the entry) this one depends on goes first
         run_start = lo
         for s in range(lo, hi + 1):
             if s == hi or d.sectors[s + 1] != d.sectors[s] + 1:
@@ -435,12 +442,12 @@ class FatVolume:
 
     async def _grow_dir(self, d: _Dir, extra: int) -> None:
         """Add ``extra`` zeroed clusters to a cluster-chained directory (zeros before FAT)."""
-        new = self.fat.allocate(extra, after=d.clusters[-1])
+        new = self.fat.allocate(extra, after=d.clusters[-1], link=False)
         zeros = bytes(self.boot.cluster_size)
         for first, n in self._cluster_sectors(new):
             await self._write(first, zeros * (n // self.boot.sectors_per_cluster))
             d.sectors.extend(range(first, first + n))
-        await self._flush_fat()
+        await self._link(d.clusters[-1], new[0])
         d.clusters.extend(new)
         d.data.extend(bytes(extra * self.boot.cluster_size))
 
@@ -704,29 +711,55 @@ class FatVolume:
 
     async def _move(self, s: _Found, src_slot: DirSlot, target: _Dir, d: _Found,
                     same_dir: bool) -> None:
-        """Write the new entry, then drop the replaced and the old ones, then fix '..'."""
+        """New name first, then the old name goes, then the replaced file's clusters.
+
+        A file replacing a file of exactly the new name takes over the replaced
+        short entry in place: one sector write swaps what the name means, so no
+        cut shows two entries of one name. Until the old entry is removed both names share the clusters (the
+        one window mount repair resolves to a single name, docs/fat.md).
+        """
         replaced = d.slot
         if replaced is not None and same_dir and replaced.index == src_slot.index:
             replaced = None
-        ignore = {src_slot.index} if same_dir else set()
-        if replaced is not None:
-            ignore.add(replaced.index)
-        entries = self._name_entries(target, d.leaf, src_slot.entry, frozenset(ignore))
-        at = await self._insert(target, entries)
-        new_index = at + len(entries) - 1
-        if replaced is not None:
-            if replaced.entry.is_dir:
+        if replaced is not None and not replaced.entry.is_dir and replaced.name == d.leaf:
+            first, index, entry = await self._take_over(target, replaced, src_slot.entry)
+        else:
+            ignore = {src_slot.index} if same_dir else set()
+            if replaced is not None:
+                ignore.add(replaced.index)
+            entries = self._name_entries(target, d.leaf, src_slot.entry, frozenset(ignore))
+            first = await self._insert(target, entries)
+            index, entry = first + len(entries) - 1, ShortEntry.unpack(entries[-1])
+            if replaced is not None and replaced.entry.is_dir:  # an empty directory
                 await self._delete_slot(target, replaced)
                 self._free_chain(replaced.entry.cluster, replaced.name)
-            else:
+            elif replaced is not None:  # a file, named in another case: a new spelling
                 await self._remove_file(target, replaced)
         old_dir = target if same_dir else s.parent
         await self._delete_slot(old_dir, src_slot)
-        self._rekey((old_dir.key, src_slot.index), (target.key, at, new_index), d.leaf,
-                    ShortEntry.unpack(entries[-1]))
+        self._rekey((old_dir.key, src_slot.index), (target.key, first, index), d.leaf, entry)
         if src_slot.entry.is_dir and not same_dir:
             await self._fix_dotdot(src_slot.entry.cluster, target.key)
         await self._flush_fat()
+
+    async def _take_over(self, d: _Dir, replaced: DirSlot,
+                         entry: ShortEntry) -> tuple[int, int, ShortEntry]:
+        """Write ``entry`` over the replaced file's short entry (keeping its name bytes).
+
+        The replaced file's clusters are freed at the caller's FAT flush, after
+        the entry is on disk, or at its last close if it is open.
+        """
+        entry = entry.with_(name=replaced.entry.name, nt_flags=replaced.entry.nt_flags)
+        at = replaced.index * ENTRY_SIZE
+        d.data[at:at + ENTRY_SIZE] = entry.pack()
+        await self._write_entries(d, replaced.index, 1)
+        d.listing = parse_directory(d.data)
+        node = self._nodes.pop((self._cluster_to_key(d.key), replaced.index), None)
+        if node is not None:
+            node.unlinked = True
+        elif replaced.entry.cluster:
+            self._free_chain(replaced.entry.cluster, replaced.name)
+        return replaced.first_index, replaced.index, entry
 
     def _rekey(self, old: tuple[int, int], new: tuple[int, int, int], name: str,
                entry: ShortEntry) -> None:
@@ -747,6 +780,7 @@ class FatVolume:
             return
         up = up.with_(cluster=0 if new_parent == self._root_cluster else new_parent)
         raw[ENTRY_SIZE:2 * ENTRY_SIZE] = up.pack()
+        await self.io.barrier()
         await self._write(first, bytes(raw))
 
     # ================================================================ sizes & data
@@ -770,7 +804,8 @@ class FatVolume:
         want = -(-size // cs)
         date, tm, _ = dos_now()
         if want > len(chain):
-            new = self.fat.allocate(want - len(chain), after=chain[-1] if chain else None)
+            new = self.fat.allocate(want - len(chain), after=chain[-1] if chain else None,
+                                    link=False)
             first = chain[0] if chain else new[0]
             try:  # zero the new clusters before any on-disk structure points at them
                 if zero_fill:
@@ -778,7 +813,7 @@ class FatVolume:
             except BaseException:
                 self._unallocate(chain, new)
                 raise
-            await self._flush_fat()
+            await self._link(chain[-1] if chain else None, new[0])
             node.entry = node.entry.with_(cluster=first, size=size, mdate=date, mtime=tm,
                                           adate=date)
             await self._rewrite_entry(node)
@@ -789,9 +824,28 @@ class FatVolume:
                                       mtime=tm, adate=date)
         await self._rewrite_entry(node)
         if want < len(chain):
-            self.fat.truncate_chain(chain, want)
-            await self._flush_fat()
+            await self._cut_chain(chain, want)
         return []
+
+    async def _link(self, last: int | None, first_new: int) -> None:
+        """Put a new chain on disk, then (after a barrier) the link that makes it the file's.
+
+        A cut between the two leaves the new clusters lost, never a chain that
+        runs into a free cluster (the new entries and the link may sit in
+        different FAT pages, which the disk may write in any order).
+        """
+        await self._flush_fat()
+        if last is not None:
+            self.fat.set(last, first_new)
+            await self._flush_fat()
+
+    async def _cut_chain(self, chain: list[int], keep: int) -> None:
+        """Keep ``chain[:keep]``: end-of-chain mark first, then (after a barrier) free the rest."""
+        if keep:
+            self.fat.set(chain[keep - 1], self.fat.eoc)
+            await self._flush_fat()
+        self.fat.truncate_chain(chain, keep)
+        await self._flush_fat()
 
     def _unallocate(self, chain: list[int], new: list[int]) -> None:
         """Undo an in-memory allocation whose zero fill failed: the disk never saw it."""
@@ -996,6 +1050,107 @@ class FatVolume:
             if other != path:
                 report.append(f"{path}: cross-linked with {other} at cluster {c}")
                 return
+
+    # ================================================================ repair
+    async def _repair(self) -> None:
+        """Repair what a power cut can leave behind, given the write order of docs/fat.md.
+
+        Runs at a read-write mount of a volume whose dirty flag was set, before
+        anything is served. Two names for one chain (a rename cut between its
+        two entry writes) keep the first name found; a file whose chain is longer
+        than its size loses the tail, one whose chain is shorter (or cut by a
+        free cluster) is shrunk to the chain; allocated clusters no entry reaches
+        (an allocation or a free cut short) are freed. Each repair is a problem
+        entry and counts in ``repairs``. Damage no write order explains (cycles,
+        directory loops, cross-links inside chains) is left for ``check`` and EIO.
+        """
+        root = self._root_cluster
+        claimed: set[int] = set()
+        starts: dict[int, str] = {}
+        stack: list[tuple[int, str, frozenset[int]]] = [(root, "", frozenset({root}))]
+        seen: set[int] = set()
+        doubtful = False  # damage we do not understand: then no cluster is called lost
+        while stack:
+            key, path, ancestors = stack.pop()
+            if key in seen:
+                doubtful = True
+                continue
+            seen.add(key)
+            try:
+                d = await self._load_dir(key)
+            except BadChain:
+                doubtful = True
+                continue
+            claimed.update(d.clusters)
+            for slot in list(d.listing.slots):
+                if slot.entry.is_dot or slot.entry.is_label:
+                    continue
+                child, cl = f"{path}/{slot.name}", slot.entry.cluster
+                if cl and cl in starts:
+                    await self._delete_slot(d, slot)
+                    self._repaired(f"{child}: second name of {starts[cl]} (a rename cut "
+                                   "between its entries) removed")
+                    continue
+                if cl:
+                    starts[cl] = child
+                if slot.entry.is_dir:
+                    if cl in ancestors or cl == root or not cl:
+                        doubtful = True
+                    else:
+                        stack.append((cl, child, ancestors | {cl}))
+                else:
+                    chain, ok = await self._repair_file(d, slot, child)
+                    claimed.update(chain)
+                    doubtful = doubtful or not ok
+        if not doubtful:
+            self._free_lost(claimed)
+        await self._flush_fat()
+
+    def _repaired(self, what: str) -> None:
+        self.problems.append(f"repaired: {what}")
+        self.repairs += 1
+
+    async def _repair_file(self, d: _Dir, slot: DirSlot, path: str) -> tuple[list[int], bool]:
+        """Make one file's size and chain agree; returns its clusters and whether it was sane."""
+        entry, cs = slot.entry, self.boot.cluster_size
+        if not entry.cluster:
+            if entry.size:
+                self._repaired(f"{path}: size {entry.size} without clusters set to 0")
+                await self._fix_entry(d, slot, entry.with_(size=0))
+            return [], True
+        chain, why = self.fat.valid_prefix(entry.cluster)
+        if why is not None and ("cyclic" in why or "longer than the volume" in why or not chain):
+            return chain, False
+        if why is not None:
+            self.fat.set(chain[-1], self.fat.eoc)
+            self._repaired(f"{path}: chain ended at cluster {chain[-1]} ({why})")
+        need = -(-entry.size // cs)
+        if len(chain) > need:
+            await self._cut_chain(chain, need)
+            self._repaired(f"{path}: {len(chain) - need} cluster(s) beyond its size "
+                           f"{entry.size} freed")
+            chain = chain[:need]
+            if not need:
+                await self._fix_entry(d, slot, entry.with_(cluster=0))
+        elif len(chain) < need:
+            size = len(chain) * cs
+            self._repaired(f"{path}: size {entry.size} cut to its chain's {size} bytes")
+            await self._fix_entry(d, slot, entry.with_(size=size))
+        return chain, True
+
+    async def _fix_entry(self, d: _Dir, slot: DirSlot, entry: ShortEntry) -> None:
+        at = slot.index * ENTRY_SIZE
+        d.data[at:at + ENTRY_SIZE] = entry.pack()
+        await self._write_entries(d, slot.index, 1)
+        d.listing = parse_directory(d.data)
+
+    def _free_lost(self, claimed: set[int]) -> None:
+        lost = [c for c in range(2, self.boot.max_cluster + 1)
+                if c not in claimed and self.fat.get(c) not in (FREE, self.fat.bad)]
+        for c in lost:
+            self.fat.set(c, FREE)
+        if lost:
+            self._repaired(f"{len(lost)} lost cluster(s) freed")
 
     # ================================================================ alignment
     @property
