@@ -48,6 +48,7 @@ class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     frames_free: int = 0
     copies_by_reason: dict[str, int] = msgspec.field(default_factory=dict)
     syscalls_by_type: dict[str, int] = msgspec.field(default_factory=dict)
+    volume_repairs: int = 0  # what mount repair fixed on volumes left dirty by a crash
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)
@@ -84,6 +85,7 @@ class Counters:
         "partial_sector_writes",
         "syscalls",
         "syscalls_by_type",
+        "volume_repairs",
     )
 
     def __init__(self) -> None:
@@ -101,6 +103,7 @@ class Counters:
         self.partial_sector_writes = 0
         self.dma_bounce_bytes = 0
         self.copies_by_reason: Counter[str] = Counter()
+        self.volume_repairs = 0
 
     def count_copy(self, n: int, reason: str) -> None:
         self.bytes_copied += n
@@ -123,4 +126,5 @@ class Counters:
             frames_free=frames_free,
             copies_by_reason=dict(self.copies_by_reason),
             syscalls_by_type=dict(self.syscalls_by_type),
+            volume_repairs=self.volume_repairs,
         )

@@ -14,6 +14,8 @@ byte ``k`` of the frame holds sector ``page_lba + k // sector_size``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from microkernel.ipc import Endpoint
 from microkernel.memory import PAGE_SIZE, PhysicalMemory
 from microkernel.protocol import Ok
@@ -21,6 +23,7 @@ from servers.cache.protocol import (
     CacheMap,
     Extent,
     FlushDevice,
+    Invalidate,
     MarkDirty,
     PageRef,
     Pages,
@@ -44,6 +47,7 @@ class CacheSectorIO:
         partition_start: int,
         total_sectors: int,
         cache: str = "cache",
+        alignment_offset: int = 0,
     ) -> None:
         self.endpoint = endpoint
         self.memory = memory
@@ -55,6 +59,8 @@ class CacheSectorIO:
         self.total_sectors = total_sectors
         self._chunk_sectors = CHUNK_BYTES // sector_size
         self._unordered: set[int] = set()  # pages dirtied since the last barrier
+        self._alignment = alignment_offset  # device sectors before the first page boundary
+        self._per_page = max(1, PAGE_SIZE // sector_size)
         self.barriers = 0
 
     async def _map(self, lba: int, count: int, *, zero_fill: bool) -> list[PageRef]:
@@ -124,16 +130,39 @@ class CacheSectorIO:
         await self.endpoint.call(self.cache, FlushDevice(self.device), Ok, timeout=120)
         self._unordered.clear()
 
-    async def barrier(self) -> None:
+    async def barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
         """Make every page written since the last barrier durable before anything written next.
 
-        Without it the cache writes dirty pages back in any order. Nothing to do
-        when nothing was written since the last barrier (or flush).
+        Without it the cache writes dirty pages back in any order. ``data`` adds
+        (volume lba, count) runs of file data to write first as well. Nothing to
+        do when nothing was written since the last barrier (or flush).
         """
-        if not self._unordered:
+        extra: set[int] = set()
+        for lba, count in data:
+            start = self.partition_start + lba
+            extra.update(range(self._page_of(start), start + count, self._per_page))
+        if not self._unordered and not extra:
             return
-        pages = sorted(self._unordered)
+        pages = sorted(self._unordered | extra)
         await self.endpoint.call(self.cache, Writeback(self.device, pages, flush=True), Ok,
                                  timeout=120)
         self._unordered.difference_update(pages)
         self.barriers += 1
+
+    def _page_of(self, device_lba: int) -> int:
+        """First device sector of the cache page holding ``device_lba``."""
+        return device_lba - (device_lba - self._alignment) % self._per_page
+
+    async def discard(self, lba: int, count: int) -> None:
+        """Invalidate the cache pages lying wholly inside freed sectors (never written back).
+
+        A page shared with sectors still in use (clusters smaller than a page)
+        is kept: its other bytes may be dirty and wanted.
+        """
+        start = self.partition_start + lba
+        first = self._page_of(start)
+        if first < start:
+            first += self._per_page
+        pages = list(range(first, start + count - self._per_page + 1, self._per_page))
+        if pages:
+            await self.endpoint.call(self.cache, Invalidate(self.device, pages), Ok)

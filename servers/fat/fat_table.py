@@ -39,6 +39,7 @@ class FatTable:
         self.free_count = sum(1 for v in self._entries[2:] if v == FREE)
         self.next_free = 2
         self.version = 0  # bumped by every change, so walks of the table can be cached
+        self.freed: set[int] = set()  # clusters freed since the owner last took this set
 
     # -- raw encoding -----------------------------------------------------
     def _decode(self, n: int) -> int:
@@ -83,6 +84,8 @@ class FatTable:
         old = self._entries[n]
         if n >= 2:
             self.free_count += (value == FREE) - (old == FREE)
+            if value == FREE and old != FREE:
+                self.freed.add(n)
         self._entries[n] = value
         self._encode(n, value)
 

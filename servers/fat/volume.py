@@ -133,6 +133,7 @@ class _Node:
     name: str
     opens: int = 0
     unlinked: bool = False
+    reserved: int = 0  # bytes allocated beyond the published size (FsSetSize allocate_only)
 
 
 @dataclass(slots=True)
@@ -281,6 +282,14 @@ class FatVolume:
             for first, data in runs:
                 await self._write(base + first, data)
         self.fat.clear_dirty()
+        await self._discard_freed()
+
+    async def _discard_freed(self) -> None:
+        """Freed clusters' cached pages are dropped, so nothing is written back for them."""
+        freed, self.fat.freed = self.fat.freed, set()
+        for first, n in self._cluster_sectors(sorted(c for c in freed
+                                                     if self.fat.get(c) == FREE)):
+            await self.io.discard(first * self._scale, n * self._scale)
 
     def _cluster_sectors(self, clusters: list[int]) -> list[tuple[int, int]]:
         spc = self.boot.sectors_per_cluster
@@ -564,9 +573,24 @@ class FatVolume:
         if node.opens:
             return
         self._nodes.pop((node.dir_key, node.index), None)
+        if node.reserved and not node.unlinked and not self.read_only:
+            await self._drop_reservation(node)
         if node.unlinked and node.entry.cluster and not self.read_only:
             self._free_chain(node.entry.cluster, node.name)
             await self._flush_fat()
+
+    async def _drop_reservation(self, node: _Node) -> None:
+        """Last close: clusters reserved beyond the published size go back (end mark first)."""
+        node.reserved = 0
+        if not node.entry.cluster:
+            return
+        want = -(-node.entry.size // self.boot.cluster_size)
+        chain = self._walk(node.entry.cluster)
+        if want < len(chain):
+            if not want:
+                node.entry = node.entry.with_(cluster=0)
+                await self._rewrite_entry(node)
+            await self._cut_chain(chain, want)
 
     def _free_chain(self, cluster: int, name: str) -> None:
         """Free a chain; a damaged chain is left allocated (fsck reclaims it) and reported."""
@@ -715,8 +739,9 @@ class FatVolume:
 
         A file replacing a file of exactly the new name takes over the replaced
         short entry in place: one sector write swaps what the name means, so no
-        cut shows two entries of one name. Until the old entry is removed both names share the clusters (the
-        one window mount repair resolves to a single name, docs/fat.md).
+        cut shows two entries of one name. Until the old entry is removed both
+        names share the clusters (the one window mount repair resolves to a
+        single name, docs/fat.md).
         """
         replaced = d.slot
         if replaced is not None and same_dir and replaced.index == src_slot.index:
@@ -784,12 +809,19 @@ class FatVolume:
         await self._write(first, bytes(raw))
 
     # ================================================================ sizes & data
-    async def set_size(self, ref: FileRef, size: int, *, zero_fill: bool = True) -> list[Extent]:
+    async def set_size(self, ref: FileRef, size: int, *, zero_fill: bool = True,
+                       allocate_only: bool = False,
+                       written: tuple[int, int] | None = None) -> list[Extent]:
         """Truncate or extend a file; return the extents of the newly allocated clusters.
 
         With ``zero_fill`` the new clusters (and the stale tail of the old last
-        cluster) are zeroed through the SectorIO; a cache-backed caller passes False
-        and supplies zero pages itself, without reading the disk.
+        cluster) are zeroed through the SectorIO (the cache supplies whole zero
+        pages without reading the disk), except clusters lying wholly inside
+        ``written`` (file byte range start, end), which the caller is about to
+        write. ``allocate_only`` allocates clusters for ``size`` bytes but leaves
+        the size in the directory entry as it is (a reservation: the size on disk
+        never covers bytes not yet written); a later plain call publishes the
+        size, writing the data pages it covers before the entry.
         """
         self._writable()
         node, _temp = await self._target(ref)
@@ -802,30 +834,59 @@ class FatVolume:
         old_size = node.entry.size
         chain = self._chain(node, -(-old_size // cs))
         want = -(-size // cs)
-        date, tm, _ = dos_now()
-        if want > len(chain):
-            new = self.fat.allocate(want - len(chain), after=chain[-1] if chain else None,
-                                    link=False)
-            first = chain[0] if chain else new[0]
-            try:  # zero the new clusters before any on-disk structure points at them
-                if zero_fill:
-                    await self._zero(chain, old_size, new, min(size, len(chain) * cs))
-            except BaseException:
-                self._unallocate(chain, new)
-                raise
-            await self._link(chain[-1] if chain else None, new[0])
-            node.entry = node.entry.with_(cluster=first, size=size, mdate=date, mtime=tm,
-                                          adate=date)
-            await self._rewrite_entry(node)
+        new: list[int] = []
+        if allocate_only:  # beyond the size nothing is visible: zero fill waits for publishing
+            if want > len(chain):
+                new = await self._grow(node, chain, want, size, False, None)
+                if not chain:  # the entry needs its first cluster; the size waits
+                    await self._rewrite_entry(node)
+            node.reserved = max(node.reserved, size)
             return self._new_extents(new, len(chain) * cs)
-        if zero_fill and size > old_size:
-            await self._zero(chain, old_size, [], size)
-        node.entry = node.entry.with_(cluster=chain[0] if want else 0, size=size, mdate=date,
+        if want > len(chain):
+            new = await self._grow(node, chain, want, size, zero_fill, written)
+        elif zero_fill and size > old_size:
+            await self._zero(chain, old_size, [], size, written)
+        if size > old_size and node.reserved:  # the data (and zeros) go before the size
+            await self.io.barrier(self._data_runs(node, old_size, size))
+        # A size published inside the reservation keeps it; a shrink gives it up.
+        trim = want < len(chain) and (size < old_size or not node.reserved)
+        node.reserved = 0 if trim or node.reserved <= size else node.reserved
+        date, tm, _ = dos_now()
+        first = chain[0] if chain else (new[0] if new else 0)
+        node.entry = node.entry.with_(cluster=first if want else 0, size=size, mdate=date,
                                       mtime=tm, adate=date)
         await self._rewrite_entry(node)
-        if want < len(chain):
+        if trim:
             await self._cut_chain(chain, want)
-        return []
+        return self._new_extents(new, len(chain) * cs)
+
+    def allocated(self, handle: int) -> int:
+        """Bytes of clusters the file holds: its size rounded up, or its reservation."""
+        node = self._handle(handle)
+        cs = self.boot.cluster_size
+        return -(-max(node.entry.size, node.reserved) // cs) * cs
+
+    async def _grow(self, node: _Node, chain: list[int], want: int, size: int,
+                    zero_fill: bool, written: tuple[int, int] | None) -> list[int]:
+        """Allocate, zero and link the clusters a file needs beyond ``chain``."""
+        cs = self.boot.cluster_size
+        new = self.fat.allocate(want - len(chain), after=chain[-1] if chain else None,
+                                link=False)
+        try:  # zero the new clusters before any on-disk structure points at them
+            if zero_fill:
+                await self._zero(chain, node.entry.size, new, min(size, len(chain) * cs),
+                                 written)
+        except BaseException:
+            self._unallocate(chain, new)
+            raise
+        await self._link(chain[-1] if chain else None, new[0])
+        node.entry = node.entry.with_(cluster=chain[0] if chain else new[0])
+        return new
+
+    def _data_runs(self, node: _Node, start: int, end: int) -> list[tuple[int, int]]:
+        """(volume lba, count) runs of the file's bytes start..end (for a data barrier)."""
+        return [(e.lba // self._scale, -(-e.count // self._scale))
+                for e in self._extents(node, start, end - start)]
 
     async def _link(self, last: int | None, first_new: int) -> None:
         """Put a new chain on disk, then (after a barrier) the link that makes it the file's.
@@ -884,12 +945,25 @@ class FatVolume:
             file_offset += n * self.boot.bytes_per_sector
         return out
 
-    async def _zero(self, chain: list[int], old_size: int, new: list[int], tail_end: int) -> None:
-        """Zero the bytes old_size..tail_end of the old chain and all of the new clusters."""
+    async def _zero(self, chain: list[int], old_size: int, new: list[int], tail_end: int,
+                    written: tuple[int, int] | None = None) -> None:
+        """Zero bytes old_size..tail_end of the old chain and the new clusters after it,
+        except what lies inside ``written`` (the caller writes, or has written, that)."""
+        lo, hi = written if written is not None else (0, 0)
         if tail_end > old_size and chain:
-            await self._write_range(chain, old_size, bytes(tail_end - old_size))
-        zeros = bytes(self.boot.bytes_per_sector)
-        for first, n in self._cluster_sectors(new):
+            for a, b in _outside(old_size, tail_end, lo, hi):
+                await self._write_range(chain, a, bytes(b - a))
+        cs, ss = self.boot.cluster_size, self.boot.bytes_per_sector
+        whole: list[int] = []
+        for i, c in enumerate(new, len(chain)):
+            parts = _outside(i * cs, (i + 1) * cs, lo, hi)
+            if parts == [(i * cs, (i + 1) * cs)]:
+                whole.append(c)
+                continue
+            for a, b in parts:
+                await self._write_range(chain + new, a, bytes(b - a))
+        zeros = bytes(ss)
+        for first, n in self._cluster_sectors(whole):
             await self._write(first, zeros * n)
 
     async def extents(self, ref: FileRef, offset: int = 0, length: int | None = None
@@ -906,7 +980,7 @@ class FatVolume:
 
     def _extents(self, node: _Node, offset: int, length: int | None) -> list[Extent]:
         cs, ss = self.boot.cluster_size, self.boot.bytes_per_sector
-        alloc_end = -(-node.entry.size // cs) * cs
+        alloc_end = -(-max(node.entry.size, node.reserved) // cs) * cs
         end = alloc_end if length is None else min(alloc_end, offset + length)
         offset -= offset % ss
         if offset >= end:
@@ -1166,6 +1240,13 @@ class FatVolume:
         """
         aligned = (self.data_start_byte - alignment_offset) % page_size == 0
         return aligned and self.boot.cluster_size % page_size == 0
+
+
+def _outside(start: int, end: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of start..end outside lo..hi."""
+    if hi <= lo or hi <= start or end <= lo:
+        return [(start, end)]
+    return [(a, b) for a, b in ((start, lo), (hi, end)) if a < b]
 
 
 def _new_entry(attr: int) -> ShortEntry:

@@ -9,6 +9,7 @@ which other region's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ class OrderedIO(FileSectorIO):
         await super().write(lba, data)
         self.log.append((self.group, lba, len(data) // self.sector_size))
 
-    async def barrier(self) -> None:
+    async def barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
         self.group += 1
 
 
