@@ -223,14 +223,20 @@ class Tally:
 async def check_all(journal: Journal, workdir: Path, *, seed: int = 0, samples: int = 3,
                     stride: int = 1, keep: int = 5) -> Tally:
     """Check every ``stride``-th crash state (``samples`` reorderings per epoch among them)."""
-    tally = Tally()
-    img = CutImage(workdir / "cut.img", journal.log)
     states = sorted(crash_states(journal.log, random.Random(seed), samples=samples),
                     key=lambda s: (s.durable, s.kind != "prefix"))
+    end = len(journal.log.entries)
+    chosen = [s for n, s in enumerate(states) if not n % stride or s.durable == end]
+    return await check_states(journal, workdir, chosen, keep=keep)
+
+
+async def check_states(journal: Journal, workdir: Path, states: Iterable[CrashState], *,
+                       keep: int = 5) -> Tally:
+    """Check the given crash states, which must come in order of their durable prefix."""
+    tally = Tally()
+    img = CutImage(workdir / "cut.img", journal.log)
     try:
-        for n, state in enumerate(states):
-            if n % stride and state.durable != len(journal.log.entries):
-                continue
+        for state in states:
             await _check_state(img, journal, state, tally, keep)
     finally:
         img.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from servers.fat.bpb import (
@@ -162,6 +163,7 @@ class FatVolume:
         self._dirs: dict[int, tuple[int, _Dir]] = {}  # key -> (FAT version, parsed directory)
         self.was_dirty = False
         self.repairs = 0  # what mount repair changed on a volume left dirty (see _repair)
+        self.write_error: str | None = None  # set when a barrier failed: no more writes
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
         self._handles: dict[int, _Node] = {}
@@ -193,6 +195,7 @@ class FatVolume:
             await vol._load_fsinfo()
         if not read_only:
             await vol._set_dirty(True)
+            await vol._barrier()  # the dirty flag is on the disk before any change
             if vol.was_dirty:
                 await vol._repair()
         return vol
@@ -225,7 +228,7 @@ class FatVolume:
             return
 
     async def _set_dirty(self, dirty: bool) -> None:
-        await self.io.barrier()  # clean: only after everything else is on the disk
+        await self._barrier()  # clean: only after everything else is on the disk
         self.fat.set_clean(not dirty)
         await self._flush_fat()
         raw = set_boot_dirty(self._boot_raw, self.boot.fat_type == 32, dirty)
@@ -238,8 +241,12 @@ class FatVolume:
         if not self._mounted:
             return
         for handle in list(self._handles):
-            await self.close(handle)
-        if not self.read_only:
+            try:
+                await self.close(handle)
+            except FatError:
+                if self.write_error is None:
+                    raise
+        if not self.read_only and self.write_error is None:
             if self.boot.fat_type == 32:
                 await self._write_fsinfo()
             await self._set_dirty(False)
@@ -249,7 +256,7 @@ class FatVolume:
     async def _write_fsinfo(self) -> None:
         info = FsInfo(self.fat.free_count, self.fat.next_free)
         raw = pack_fsinfo(info, self.boot.bytes_per_sector)
-        await self.io.barrier()
+        await self._barrier()
         old = await self._read(self.boot.fsinfo_sector, 1)
         # Keep any bytes between the FSInfo fields (reserved, normally zero) intact.
         merged = raw[:4] + old[4:484] + raw[484:496] + old[496:508] + raw[508:]
@@ -274,7 +281,7 @@ class FatVolume:
         if not runs or self.read_only:
             self.fat.clear_dirty()
             return
-        await self.io.barrier()  # zero fill before links, entries before frees (docs/fat.md)
+        await self._barrier()  # zero fill before links, entries before frees (docs/fat.md)
         active = self.boot.active_fat
         copies = [active] if active is not None else range(self.boot.num_fats)
         for n in copies:
@@ -300,6 +307,26 @@ class FatVolume:
             raise ReadOnlyVolume("volume is mounted read-only")
         if not self._mounted:
             raise FatError("volume is not mounted", errno.EINVAL)
+        if self.write_error is not None:
+            raise FatError(f"volume stopped writing after a metadata write error "
+                           f"({self.write_error}); remount to repair", errno.EIO)
+
+    async def _barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
+        """``io.barrier``; a failure stops all further writing (like ext4's errors=remount-ro).
+
+        The group that failed may land in part, as after a power cut inside it;
+        anything written after it could land before it, so nothing is. The dirty
+        flag stays set, and the next mount repairs.
+        """
+        if self.write_error is not None:
+            raise FatError(f"volume stopped writing after a metadata write error "
+                           f"({self.write_error})", errno.EIO)
+        try:
+            await self.io.barrier(data)
+        except OSError as exc:
+            self.write_error = exc.strerror or str(exc)
+            self.problems.append(f"metadata write failed, volume stopped writing: {exc}")
+            raise
 
     # ================================================================ directories
     @property
@@ -345,7 +372,7 @@ class FatVolume:
         ss = self.boot.bytes_per_sector
         lo = first * ENTRY_SIZE // ss
         hi = ((first + count) * ENTRY_SIZE - 1) // ss
-        await self.io.barrier()  # the FAT (or the entry) this one depends on goes first
+        await self._barrier()  # the FAT (or the entry) this one depends on goes first
         run_start = lo
         for s in range(lo, hi + 1):
             if s == hi or d.sectors[s + 1] != d.sectors[s] + 1:
@@ -805,7 +832,7 @@ class FatVolume:
             return
         up = up.with_(cluster=0 if new_parent == self._root_cluster else new_parent)
         raw[ENTRY_SIZE:2 * ENTRY_SIZE] = up.pack()
-        await self.io.barrier()
+        await self._barrier()
         await self._write(first, bytes(raw))
 
     # ================================================================ sizes & data
@@ -847,7 +874,7 @@ class FatVolume:
         elif zero_fill and size > old_size:
             await self._zero(chain, old_size, [], size, written)
         if size > old_size and node.reserved:  # the data (and zeros) go before the size
-            await self.io.barrier(self._data_runs(node, old_size, size))
+            await self._barrier(self._data_runs(node, old_size, size))
         # A size published inside the reservation keeps it; a shrink gives it up.
         trim = want < len(chain) and (size < old_size or not node.reserved)
         node.reserved = 0 if trim or node.reserved <= size else node.reserved

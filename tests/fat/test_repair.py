@@ -8,6 +8,8 @@ repair fixed exactly that, counted it, and that ``fsck.fat -n`` is then clean.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -142,4 +144,35 @@ async def test_a_clean_volume_is_not_touched(tmp_path: Path, fat: int) -> None:
     io = FileSectorIO(image)
     vol = await FatVolume.mount(io)
     assert not vol.was_dirty and vol.repairs == 0 and vol.problems == []
+    await _finish(vol, image)
+
+
+class FailingBarrierIO(FileSectorIO):
+    """Fails the ``fail_at``-th barrier with EIO (a device that refused a write)."""
+
+    def __init__(self, path: Path, fail_at: int) -> None:
+        super().__init__(path)
+        self.count, self.fail_at = 0, fail_at
+
+    async def barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
+        self.count += 1
+        if self.count == self.fail_at:
+            raise OSError(errno.EIO, "simulated write error")
+
+
+async def test_a_failed_barrier_stops_all_writing_until_remount(tmp_path: Path) -> None:
+    image = _image(tmp_path, 16)
+    io = FailingBarrierIO(image, fail_at=0)
+    vol = await FatVolume.mount(io)
+    io.fail_at = io.count + 2  # the second barrier after mount: inside the first mkdir
+    with pytest.raises(OSError) as info:
+        await vol.mkdir("/a")
+        await vol.mkdir("/b")
+    assert info.value.errno == errno.EIO and vol.write_error is not None
+    with pytest.raises(OSError) as info:
+        await vol.create("/c")
+    assert info.value.errno == errno.EIO
+    await vol.unmount()  # does not pretend the volume is clean
+    io.close()
+    vol = await _remount(image)  # was_dirty: the repair runs
     await _finish(vol, image)
