@@ -73,6 +73,7 @@ from servers.fat.names import (
 from servers.fat.sectorio import SectorIO
 
 MAX_FILE_SIZE = 0xFFFFFFFF
+PAGE_BYTES = 4096  # the unit a power cut keeps or loses whole (a cache page)
 ROOT_KEY = -1  # key of the root directory in node locations, whatever its cluster
 
 
@@ -920,17 +921,46 @@ class FatVolume:
 
         A cut between the two leaves the new clusters lost, never a chain that
         runs into a free cluster (the new entries and the link may sit in
-        different FAT pages, which the disk may write in any order).
+        different FAT pages, which the disk may write in any order). When all of
+        it lies in one 4 KiB page, one write carries it and no barrier is needed.
         """
+        if last is not None:
+            self.fat.set(last, first_new)
+            if self._fat_changes_atomic():
+                await self._flush_fat()
+                return
+            self.fat.set(last, self.fat.eoc)
         await self._flush_fat()
         if last is not None:
             self.fat.set(last, first_new)
             await self._flush_fat()
 
+    def _fat_changes_atomic(self) -> bool:
+        """Do the unwritten FAT changes lie in one 4 KiB page (of each copy)?
+
+        A page is written whole or not at all (a power cut tears writes only at
+        page boundaries), so such changes need no order among themselves.
+        """
+        bps = self.boot.bytes_per_sector
+        base = self.io.partition_offset + self.boot.fat_start * bps
+        pages = {(base + s * bps) // PAGE_BYTES for first, data in self.fat.dirty_runs()
+                 for s in range(first, first + len(data) // bps)}
+        return len(pages) <= 1
+
     async def _cut_chain(self, chain: list[int], keep: int) -> None:
-        """Keep ``chain[:keep]``: end-of-chain mark first, then (after a barrier) free the rest."""
+        """Keep ``chain[:keep]``: end-of-chain mark first, then (after a barrier) free the rest.
+
+        One barrier less when all of it lies in one FAT page (see ``_fat_changes_atomic``).
+        """
         if keep:
             self.fat.set(chain[keep - 1], self.fat.eoc)
+            self.fat.truncate_chain(chain, keep)
+            if self._fat_changes_atomic():
+                await self._flush_fat()
+                return
+            links = [*chain[keep + 1:], self.fat.eoc]
+            for c, nxt in zip(chain[keep:], links, strict=True):  # not one page: the end
+                self.fat.set(c, nxt)  # mark goes alone first, the tail stays linked till then
             await self._flush_fat()
         self.fat.truncate_chain(chain, keep)
         await self._flush_fat()
