@@ -79,3 +79,20 @@ async def test_data_of_a_file_unlinked_before_writeback_is_never_written(tmp_pat
         await kernel.call("fat0", FsFsync(0), Ok, timeout=60)
         written = system.statistics().delta(before).disk_write_bytes
         assert written < 64 * 1024, written  # metadata only: the freed pages were discarded
+
+
+async def test_zero_fill_of_new_clusters_reads_nothing_from_the_disk(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=64 * MIB, fat=16)
+    async with microkernel.boot(image=image, memory="64M") as system:
+        fat = system.server("fat0")
+        assert isinstance(fat, FatServer)
+        kernel = system.kernel
+        opened: FsOpened = await kernel.call("fat0", FsOpen("/z.bin", create=True), FsOpened)
+        before = system.statistics()
+        await kernel.call("fat0", FsSetSize(opened.handle, 3 * MIB), FsInfo)  # zero filled
+        delta = system.statistics().delta(before)
+        assert delta.disk_read_bytes == 0, delta.disk_read_bytes
+        assert delta.disk_write_bytes >= 3 * MIB  # the zeros are on the disk before the size
+        assert await fat.volume.read("/z.bin") == bytes(3 * MIB)
+        await kernel.call("fat0", FsClose(opened.handle), Ok)
