@@ -456,10 +456,14 @@ class FatVolume:
             raise NoSpace("directory has reached the FAT limit of 65536 entries")
         return start, extra
 
-    async def _insert(self, d: _Dir, entries: list[bytes]) -> int:
+    async def _insert(self, d: _Dir, entries: list[bytes],
+                      replacing: DirSlot | None = None) -> tuple[int, bool]:
         """Place entries in ``d`` (growing it if it must); return the first index.
 
-        Raises NoSpace (writing nothing) if the fixed root or the volume is full.
+        ``replacing`` (a rename within ``d``): when the old entries and the new
+        ones lie in one 4 KiB page, both changes go in one write, so no cut sees
+        both names; the flag says whether that happened. Raises NoSpace (writing
+        nothing) if the fixed root or the volume is full.
         """
         need = len(entries)
         at, extra = self._growth(d, need)
@@ -473,9 +477,26 @@ class FatVolume:
                 d.data[after * ENTRY_SIZE] != 0):
             d.data[after * ENTRY_SIZE] = 0  # keep the end marker right after new entries
             count += 1
-        await self._write_entries(d, at, count)
+        lo, hi = at, at + count - 1
+        if replacing is not None:
+            lo, hi = min(lo, replacing.first_index), max(hi, replacing.index)
+        together = replacing is not None and self._one_page(d, lo, hi)
+        if together and replacing is not None:
+            for i in range(replacing.first_index, replacing.index + 1):
+                d.data[i * ENTRY_SIZE] = DELETED_MARK
+            await self._write_entries(d, lo, hi - lo + 1)
+        else:
+            await self._write_entries(d, at, count)
         d.listing = parse_directory(d.data)
-        return at
+        return at, together
+
+    def _one_page(self, d: _Dir, first: int, last: int) -> bool:
+        """Do entries first..last lie in consecutive sectors of one 4 KiB device page?"""
+        ss = self.boot.bytes_per_sector
+        sectors = d.sectors[first * ENTRY_SIZE // ss:last * ENTRY_SIZE // ss + 1]
+        base = self.io.partition_offset
+        pages = {(base + s * ss) // PAGE_BYTES for s in sectors}
+        return len(pages) == 1 and sectors == list(range(sectors[0], sectors[0] + len(sectors)))
 
     async def _grow_dir(self, d: _Dir, extra: int) -> None:
         """Add ``extra`` zeroed clusters to a cluster-chained directory (zeros before FAT)."""
@@ -648,7 +669,7 @@ class FatVolume:
         if found.slot is not None or not found.leaf:
             raise AlreadyExists(f"{path}: file exists")
         entries = self._name_entries(found.parent, found.leaf, _new_entry(attributes))
-        at = await self._insert(found.parent, entries)
+        at, _ = await self._insert(found.parent, entries)
         slot = self._slot_at(found.parent, at + len(entries) - 1)
         return self._info(slot, found.parent.key)
 
@@ -675,7 +696,7 @@ class FatVolume:
         await self._write_dir_cluster(cluster, template, parent.key)
         await self._flush_fat()
         entries[-1] = ShortEntry.unpack(entries[-1]).with_(cluster=cluster).pack()
-        at = await self._insert(parent, entries)
+        at, _ = await self._insert(parent, entries)
         return self._info(self._slot_at(parent, at + len(entries) - 1), parent.key)
 
     async def _write_dir_cluster(self, cluster: int, template: ShortEntry, parent: int) -> None:
@@ -774,6 +795,7 @@ class FatVolume:
         replaced = d.slot
         if replaced is not None and same_dir and replaced.index == src_slot.index:
             replaced = None
+        removed = False  # the old entry went in the same write as the new one
         if replaced is not None and not replaced.entry.is_dir and replaced.name == d.leaf:
             first, index, entry = await self._take_over(target, replaced, src_slot.entry)
         else:
@@ -781,7 +803,8 @@ class FatVolume:
             if replaced is not None:
                 ignore.add(replaced.index)
             entries = self._name_entries(target, d.leaf, src_slot.entry, frozenset(ignore))
-            first = await self._insert(target, entries)
+            first, removed = await self._insert(
+                target, entries, src_slot if same_dir and replaced is None else None)
             index, entry = first + len(entries) - 1, ShortEntry.unpack(entries[-1])
             if replaced is not None and replaced.entry.is_dir:  # an empty directory
                 await self._delete_slot(target, replaced)
@@ -789,7 +812,8 @@ class FatVolume:
             elif replaced is not None:  # a file, named in another case: a new spelling
                 await self._remove_file(target, replaced)
         old_dir = target if same_dir else s.parent
-        await self._delete_slot(old_dir, src_slot)
+        if not removed:
+            await self._delete_slot(old_dir, src_slot)
         self._rekey((old_dir.key, src_slot.index), (target.key, first, index), d.leaf, entry)
         if src_slot.entry.is_dir and not same_dir:
             await self._fix_dotdot(src_slot.entry.cluster, target.key)

@@ -183,3 +183,27 @@ async def test_rename_writes_the_new_name_before_removing_the_old(tmp_path: Path
     assert await vol.read("/far/victim.bin") == b"o" * 10
     await vol.unmount()
     io.close()
+
+
+@FATS
+async def test_rename_within_one_page_is_one_write(tmp_path: Path, fat: int) -> None:
+    vol, io, rec = await _setup(tmp_path, fat)
+    await vol.create("/first.bin")
+    old = await rec.entry_sectors("/first.bin")
+    rec.mark()
+    await vol.rename("/first.bin", "/second name.bin")
+    new = await rec.entry_sectors("/second name.bin")
+    writes = [(g, lba, n) for g, lba, n in io.log[rec.start:]
+              if (old | new).intersection(range(lba, lba + n))]
+    assert len(writes) == 1  # both names change in one write: no cut sees both
+    assert not await _exists(vol, "/first.bin")
+    await vol.unmount()
+    io.close()
+
+
+async def _exists(vol: FatVolume, path: str) -> bool:
+    try:
+        await vol.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
