@@ -18,6 +18,8 @@ from typing import Any
 
 from microkernel.units import parse_size
 
+FAULT_KINDS = ("delay", "latency", "eio")  # microkernel.sim.FAULT_KINDS, without importing it
+
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
 GLOBAL_HELP = "global options (see `microkernel --help`) may also follow the command"
@@ -245,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write results as JSON")
     p.add_argument("--quick", action="store_true", help="fewer repetitions, smaller files")
     p.add_argument("--only", help="comma-separated benchmark names")
+    p = cmd("torture", "seeded simulated runs with faults and power cuts (microkernel.sim)")
+    p.add_argument("--seed", type=int, default=1, help="the (first) seed")
+    p.add_argument("--seeds", type=int, default=1, help="how many seeds from --seed on")
+    p.add_argument("--ops", type=int, default=60, help="operations per run, over all processes")
+    p.add_argument("--processes", type=int, default=3)
+    p.add_argument("--faults", default="", help=f"comma-separated: {','.join(FAULT_KINDS)}")
     return parser
 
 
@@ -255,6 +263,7 @@ def _handler(command: str) -> Command:
         "trace": "microkernel.cli:cli_trace",
         "mount": "clients.fuse:cli_mount",
         "bench": "clients.bench:cli_bench",
+        "torture": "microkernel.sim:cli_torture",
     }
     module, attr = targets.get(command, f"clients.commands:cli_{command}").split(":")
     fn: Command = getattr(importlib.import_module(module), attr)

@@ -55,6 +55,7 @@ class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     syscalls_by_type: dict[str, int] = msgspec.field(default_factory=dict)
     refusals: int = 0  # messages the router refused (capability table, forged replies)
     refusals_by_type: dict[str, int] = msgspec.field(default_factory=dict)
+    volume_repairs: int = 0  # what mount repair fixed on volumes left dirty by a crash
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)
@@ -93,6 +94,7 @@ class Counters:
         "refusals_by_type",
         "syscalls",
         "syscalls_by_type",
+        "volume_repairs",
     )
 
     def __init__(self) -> None:
@@ -120,6 +122,7 @@ class Counters:
         if type_ not in by_type and (len(by_type) >= REFUSAL_TYPES or len(type_) > 64):
             type_ = OTHER_TYPES
         by_type[type_] += 1
+        self.volume_repairs = 0
 
     def count_copy(self, n: int, reason: str) -> None:
         self.bytes_copied += n
@@ -144,4 +147,5 @@ class Counters:
             syscalls_by_type=dict(self.syscalls_by_type),
             refusals=self.refusals,
             refusals_by_type=dict(self.refusals_by_type),
+            volume_repairs=self.volume_repairs,
         )

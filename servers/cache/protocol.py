@@ -70,10 +70,16 @@ class MarkDirty(msgspec.Struct, frozen=True, gc=False, tag=True):
 
 
 class Writeback(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """Write the given dirty pages (all dirty pages of the device when empty) as whole pages."""
+    """Write the given dirty pages (all dirty pages of the device when empty) as whole pages.
+
+    ``flush``: then flush the device, so the reply means the pages are durable.
+    A file system uses this as a write barrier: what it dirties after the reply
+    reaches the disk after these pages, whatever the cache writes meanwhile.
+    """
 
     device: str
     pages: list[int] = msgspec.field(default_factory=list)
+    flush: bool = False
 
 
 class FlushDevice(msgspec.Struct, frozen=True, gc=False, tag=True):

@@ -467,6 +467,8 @@ class CacheServer(Server):
     async def on_writeback(self, env: Envelope, msg: Writeback) -> None:
         device = self._device(msg.device)
         await self._writeback(device, sorted(set(self._pages(msg.device, msg.pages))) or None)
+        if msg.flush:
+            await self._command(device, Flush())
 
     @handles(FlushDevice)
     async def on_flush(self, env: Envelope, msg: FlushDevice) -> None:

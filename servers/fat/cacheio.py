@@ -14,6 +14,8 @@ byte ``k`` of the frame holds sector ``page_lba + k // sector_size``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from microkernel.ipc import Endpoint
 from microkernel.memory import PAGE_SIZE, PhysicalMemory
 from microkernel.protocol import Ok
@@ -21,10 +23,12 @@ from servers.cache.protocol import (
     CacheMap,
     Extent,
     FlushDevice,
+    Invalidate,
     MarkDirty,
     PageRef,
     Pages,
     Release,
+    Writeback,
 )
 
 CHUNK_BYTES = 1 << 20  # at most 256 cache pages pinned per request
@@ -43,6 +47,7 @@ class CacheSectorIO:
         partition_start: int,
         total_sectors: int,
         cache: str = "cache",
+        alignment_offset: int = 0,
     ) -> None:
         self.endpoint = endpoint
         self.memory = memory
@@ -53,6 +58,10 @@ class CacheSectorIO:
         self.partition_offset = partition_start * sector_size
         self.total_sectors = total_sectors
         self._chunk_sectors = CHUNK_BYTES // sector_size
+        self._unordered: set[int] = set()  # pages dirtied since the last barrier
+        self._alignment = alignment_offset  # device sectors before the first page boundary
+        self._per_page = max(1, PAGE_SIZE // sector_size)
+        self.barriers = 0
 
     async def _map(self, lba: int, count: int, *, zero_fill: bool) -> list[PageRef]:
         if lba < 0 or count < 0 or lba + count > self.total_sectors:
@@ -113,8 +122,47 @@ class CacheSectorIO:
             for offset, view in self._pieces(pages, lba, count):
                 view[:] = src[offset : offset + len(view)]
             await self.endpoint.call(self.cache, MarkDirty(self.device, [p.lba for p in pages]), Ok)
+            self._unordered.update(p.lba for p in pages)
         finally:
             await self._release(pages)
 
     async def flush(self) -> None:
         await self.endpoint.call(self.cache, FlushDevice(self.device), Ok, timeout=120)
+        self._unordered.clear()
+
+    async def barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
+        """Make every page written since the last barrier durable before anything written next.
+
+        Without it the cache writes dirty pages back in any order. ``data`` adds
+        (volume lba, count) runs of file data to write first as well. Nothing to
+        do when nothing was written since the last barrier (or flush).
+        """
+        extra: set[int] = set()
+        for lba, count in data:
+            start = self.partition_start + lba
+            extra.update(range(self._page_of(start), start + count, self._per_page))
+        if not self._unordered and not extra:
+            return
+        pages = sorted(self._unordered | extra)
+        await self.endpoint.call(self.cache, Writeback(self.device, pages, flush=True), Ok,
+                                 timeout=120)
+        self._unordered.difference_update(pages)
+        self.barriers += 1
+
+    def _page_of(self, device_lba: int) -> int:
+        """First device sector of the cache page holding ``device_lba``."""
+        return device_lba - (device_lba - self._alignment) % self._per_page
+
+    async def discard(self, lba: int, count: int) -> None:
+        """Invalidate the cache pages lying wholly inside freed sectors (never written back).
+
+        A page shared with sectors still in use (clusters smaller than a page)
+        is kept: its other bytes may be dirty and wanted.
+        """
+        start = self.partition_start + lba
+        first = self._page_of(start)
+        if first < start:
+            first += self._per_page
+        pages = list(range(first, start + count - self._per_page + 1, self._per_page))
+        if pages:
+            await self.endpoint.call(self.cache, Invalidate(self.device, pages), Ok)

@@ -39,6 +39,7 @@ class FatTable:
         self.free_count = sum(1 for v in self._entries[2:] if v == FREE)
         self.next_free = 2
         self.version = 0  # bumped by every change, so walks of the table can be cached
+        self.freed: set[int] = set()  # clusters freed since the owner last took this set
 
     # -- raw encoding -----------------------------------------------------
     def _decode(self, n: int) -> int:
@@ -83,6 +84,8 @@ class FatTable:
         old = self._entries[n]
         if n >= 2:
             self.free_count += (value == FREE) - (old == FREE)
+            if value == FREE and old != FREE:
+                self.freed.add(n)
         self._entries[n] = value
         self._encode(n, value)
 
@@ -137,6 +140,28 @@ class FatTable:
             raise BadChain(f"cluster chain from {start} longer than the volume (cycle)")
         return out
 
+    def valid_prefix(self, start: int) -> tuple[list[int], str | None]:
+        """The chain from ``start`` up to its first bad link, and what was wrong (None: intact).
+
+        For repair: a chain cut short by a link to a free or out-of-range cluster
+        keeps the clusters before it. Bounded like :meth:`chain`.
+        """
+        try:
+            return self.chain(start), None
+        except BadChain as exc:
+            why = exc.strerror or str(exc)
+        out: list[int] = []
+        seen: set[int] = set()
+        cur = start
+        while 2 <= cur <= self.max_cluster and cur not in seen and self._entries[cur] != FREE:
+            out.append(cur)
+            seen.add(cur)
+            nxt = self._entries[cur]
+            if nxt >= self.eoc_min or nxt == self.bad:
+                break
+            cur = nxt
+        return out, why
+
     def _check_link(self, cur: int, nxt: int) -> None:
         if nxt == FREE:
             raise BadChain(f"cluster chain runs into free cluster (at {cur})")
@@ -156,13 +181,14 @@ class FatTable:
         return out
 
     # -- allocation -------------------------------------------------------------
-    def allocate(self, count: int, after: int | None = None) -> list[int]:
+    def allocate(self, count: int, after: int | None = None, *, link: bool = True) -> list[int]:
         """Allocate ``count`` clusters as one linked chain (EOC at the end); return them.
 
         Preference: the clusters right after ``after`` (a file growing in place), then
         the first free run of the full length at or after the next-free hint
         (wrapping), then the largest free runs. ``after``, if given, is linked to the
-        new clusters. Nothing changes when there is not enough space.
+        new clusters unless ``link`` is False (the caller links it once the new
+        chain is on disk). Nothing changes when there is not enough space.
         """
         if count <= 0:
             return []
@@ -172,7 +198,7 @@ class FatTable:
         for a, b in itertools.pairwise(picked):
             self.set(a, b)
         self.set(picked[-1], self.eoc)
-        if after is not None:
+        if after is not None and link:
             self.set(after, picked[0])
         self.next_free = picked[-1] + 1 if picked[-1] < self.max_cluster else 2
         return picked

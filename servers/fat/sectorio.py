@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -35,6 +36,18 @@ class SectorIO(Protocol):
 
     async def flush(self) -> None:
         """Make every completed write durable."""
+        ...
+
+    async def barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
+        """Every write so far reaches the disk before any write issued after this returns.
+
+        ``data``: (lba, count) runs of file data written by others (the kernel file
+        driver, into the cache) that must be on the disk first as well.
+        """
+        ...
+
+    async def discard(self, lba: int, count: int) -> None:
+        """These sectors were freed: nothing cached for them needs writing any more."""
         ...
 
 
@@ -77,6 +90,16 @@ class FileSectorIO:
 
     async def flush(self) -> None:
         os.fsync(self._fd)
+
+    async def barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
+        """``pwrite`` reaches the image in program order; only a power cut needs ``flush``.
+
+        Tools and tests use this SectorIO on image files, where a crash of the
+        program loses nothing already written, so ordering costs no fsync here.
+        """
+
+    async def discard(self, lba: int, count: int) -> None:
+        """Nothing is cached here."""
 
     def _check(self, lba: int, count: int) -> None:
         if lba < 0 or count < 0 or lba + count > self.total_sectors:

@@ -10,6 +10,8 @@ sequential: the volume's in-memory FAT and directory state have one writer.
 
 from __future__ import annotations
 
+import msgspec
+
 from drivers.protocol import Geometry, Identify
 from microkernel.ipc import Envelope, Router
 from microkernel.memory import PAGE_SIZE, PhysicalMemory
@@ -95,10 +97,12 @@ class FatServer(Server):
             partition_start=start,
             total_sectors=sectors,
             cache=self.cache,
+            alignment_offset=geo.alignment_offset,
         )
         self._volume = await FatVolume.mount(io, read_only=self.read_only)
         for problem in self._volume.problems:
             self.log.warning("volume problem", problem=problem)
+        self.router.counters.volume_repairs += self._volume.repairs
 
     async def teardown(self) -> None:
         if self._volume is not None:
@@ -204,8 +208,12 @@ class FatServer(Server):
     async def on_set_size(self, env: Envelope, msg: FsSetSize) -> FsInfo:
         # zero_fill through the cache: pages wholly inside new clusters are supplied as
         # zero frames without a disk read (CacheSectorIO maps writes with zero_fill).
-        await self.volume.set_size(msg.handle, msg.size, zero_fill=True)
-        return self._info(await self.volume.stat(msg.handle))
+        written = (msg.write_start, msg.write_end) if 0 <= msg.write_start < msg.write_end else None
+        vol = self.volume
+        await vol.set_size(msg.handle, msg.size, zero_fill=True,
+                           allocate_only=msg.allocate_only, written=written)
+        info = self._info(await vol.stat(msg.handle))
+        return msgspec.structs.replace(info, alloc_size=vol.allocated(msg.handle))
 
     @handles(FsSetTimes)
     async def on_set_times(self, env: Envelope, msg: FsSetTimes) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import itertools
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from microkernel.trace import log
@@ -77,6 +78,7 @@ from servers.fs.protocol import ROOT_FILE_ID
 
 MAX_FILE_SIZE = 0xFFFFFFFF
 DIR_CACHE = 512  # parsed directories kept (least recently used goes first)
+PAGE_BYTES = 4096  # the unit a power cut keeps or loses whole (a cache page)
 ROOT_KEY = -1  # key of the root directory in node locations, whatever its cluster
 ROOT_ID = ROOT_FILE_ID  # file id of the root directory; entries get ids from 2 on
 
@@ -141,6 +143,7 @@ class _Node:
     file_id: int
     opens: int = 0
     unlinked: bool = False
+    reserved: int = 0  # bytes allocated beyond the published size (FsSetSize allocate_only)
 
 
 @dataclass(slots=True)
@@ -172,6 +175,8 @@ class FatVolume:
         # or written behind its back (``..`` of a moved directory) is dropped.
         self._dirs: OrderedDict[int, _Dir] = OrderedDict()
         self.was_dirty = False
+        self.repairs = 0  # what mount repair changed on a volume left dirty (see _repair)
+        self.write_error: str | None = None  # set when a barrier failed: no more writes
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
         # File identity: an id per directory-entry location, moved by rename, dropped by
@@ -209,6 +214,9 @@ class FatVolume:
             await vol._load_fsinfo()
         if not read_only:
             await vol._set_dirty(True)
+            await vol._barrier()  # the dirty flag is on the disk before any change
+            if vol.was_dirty:
+                await vol._repair()
         return vol
 
     def _check_copies(self, copies: list[bytes], primary: int) -> None:
@@ -239,6 +247,7 @@ class FatVolume:
             return
 
     async def _set_dirty(self, dirty: bool) -> None:
+        await self._barrier()  # clean: only after everything else is on the disk
         self.fat.set_clean(not dirty)
         await self._flush_fat()
         raw = set_boot_dirty(self._boot_raw, self.boot.fat_type == 32, dirty)
@@ -251,8 +260,12 @@ class FatVolume:
         if not self._mounted:
             return
         for handle in list(self._handles):
-            await self.close(handle)
-        if not self.read_only:
+            try:
+                await self.close(handle)
+            except FatError:
+                if self.write_error is None:
+                    raise
+        if not self.read_only and self.write_error is None:
             if self.boot.fat_type == 32:
                 await self._write_fsinfo()
             await self._set_dirty(False)
@@ -262,6 +275,7 @@ class FatVolume:
     async def _write_fsinfo(self) -> None:
         info = FsInfo(self.fat.free_count, self.fat.next_free)
         raw = pack_fsinfo(info, self.boot.bytes_per_sector)
+        await self._barrier()
         old = await self._read(self.boot.fsinfo_sector, 1)
         # Keep any bytes between the FSInfo fields (reserved, normally zero) intact.
         merged = raw[:4] + old[4:484] + raw[484:496] + old[496:508] + raw[508:]
@@ -282,6 +296,7 @@ class FatVolume:
         if not runs or self.read_only:
             self.fat.clear_dirty()
             return
+        await self._barrier()  # zero fill before links, entries before frees (docs/fat.md)
         active = self.boot.active_fat
         copies = [active] if active is not None else range(self.boot.num_fats)
         for n in copies:
@@ -289,6 +304,14 @@ class FatVolume:
             for first, data in runs:
                 await self._write(base + first, data)
         self.fat.clear_dirty()
+        await self._discard_freed()
+
+    async def _discard_freed(self) -> None:
+        """Freed clusters' cached pages are dropped, so nothing is written back for them."""
+        freed, self.fat.freed = self.fat.freed, set()
+        for first, n in self._cluster_sectors(sorted(c for c in freed
+                                                     if self.fat.get(c) == FREE)):
+            await self.io.discard(first * self._scale, n * self._scale)
 
     def _cluster_sectors(self, clusters: list[int]) -> list[tuple[int, int]]:
         spc = self.boot.sectors_per_cluster
@@ -299,6 +322,26 @@ class FatVolume:
             raise ReadOnlyVolume("volume is mounted read-only")
         if not self._mounted:
             raise FatError("volume is not mounted", errno.EINVAL)
+        if self.write_error is not None:
+            raise FatError(f"volume stopped writing after a metadata write error "
+                           f"({self.write_error}); remount to repair", errno.EIO)
+
+    async def _barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
+        """``io.barrier``; a failure stops all further writing (like ext4's errors=remount-ro).
+
+        The group that failed may land in part, as after a power cut inside it;
+        anything written after it could land before it, so nothing is. The dirty
+        flag stays set, and the next mount repairs.
+        """
+        if self.write_error is not None:
+            raise FatError(f"volume stopped writing after a metadata write error "
+                           f"({self.write_error})", errno.EIO)
+        try:
+            await self.io.barrier(data)
+        except OSError as exc:
+            self.write_error = exc.strerror or str(exc)
+            self.problems.append(f"metadata write failed, volume stopped writing: {exc}")
+            raise
 
     # ================================================================ directories
     @property
@@ -349,6 +392,7 @@ class FatVolume:
         ss = self.boot.bytes_per_sector
         lo = first * ENTRY_SIZE // ss
         hi = ((first + count) * ENTRY_SIZE - 1) // ss
+        await self._barrier()  # the FAT (or the entry) this one depends on goes first
         run_start = lo
         for s in range(lo, hi + 1):
             if s == hi or d.sectors[s + 1] != d.sectors[s] + 1:
@@ -431,10 +475,14 @@ class FatVolume:
             raise NoSpace("directory has reached the FAT limit of 65536 entries")
         return start, extra
 
-    async def _insert(self, d: _Dir, entries: list[bytes]) -> int:
+    async def _insert(self, d: _Dir, entries: list[bytes],
+                      replacing: DirSlot | None = None) -> tuple[int, bool]:
         """Place entries in ``d`` (growing it if it must); return the first index.
 
-        Raises NoSpace (writing nothing) if the fixed root or the volume is full.
+        ``replacing`` (a rename within ``d``): when the old entries and the new
+        ones lie in one 4 KiB page, both changes go in one write, so no cut sees
+        both names; the flag says whether that happened. Raises NoSpace (writing
+        nothing) if the fixed root or the volume is full.
         """
         need = len(entries)
         at, extra = self._growth(d, need)
@@ -448,18 +496,35 @@ class FatVolume:
                 d.data[after * ENTRY_SIZE] != 0):
             d.data[after * ENTRY_SIZE] = 0  # keep the end marker right after new entries
             count += 1
-        await self._write_entries(d, at, count)
+        lo, hi = at, at + count - 1
+        if replacing is not None:
+            lo, hi = min(lo, replacing.first_index), max(hi, replacing.index)
+        together = replacing is not None and self._one_page(d, lo, hi)
+        if together and replacing is not None:
+            for i in range(replacing.first_index, replacing.index + 1):
+                d.data[i * ENTRY_SIZE] = DELETED_MARK
+            await self._write_entries(d, lo, hi - lo + 1)
+        else:
+            await self._write_entries(d, at, count)
         d.listing = parse_directory(d.data)
-        return at
+        return at, together
+
+    def _one_page(self, d: _Dir, first: int, last: int) -> bool:
+        """Do entries first..last lie in consecutive sectors of one 4 KiB device page?"""
+        ss = self.boot.bytes_per_sector
+        sectors = d.sectors[first * ENTRY_SIZE // ss:last * ENTRY_SIZE // ss + 1]
+        base = self.io.partition_offset
+        pages = {(base + s * ss) // PAGE_BYTES for s in sectors}
+        return len(pages) == 1 and sectors == list(range(sectors[0], sectors[0] + len(sectors)))
 
     async def _grow_dir(self, d: _Dir, extra: int) -> None:
         """Add ``extra`` zeroed clusters to a cluster-chained directory (zeros before FAT)."""
-        new = self.fat.allocate(extra, after=d.clusters[-1])
+        new = self.fat.allocate(extra, after=d.clusters[-1], link=False)
         zeros = bytes(self.boot.cluster_size)
         for first, n in self._cluster_sectors(new):
             await self._write(first, zeros * (n // self.boot.sectors_per_cluster))
             d.sectors.extend(range(first, first + n))
-        await self._flush_fat()
+        await self._link(d.clusters[-1], new[0])
         d.clusters.extend(new)
         d.data.extend(bytes(extra * self.boot.cluster_size))
 
@@ -686,9 +751,24 @@ class FatVolume:
         loc = (node.dir_key, node.index)
         if self._nodes.get(loc) is node:  # an unlinked node's place may hold a new file now
             del self._nodes[loc]
+        if node.reserved and not node.unlinked and not self.read_only:
+            await self._drop_reservation(node)
         if node.unlinked and node.entry.cluster and not self.read_only:
             self._free_chain(node.entry.cluster, node.name)
             await self._flush_fat()
+
+    async def _drop_reservation(self, node: _Node) -> None:
+        """Last close: clusters reserved beyond the published size go back (end mark first)."""
+        node.reserved = 0
+        if not node.entry.cluster:
+            return
+        want = -(-node.entry.size // self.boot.cluster_size)
+        chain = self._walk(node.entry.cluster)
+        if want < len(chain):
+            if not want:
+                node.entry = node.entry.with_(cluster=0)
+                await self._rewrite_entry(node)
+            await self._cut_chain(chain, want)
 
     def _free_chain(self, cluster: int, name: str) -> None:
         """Free a chain; a damaged chain is left allocated (fsck reclaims it) and reported."""
@@ -724,7 +804,7 @@ class FatVolume:
 
     async def _create_in(self, d: _Dir, name: str, attributes: int) -> DirSlot:
         entries = self._name_entries(d, name, _new_entry(attributes))
-        at = await self._insert(d, entries)
+        at, _ = await self._insert(d, entries)
         return self._slot_at(d, at + len(entries) - 1)
 
     @staticmethod
@@ -750,7 +830,7 @@ class FatVolume:
         await self._write_dir_cluster(cluster, template, parent.key)
         await self._flush_fat()
         entries[-1] = ShortEntry.unpack(entries[-1]).with_(cluster=cluster).pack()
-        at = await self._insert(parent, entries)
+        at, _ = await self._insert(parent, entries)
         return self._info(self._slot_at(parent, at + len(entries) - 1), parent.key)
 
     async def _write_dir_cluster(self, cluster: int, template: ShortEntry, parent: int) -> None:
@@ -840,30 +920,60 @@ class FatVolume:
 
     async def _move(self, s: _Found, src_slot: DirSlot, target: _Dir, d: _Found,
                     same_dir: bool) -> None:
-        """Write the new entry, then drop the replaced and the old ones, then fix '..'."""
+        """New name first, then the old name goes, then the replaced file's clusters.
+
+        A file replacing a file of exactly the new name takes over the replaced
+        short entry in place: one sector write swaps what the name means, so no
+        cut shows two entries of one name. Until the old entry is removed both
+        names share the clusters (the one window mount repair resolves to a
+        single name, docs/fat.md).
+        """
         replaced = d.slot
         if replaced is not None and same_dir and replaced.index == src_slot.index:
             replaced = None
-        ignore = {src_slot.index} if same_dir else set()
-        if replaced is not None:
-            ignore.add(replaced.index)
-        entries = self._name_entries(target, d.leaf, src_slot.entry, frozenset(ignore))
-        at = await self._insert(target, entries)
-        new_index = at + len(entries) - 1
-        if replaced is not None:
-            if replaced.entry.is_dir:
+        removed = False  # the old entry went in the same write as the new one
+        if replaced is not None and not replaced.entry.is_dir and replaced.name == d.leaf:
+            first, index, entry = await self._take_over(target, replaced, src_slot.entry)
+        else:
+            ignore = {src_slot.index} if same_dir else set()
+            if replaced is not None:
+                ignore.add(replaced.index)
+            entries = self._name_entries(target, d.leaf, src_slot.entry, frozenset(ignore))
+            first, removed = await self._insert(
+                target, entries, src_slot if same_dir and replaced is None else None)
+            index, entry = first + len(entries) - 1, ShortEntry.unpack(entries[-1])
+            if replaced is not None and replaced.entry.is_dir:  # an empty directory
                 await self._delete_slot(target, replaced)
                 self._forget_dir(replaced.entry.cluster)
                 self._free_chain(replaced.entry.cluster, replaced.name)
-            else:
+            elif replaced is not None:  # a file, named in another case: a new spelling
                 await self._remove_file(target, replaced)
         old_dir = target if same_dir else s.parent
-        self._rekey((old_dir.key, src_slot.index), (target.key, at, new_index), d.leaf,
-                    ShortEntry.unpack(entries[-1]))
-        await self._delete_slot(old_dir, src_slot)
+        self._rekey((old_dir.key, src_slot.index), (target.key, first, index), d.leaf, entry)
+        if not removed:
+            await self._delete_slot(old_dir, src_slot)
         if src_slot.entry.is_dir and not same_dir:
             await self._fix_dotdot(src_slot.entry.cluster, target.key)
         await self._flush_fat()
+
+    async def _take_over(self, d: _Dir, replaced: DirSlot,
+                         entry: ShortEntry) -> tuple[int, int, ShortEntry]:
+        """Write ``entry`` over the replaced file's short entry (keeping its name bytes).
+
+        The replaced file's clusters are freed at the caller's FAT flush, after
+        the entry is on disk, or at its last close if it is open.
+        """
+        entry = entry.with_(name=replaced.entry.name, nt_flags=replaced.entry.nt_flags)
+        at = replaced.index * ENTRY_SIZE
+        d.data[at:at + ENTRY_SIZE] = entry.pack()
+        await self._write_entries(d, replaced.index, 1)
+        d.listing = parse_directory(d.data)
+        node = self._nodes.pop((self._cluster_to_key(d.key), replaced.index), None)
+        if node is not None:
+            node.unlinked = True
+        elif replaced.entry.cluster:
+            self._free_chain(replaced.entry.cluster, replaced.name)
+        return replaced.first_index, replaced.index, entry
 
     def _rekey(self, old: tuple[int, int], new: tuple[int, int, int], name: str,
                entry: ShortEntry) -> None:
@@ -887,15 +997,23 @@ class FatVolume:
         up = up.with_(cluster=0 if new_parent == self._root_cluster else new_parent)
         raw[ENTRY_SIZE:2 * ENTRY_SIZE] = up.pack()
         self._forget_dir(cluster)
+        await self._barrier()
         await self._write(first, bytes(raw))
 
     # ================================================================ sizes & data
-    async def set_size(self, ref: FileRef, size: int, *, zero_fill: bool = True) -> list[Extent]:
+    async def set_size(self, ref: FileRef, size: int, *, zero_fill: bool = True,
+                       allocate_only: bool = False,
+                       written: tuple[int, int] | None = None) -> list[Extent]:
         """Truncate or extend a file; return the extents of the newly allocated clusters.
 
         With ``zero_fill`` the new clusters (and the stale tail of the old last
-        cluster) are zeroed through the SectorIO; a cache-backed caller passes False
-        and supplies zero pages itself, without reading the disk.
+        cluster) are zeroed through the SectorIO (the cache supplies whole zero
+        pages without reading the disk), except clusters lying wholly inside
+        ``written`` (file byte range start, end), which the caller is about to
+        write. ``allocate_only`` allocates clusters for ``size`` bytes but leaves
+        the size in the directory entry as it is (a reservation: the size on disk
+        never covers bytes not yet written); a later plain call publishes the
+        size, writing the data pages it covers before the entry.
         """
         self._writable()
         node, _temp = await self._target(ref)
@@ -908,30 +1026,108 @@ class FatVolume:
         old_size = node.entry.size
         chain = self._chain(node, -(-old_size // cs))
         want = -(-size // cs)
-        date, tm, _ = dos_now()
-        if want > len(chain):
-            new = self.fat.allocate(want - len(chain), after=chain[-1] if chain else None)
-            first = chain[0] if chain else new[0]
-            try:  # zero the new clusters before any on-disk structure points at them
-                if zero_fill:
-                    await self._zero(chain, old_size, new, min(size, len(chain) * cs))
-            except BaseException:
-                self._unallocate(chain, new)
-                raise
-            await self._flush_fat()
-            node.entry = node.entry.with_(cluster=first, size=size, mdate=date, mtime=tm,
-                                          adate=date)
-            await self._rewrite_entry(node)
+        new: list[int] = []
+        if allocate_only:  # beyond the size nothing is visible: zero fill waits for publishing
+            if want > len(chain):
+                new = await self._grow(node, chain, want, size, False, None)
+                if not chain:  # the entry needs its first cluster; the size waits
+                    await self._rewrite_entry(node)
+            node.reserved = max(node.reserved, size)
             return self._new_extents(new, len(chain) * cs)
-        if zero_fill and size > old_size:
-            await self._zero(chain, old_size, [], size)
-        node.entry = node.entry.with_(cluster=chain[0] if want else 0, size=size, mdate=date,
+        if want > len(chain):
+            new = await self._grow(node, chain, want, size, zero_fill, written)
+        elif zero_fill and size > old_size:
+            await self._zero(chain, old_size, [], size, written)
+        if size > old_size and node.reserved:  # the data (and zeros) go before the size
+            await self._barrier(self._data_runs(node, old_size, size))
+        # A size published inside the reservation keeps it; a shrink gives it up.
+        trim = want < len(chain) and (size < old_size or not node.reserved)
+        node.reserved = 0 if trim or node.reserved <= size else node.reserved
+        date, tm, _ = dos_now()
+        first = chain[0] if chain else (new[0] if new else 0)
+        node.entry = node.entry.with_(cluster=first if want else 0, size=size, mdate=date,
                                       mtime=tm, adate=date)
         await self._rewrite_entry(node)
-        if want < len(chain):
-            self.fat.truncate_chain(chain, want)
+        if trim:
+            await self._cut_chain(chain, want)
+        return self._new_extents(new, len(chain) * cs)
+
+    def allocated(self, handle: int) -> int:
+        """Bytes of clusters the file holds: its size rounded up, or its reservation."""
+        node = self._handle(handle)
+        cs = self.boot.cluster_size
+        return -(-max(node.entry.size, node.reserved) // cs) * cs
+
+    async def _grow(self, node: _Node, chain: list[int], want: int, size: int,
+                    zero_fill: bool, written: tuple[int, int] | None) -> list[int]:
+        """Allocate, zero and link the clusters a file needs beyond ``chain``."""
+        cs = self.boot.cluster_size
+        new = self.fat.allocate(want - len(chain), after=chain[-1] if chain else None,
+                                link=False)
+        try:  # zero the new clusters before any on-disk structure points at them
+            if zero_fill:
+                await self._zero(chain, node.entry.size, new, min(size, len(chain) * cs),
+                                 written)
+        except BaseException:
+            self._unallocate(chain, new)
+            raise
+        await self._link(chain[-1] if chain else None, new[0])
+        node.entry = node.entry.with_(cluster=chain[0] if chain else new[0])
+        return new
+
+    def _data_runs(self, node: _Node, start: int, end: int) -> list[tuple[int, int]]:
+        """(volume lba, count) runs of the file's bytes start..end (for a data barrier)."""
+        return [(e.lba // self._scale, -(-e.count // self._scale))
+                for e in self._extents(node, start, end - start)]
+
+    async def _link(self, last: int | None, first_new: int) -> None:
+        """Put a new chain on disk, then (after a barrier) the link that makes it the file's.
+
+        A cut between the two leaves the new clusters lost, never a chain that
+        runs into a free cluster (the new entries and the link may sit in
+        different FAT pages, which the disk may write in any order). When all of
+        it lies in one 4 KiB page, one write carries it and no barrier is needed.
+        """
+        if last is not None:
+            self.fat.set(last, first_new)
+            if self._fat_changes_atomic():
+                await self._flush_fat()
+                return
+            self.fat.set(last, self.fat.eoc)
+        await self._flush_fat()
+        if last is not None:
+            self.fat.set(last, first_new)
             await self._flush_fat()
-        return []
+
+    def _fat_changes_atomic(self) -> bool:
+        """Do the unwritten FAT changes lie in one 4 KiB page (of each copy)?
+
+        A page is written whole or not at all (a power cut tears writes only at
+        page boundaries), so such changes need no order among themselves.
+        """
+        bps = self.boot.bytes_per_sector
+        base = self.io.partition_offset + self.boot.fat_start * bps
+        pages = {(base + s * bps) // PAGE_BYTES for first, data in self.fat.dirty_runs()
+                 for s in range(first, first + len(data) // bps)}
+        return len(pages) <= 1
+
+    async def _cut_chain(self, chain: list[int], keep: int) -> None:
+        """Keep ``chain[:keep]``: end-of-chain mark first, then (after a barrier) free the rest.
+
+        One barrier less when all of it lies in one FAT page (see ``_fat_changes_atomic``).
+        """
+        if keep:
+            self.fat.set(chain[keep - 1], self.fat.eoc)
+            self.fat.truncate_chain(chain, keep)
+            if self._fat_changes_atomic():
+                await self._flush_fat()
+                return
+            links = [*chain[keep + 1:], self.fat.eoc]
+            for c, nxt in zip(chain[keep:], links, strict=True):  # not one page: the end
+                self.fat.set(c, nxt)  # mark goes alone first, the tail stays linked till then
+            await self._flush_fat()
+        self.fat.truncate_chain(chain, keep)
+        await self._flush_fat()
 
     def _unallocate(self, chain: list[int], new: list[int]) -> None:
         """Undo an in-memory allocation whose zero fill failed: the disk never saw it."""
@@ -970,12 +1166,25 @@ class FatVolume:
             file_offset += n * self.boot.bytes_per_sector
         return out
 
-    async def _zero(self, chain: list[int], old_size: int, new: list[int], tail_end: int) -> None:
-        """Zero the bytes old_size..tail_end of the old chain and all of the new clusters."""
+    async def _zero(self, chain: list[int], old_size: int, new: list[int], tail_end: int,
+                    written: tuple[int, int] | None = None) -> None:
+        """Zero bytes old_size..tail_end of the old chain and the new clusters after it,
+        except what lies inside ``written`` (the caller writes, or has written, that)."""
+        lo, hi = written if written is not None else (0, 0)
         if tail_end > old_size and chain:
-            await self._write_range(chain, old_size, bytes(tail_end - old_size))
-        zeros = bytes(self.boot.bytes_per_sector)
-        for first, n in self._cluster_sectors(new):
+            for a, b in _outside(old_size, tail_end, lo, hi):
+                await self._write_range(chain, a, bytes(b - a))
+        cs, ss = self.boot.cluster_size, self.boot.bytes_per_sector
+        whole: list[int] = []
+        for i, c in enumerate(new, len(chain)):
+            parts = _outside(i * cs, (i + 1) * cs, lo, hi)
+            if parts == [(i * cs, (i + 1) * cs)]:
+                whole.append(c)
+                continue
+            for a, b in parts:
+                await self._write_range(chain + new, a, bytes(b - a))
+        zeros = bytes(ss)
+        for first, n in self._cluster_sectors(whole):
             await self._write(first, zeros * n)
 
     async def extents(self, ref: FileRef, offset: int = 0, length: int | None = None
@@ -992,7 +1201,7 @@ class FatVolume:
 
     def _extents(self, node: _Node, offset: int, length: int | None) -> list[Extent]:
         cs, ss = self.boot.cluster_size, self.boot.bytes_per_sector
-        alloc_end = -(-node.entry.size // cs) * cs
+        alloc_end = -(-max(node.entry.size, node.reserved) // cs) * cs
         end = alloc_end if length is None else min(alloc_end, offset + length)
         offset -= offset % ss
         if offset >= end:
@@ -1137,6 +1346,107 @@ class FatVolume:
                 report.append(f"{path}: cross-linked with {other} at cluster {c}")
                 return
 
+    # ================================================================ repair
+    async def _repair(self) -> None:
+        """Repair what a power cut can leave behind, given the write order of docs/fat.md.
+
+        Runs at a read-write mount of a volume whose dirty flag was set, before
+        anything is served. Two names for one chain (a rename cut between its
+        two entry writes) keep the first name found; a file whose chain is longer
+        than its size loses the tail, one whose chain is shorter (or cut by a
+        free cluster) is shrunk to the chain; allocated clusters no entry reaches
+        (an allocation or a free cut short) are freed. Each repair is a problem
+        entry and counts in ``repairs``. Damage no write order explains (cycles,
+        directory loops, cross-links inside chains) is left for ``check`` and EIO.
+        """
+        root = self._root_cluster
+        claimed: set[int] = set()
+        starts: dict[int, str] = {}
+        stack: list[tuple[int, str, frozenset[int]]] = [(root, "", frozenset({root}))]
+        seen: set[int] = set()
+        doubtful = False  # damage we do not understand: then no cluster is called lost
+        while stack:
+            key, path, ancestors = stack.pop()
+            if key in seen:
+                doubtful = True
+                continue
+            seen.add(key)
+            try:
+                d = await self._load_dir(key)
+            except BadChain:
+                doubtful = True
+                continue
+            claimed.update(d.clusters)
+            for slot in list(d.listing.slots):
+                if slot.entry.is_dot or slot.entry.is_label:
+                    continue
+                child, cl = f"{path}/{slot.name}", slot.entry.cluster
+                if cl and cl in starts:
+                    await self._delete_slot(d, slot)
+                    self._repaired(f"{child}: second name of {starts[cl]} (a rename cut "
+                                   "between its entries) removed")
+                    continue
+                if cl:
+                    starts[cl] = child
+                if slot.entry.is_dir:
+                    if cl in ancestors or cl == root or not cl:
+                        doubtful = True
+                    else:
+                        stack.append((cl, child, ancestors | {cl}))
+                else:
+                    chain, ok = await self._repair_file(d, slot, child)
+                    claimed.update(chain)
+                    doubtful = doubtful or not ok
+        if not doubtful:
+            self._free_lost(claimed)
+        await self._flush_fat()
+
+    def _repaired(self, what: str) -> None:
+        self.problems.append(f"repaired: {what}")
+        self.repairs += 1
+
+    async def _repair_file(self, d: _Dir, slot: DirSlot, path: str) -> tuple[list[int], bool]:
+        """Make one file's size and chain agree; returns its clusters and whether it was sane."""
+        entry, cs = slot.entry, self.boot.cluster_size
+        if not entry.cluster:
+            if entry.size:
+                self._repaired(f"{path}: size {entry.size} without clusters set to 0")
+                await self._fix_entry(d, slot, entry.with_(size=0))
+            return [], True
+        chain, why = self.fat.valid_prefix(entry.cluster)
+        if why is not None and ("cyclic" in why or "longer than the volume" in why or not chain):
+            return chain, False
+        if why is not None:
+            self.fat.set(chain[-1], self.fat.eoc)
+            self._repaired(f"{path}: chain ended at cluster {chain[-1]} ({why})")
+        need = -(-entry.size // cs)
+        if len(chain) > need:
+            await self._cut_chain(chain, need)
+            self._repaired(f"{path}: {len(chain) - need} cluster(s) beyond its size "
+                           f"{entry.size} freed")
+            chain = chain[:need]
+            if not need:
+                await self._fix_entry(d, slot, entry.with_(cluster=0))
+        elif len(chain) < need:
+            size = len(chain) * cs
+            self._repaired(f"{path}: size {entry.size} cut to its chain's {size} bytes")
+            await self._fix_entry(d, slot, entry.with_(size=size))
+        return chain, True
+
+    async def _fix_entry(self, d: _Dir, slot: DirSlot, entry: ShortEntry) -> None:
+        at = slot.index * ENTRY_SIZE
+        d.data[at:at + ENTRY_SIZE] = entry.pack()
+        await self._write_entries(d, slot.index, 1)
+        d.listing = parse_directory(d.data)
+
+    def _free_lost(self, claimed: set[int]) -> None:
+        lost = [c for c in range(2, self.boot.max_cluster + 1)
+                if c not in claimed and self.fat.get(c) not in (FREE, self.fat.bad)]
+        for c in lost:
+            self.fat.set(c, FREE)
+        if lost:
+            self._repaired(f"{len(lost)} lost cluster(s) freed")
+
     # ================================================================ alignment
     @property
     def data_start_byte(self) -> int:
@@ -1151,6 +1461,13 @@ class FatVolume:
         """
         aligned = (self.data_start_byte - alignment_offset) % page_size == 0
         return aligned and self.boot.cluster_size % page_size == 0
+
+
+def _outside(start: int, end: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of start..end outside lo..hi."""
+    if hi <= lo or hi <= start or end <= lo:
+        return [(start, end)]
+    return [(a, b) for a, b in ((start, lo), (hi, end)) if a < b]
 
 
 def _new_entry(attr: int) -> ShortEntry:

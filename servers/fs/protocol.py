@@ -119,10 +119,22 @@ class MapRange(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True)
 
 
 class FsSetSize(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    """Truncate or extend; new space is zero-filled in the cache without a disk read."""
+    """Truncate or extend; new space is zero-filled in the cache without a disk read.
+
+    ``allocate_only``: allocate clusters for ``size`` bytes without changing the
+    size in the directory entry (a reservation; the reply's ``alloc_size`` says
+    how much is allocated and ``MapRange`` covers it). A later plain
+    ``FsSetSize`` publishes the size, after writing the data pages it covers;
+    the last ``FsClose`` gives back what was reserved beyond the size.
+    ``write_start``/``write_end``: a byte range the caller is about to write
+    whole; clusters lying wholly inside it are not zero-filled (-1: none).
+    """
 
     handle: int
     size: int
+    allocate_only: bool = False
+    write_start: int = -1
+    write_end: int = -1
 
 
 class FsSetTimes(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):

@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from drivers.protocol import InjectFault, IoDone, Read, Segment
+from drivers.recording import Recorder, RecordingRamDisk
 from microkernel.memory import DMA32_LIMIT, PAGE_SIZE, Zone
 from microkernel.protocol import Ok
 from servers.cache.errors import CacheFull, NoSuchDevice
@@ -390,3 +391,21 @@ async def test_a_crash_fails_pending_reads_and_the_cache_recovers(
         ready = await s.read(0, 16)
         assert all(s.frame(p.phys) == s.expected_page(p.lba) for p in ready.pages)
         assert s.cache.statistics().crashes == 1
+
+
+# ------------------------------------------------------------- barriers
+async def test_writeback_with_flush_is_a_barrier_for_exactly_the_named_pages(
+    tmp_path: Path,
+) -> None:
+    async with booted(tmp_path, driver=RecordingRamDisk) as s:
+        assert isinstance(s.driver, Recorder)
+        log = s.driver.write_log
+        for lba in (0, 64):
+            pages = await s.map(lba, 8, zero_fill=True)
+            await s.call(MarkDirty("disk", [p.lba for p in pages]))
+            await s.call(Release("disk", [p.lba for p in pages]))
+        await s.call(Writeback("disk", [0], flush=True))
+        assert [(e.offset, e.is_flush) for e in log.entries] == [(0, False), (0, True)]
+        assert s.cache.cache_stats().pages_dirty == 1  # page 64 waits for its own turn
+        await s.call(Writeback("disk", [64]))
+        assert [(e.offset, e.is_flush) for e in log.entries][2:] == [(64 * 512, False)]

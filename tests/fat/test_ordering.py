@@ -1,0 +1,209 @@
+"""The write-order rules of docs/fat.md, each checked on the sequence of writes and barriers.
+
+An ``OrderedIO`` records every sector write the volume issues and every barrier
+between them. Writes between two barriers form a *group*; the disk may apply a
+group's writes in any order, but a later group only after an earlier one. Each
+rule says which region's writes must lie in a strictly earlier group than
+which other region's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import microkernel
+from servers.fat.bpb import BootSector
+from servers.fat.sectorio import FileSectorIO
+from servers.fat.volume import FatVolume
+
+pytestmark = pytest.mark.anyio
+
+
+class OrderedIO(FileSectorIO):
+    """A FileSectorIO that numbers each write with the barrier group it belongs to."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.group = 0
+        self.log: list[tuple[int, int, int]] = []  # (group, first sector, sector count)
+
+    async def write(self, lba: int, data: bytes) -> None:
+        await super().write(lba, data)
+        self.log.append((self.group, lba, len(data) // self.sector_size))
+
+    async def barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
+        self.group += 1
+
+
+def region(boot: BootSector, sector: int) -> str:
+    if sector < boot.fat_start:
+        return "boot"
+    if sector < boot.fat_start + boot.num_fats * boot.fat_size:
+        return f"fat{(sector - boot.fat_start) // boot.fat_size}"
+    return "data"  # FAT12/16 root directory sectors are told apart by the caller
+
+
+class Recorder:
+    def __init__(self, vol: FatVolume, io: OrderedIO) -> None:
+        self.vol, self.io = vol, io
+        self.start = 0
+
+    def mark(self) -> None:
+        self.start = len(self.io.log)
+
+    def groups(self, sectors: set[int]) -> list[int]:
+        """Barrier groups of the writes since ``mark`` touching any of ``sectors``."""
+        return [g for g, lba, n in self.io.log[self.start:]
+                if sectors.intersection(range(lba, lba + n))]
+
+    def fat_groups(self) -> list[int]:
+        boot = self.vol.boot
+        return [g for g, lba, _ in self.io.log[self.start:] if region(boot, lba).startswith("fat")]
+
+    def fat_copies(self) -> set[str]:
+        boot = self.vol.boot
+        return {region(boot, lba) for _, lba, _ in self.io.log[self.start:]
+                if region(boot, lba).startswith("fat")}
+
+    def cluster_sectors(self, clusters: list[int]) -> set[int]:
+        boot = self.vol.boot
+        out: set[int] = set()
+        for c in clusters:
+            first = boot.cluster_to_sector(c)
+            out.update(range(first, first + boot.sectors_per_cluster))
+        return out
+
+    async def entry_sectors(self, path: str) -> set[int]:
+        """The sector holding ``path``'s short entry."""
+        info = await self.vol.stat(path)
+        key, index = info.location
+        boot = self.vol.boot
+        per_sector = boot.bytes_per_sector // 32
+        if key == -1 and boot.fat_type != 32:
+            return {boot.root_dir_start + index // per_sector}
+        cluster = boot.root_cluster if key == -1 else key
+        chain = self.vol.fat.chain(cluster)
+        offset = index * 32
+        c = chain[offset // boot.cluster_size]
+        return {boot.cluster_to_sector(c) + offset % boot.cluster_size // boot.bytes_per_sector}
+
+
+async def _setup(tmp_path: Path, fat: int) -> tuple[FatVolume, OrderedIO, Recorder]:
+    image = tmp_path / "disk.img"
+    size, cluster = {12: ("4M", 2048), 16: ("16M", 4096), 32: ("34M", 512)}[fat]
+    microkernel.mkfs(image, size=size, fat=fat, cluster_size=cluster)
+    io = OrderedIO(image)
+    vol = await FatVolume.mount(io)
+    return vol, io, Recorder(vol, io)
+
+
+FATS = pytest.mark.parametrize("fat", [12, 16, 32])
+
+
+def before(first: list[int], then: list[int]) -> bool:
+    """Every write of ``first`` lies in a barrier group strictly before every one of ``then``."""
+    assert first and then, (first, then)
+    return max(first) < min(then)
+
+
+@FATS
+async def test_growth_zero_fill_then_both_fat_copies_then_the_entry(tmp_path: Path,
+                                                                    fat: int) -> None:
+    vol, io, rec = await _setup(tmp_path, fat)
+    await vol.create("/grow.bin")
+    rec.mark()
+    await vol.set_size("/grow.bin", 3 * vol.boot.cluster_size, zero_fill=True)
+    chain = vol.fat.chain((await vol.stat("/grow.bin")).first_cluster)
+    zero = rec.groups(rec.cluster_sectors(chain))
+    entry = rec.groups(await rec.entry_sectors("/grow.bin"))
+    assert before(zero, rec.fat_groups()) and before(rec.fat_groups(), entry)
+    assert rec.fat_copies() == {f"fat{n}" for n in range(vol.boot.num_fats)}
+    await vol.unmount()
+    io.close()
+
+
+@FATS
+async def test_shrink_and_unlink_write_the_entry_before_freeing(tmp_path: Path,
+                                                                fat: int) -> None:
+    vol, io, rec = await _setup(tmp_path, fat)
+    await vol.create("/a.bin")
+    await vol.create("/b.bin")
+    await vol.write("/a.bin", 0, b"a" * 5 * vol.boot.cluster_size)
+    await vol.write("/b.bin", 0, b"b" * 2 * vol.boot.cluster_size)
+    await vol.fsync()
+    entry = await rec.entry_sectors("/a.bin")
+    rec.mark()
+    await vol.set_size("/a.bin", 1)
+    assert before(rec.groups(entry), rec.fat_groups())
+    entry = await rec.entry_sectors("/b.bin")
+    rec.mark()
+    await vol.unlink("/b.bin")
+    assert before(rec.groups(entry), rec.fat_groups())
+    await vol.unmount()
+    io.close()
+
+
+@FATS
+async def test_mkdir_writes_dot_entries_then_fat_then_the_name(tmp_path: Path, fat: int) -> None:
+    vol, io, rec = await _setup(tmp_path, fat)
+    rec.mark()
+    info = await vol.mkdir("/sub")
+    cluster_writes = rec.groups(rec.cluster_sectors([info.first_cluster]))
+    name = rec.groups(await rec.entry_sectors("/sub"))
+    assert before(cluster_writes, rec.fat_groups()) and before(rec.fat_groups(), name)
+    await vol.unmount()
+    io.close()
+
+
+@FATS
+async def test_rename_writes_the_new_name_before_removing_the_old(tmp_path: Path,
+                                                                  fat: int) -> None:
+    vol, io, rec = await _setup(tmp_path, fat)
+    await vol.mkdir("/far")
+    for name in ("/old.bin", "/far/victim.bin", "/other.bin"):
+        await vol.create(name)
+    await vol.write("/old.bin", 0, b"x" * 100)
+    await vol.write("/far/victim.bin", 0, b"v" * 3 * vol.boot.cluster_size)
+    old = await rec.entry_sectors("/old.bin")
+    rec.mark()
+    await vol.rename("/old.bin", "/far/new.bin")
+    assert before(rec.groups(await rec.entry_sectors("/far/new.bin")), rec.groups(old))
+    # Replacing a file: its entry is taken over in place, its clusters freed afterwards.
+    await vol.write("/other.bin", 0, b"o" * 10)
+    src = await rec.entry_sectors("/other.bin")
+    victim = await rec.entry_sectors("/far/victim.bin")
+    rec.mark()
+    await vol.rename("/other.bin", "/far/victim.bin")
+    assert await rec.entry_sectors("/far/victim.bin") == victim
+    assert before(rec.groups(victim), rec.groups(src))
+    assert before(rec.groups(src), rec.fat_groups())
+    assert await vol.read("/far/victim.bin") == b"o" * 10
+    await vol.unmount()
+    io.close()
+
+
+@FATS
+async def test_rename_within_one_page_is_one_write(tmp_path: Path, fat: int) -> None:
+    vol, io, rec = await _setup(tmp_path, fat)
+    await vol.create("/first.bin")
+    old = await rec.entry_sectors("/first.bin")
+    rec.mark()
+    await vol.rename("/first.bin", "/second name.bin")
+    new = await rec.entry_sectors("/second name.bin")
+    writes = [(g, lba, n) for g, lba, n in io.log[rec.start:]
+              if (old | new).intersection(range(lba, lba + n))]
+    assert len(writes) == 1  # both names change in one write: no cut sees both
+    assert not await _exists(vol, "/first.bin")
+    await vol.unmount()
+    io.close()
+
+
+async def _exists(vol: FatVolume, path: str) -> bool:
+    try:
+        await vol.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
