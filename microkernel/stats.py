@@ -114,6 +114,7 @@ class Counters:
         self.copies_by_reason: Counter[str] = Counter()
         self.refusals = 0
         self.refusals_by_type: Counter[str] = Counter()
+        self.volume_repairs = 0
 
     def count_refusal(self, type_: str) -> None:
         """Count a refused message; type names a sender made up share one bucket past a bound."""
@@ -122,7 +123,6 @@ class Counters:
         if type_ not in by_type and (len(by_type) >= REFUSAL_TYPES or len(type_) > 64):
             type_ = OTHER_TYPES
         by_type[type_] += 1
-        self.volume_repairs = 0
 
     def count_copy(self, n: int, reason: str) -> None:
         self.bytes_copied += n
