@@ -13,11 +13,16 @@ leaving the boot block then shuts the system down cleanly (dirty pages written
 back, FAT dirty flag cleared).
 
 FUSE speaks inodes relative to a parent, and so does the kernel file driver
-(``Lookup``/``OpenAt``/``ReadDirAt`` by node): an inode *is* the node, so a
-lookup costs one directory probe whatever the depth. :class:`InodeTable`
-keeps each inode's (parent, name) (pure, no I/O). Nodes are never reused, so a
-``forget`` needs no bookkeeping. An unlinked file that is still open (what
-``tempfile.TemporaryFile`` makes) is answered through its open handle.
+(``Lookup``/``OpenAt``/``ReadDirAt``, ``MkdirAt``/``RmdirAt``/``UnlinkAt``/
+``RenameAt`` by node): an inode *is* the node, so every request costs one
+directory probe whatever the depth, and no path is ever built. :class:`InodeTable`
+keeps each inode's (parent, name) and the host kernel's lookup count (pure, no
+I/O). When that count falls to zero (``forget``), the bridge drops the inode and
+tells the kernel file driver (``Forget``), so the file system's table of ids
+holds only what is open or referenced; nodes are never reused, so a late request
+for a forgotten one gets ESTALE, never another file. An unlinked file that is
+still open (what ``tempfile.TemporaryFile`` makes) is answered through its open
+handle.
 """
 
 from __future__ import annotations
@@ -27,16 +32,17 @@ import errno
 import functools
 import itertools
 import os
-import posixpath
 import signal
 import stat
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
+import msgspec
 import pyfuse3
 import pyfuse3.asyncio
 
@@ -46,7 +52,7 @@ from clients.process import UserProcess
 from microkernel.trace import log
 from servers.fs.protocol import FsInfo
 from servers.vfs.abi import WINDOW_DATA
-from servers.vfs.protocol import OpenFlags
+from servers.vfs.protocol import Forget, MkdirAt, OpenFlags, RenameAt, RmdirAt, UnlinkAt
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,14 +60,14 @@ R = TypeVar("R")
 TIMEOUT = 1.0  # seconds the host kernel may cache names and attributes
 ATTR_READ_ONLY, ATTR_VOLUME = 0x01, 0x08
 NAME_MAX = 255
-MAX_DEPTH = 4096  # bound on the parent links walked to rebuild a path
 
 
 class InodeTable:
     """Inode numbers are the system's nodes (``FsInfo.file_id``: a file keeps its node
     across renames, a new file at an old name gets a new one). Each known inode
-    remembers (parent inode, name): lookups go to the kernel relative to the parent,
-    and the path rebuilt from these links serves the calls that still take one.
+    remembers (parent inode, name), the lookups of its name go to the kernel
+    relative to the parent, and the host kernel's lookup count says when the
+    inode may be forgotten.
 
     FAT names are case-insensitive, so children are keyed case-folded.
     """
@@ -69,6 +75,11 @@ class InodeTable:
     def __init__(self) -> None:
         self._where: dict[int, tuple[int, str]] = {}  # inode -> (parent inode, name)
         self._children: dict[tuple[int, str], int] = {}  # (parent, folded name) -> inode
+        self._lookups: dict[int, int] = {}  # inode -> the host kernel's lookup count
+
+    def __len__(self) -> int:
+        """Inodes the host kernel holds (the root is never counted)."""
+        return len(self._lookups)
 
     def known(self, parent: int, name: str, inode: int) -> None:
         """``name`` in ``parent`` is ``inode`` (a lookup, readdir or create said so)."""
@@ -80,6 +91,26 @@ class InodeTable:
         self._children[(parent, name.casefold())] = inode
         self._where[inode] = (parent, name)
 
+    def looked_up(self, inode: int) -> None:
+        """The host kernel got ``inode`` in a reply that counts as a lookup."""
+        if inode != pyfuse3.ROOT_INODE:
+            self._lookups[inode] = self._lookups.get(inode, 0) + 1
+
+    def forget(self, inode: int, count: int) -> bool:
+        """The host kernel dropped ``count`` lookups; True when it holds the inode no more."""
+        left = self._lookups.get(inode, 0) - count
+        if left > 0:
+            self._lookups[inode] = left
+            return False
+        self._lookups.pop(inode, None)
+        where = self._where.pop(inode, None)
+        if where is not None and self._children.get((where[0], where[1].casefold())) == inode:
+            del self._children[(where[0], where[1].casefold())]
+        return inode != pyfuse3.ROOT_INODE
+
+    def referenced(self, inode: int) -> bool:
+        return inode in self._lookups
+
     def where(self, inode: int) -> tuple[int, str]:
         """(parent inode, name) of a known inode."""
         try:
@@ -89,25 +120,6 @@ class InodeTable:
 
     def parent(self, inode: int) -> int:
         return inode if inode == pyfuse3.ROOT_INODE else self.where(inode)[0]
-
-    def path(self, inode: int) -> str:
-        """The volume path of ``inode``, rebuilt from the parent links (bounded)."""
-        names: list[str] = []
-        for _ in range(MAX_DEPTH):
-            if inode == pyfuse3.ROOT_INODE:
-                return "/" + "/".join(reversed(names))
-            inode, name = self.where(inode)
-            names.append(name)
-        raise OSError(errno.ELOOP, f"more than {MAX_DEPTH} directories deep")
-
-    def child(self, parent: int, name: bytes) -> str:
-        """The path of ``name`` in directory ``parent`` (``.`` and ``..`` resolved)."""
-        text = os.fsdecode(name)
-        if text == ".":
-            return self.path(parent)
-        if text == "..":
-            return self.path(self.parent(parent))
-        return posixpath.join(self.path(parent), text)
 
     def moved(self, old_parent: int, old: str, new_parent: int, new: str) -> None:
         """``old`` in ``old_parent`` is now ``new`` in ``new_parent`` (its subtree follows)."""
@@ -169,6 +181,36 @@ class ImageOperations(pyfuse3.Operations):
         # file are serialised so a short write cannot shrink what a longer one just grew.
         self._size_locks: defaultdict[int, anyio.Lock] = defaultdict(anyio.Lock)
         self.uid, self.gid = os.getuid(), os.getgid()
+        self._unreferenced: set[int] = set()  # forgotten by the host, not yet by the system
+        self._handing_out = 0  # requests in flight whose reply counts as a lookup
+
+    @asynccontextmanager
+    async def _lookup_reply(self) -> AsyncIterator[None]:
+        """Around requests whose reply counts as a lookup; forgets wait until none is running.
+
+        A forget of node N sent while such a request is in flight could reach
+        the file system after the lookup that hands N to the host again, which
+        would then hold an id the file system had dropped.
+        """
+        self._handing_out += 1
+        try:
+            yield
+        finally:
+            self._handing_out -= 1
+            await self._send_forgets()
+
+    async def _send_forgets(self) -> None:
+        """Tell the system which nodes the host kernel no longer holds (one ``Forget``)."""
+        if self._handing_out or not self._unreferenced:
+            return
+        nodes = sorted(i for i in self._unreferenced if not self.inodes.referenced(i))
+        self._unreferenced.clear()
+        if not nodes:
+            return
+        try:
+            await self.proc.syscall(Forget(nodes), None)
+        except Exception as exc:  # forget must not fail; the ids only stay in the table
+            log.warning("FUSE forget not passed on", nodes=len(nodes), exc_info=exc)
 
     # ------------------------------------------------------------------ attributes
     def _attributes(self, inode: int, info: FsInfo) -> pyfuse3.EntryAttributes:
@@ -195,10 +237,10 @@ class ImageOperations(pyfuse3.Operations):
                 return entry.file.size
         return size
 
-    async def _entry_at(self, parent: int, name: str) -> pyfuse3.EntryAttributes:
-        """Look ``name`` up in ``parent`` (one kernel lookup, relative) and remember it."""
-        info = await self.proc.lookup(parent, name)
-        self.inodes.known(parent, name, info.file_id)
+    def _counted(self, parent: int, info: FsInfo) -> pyfuse3.EntryAttributes:
+        """``info`` goes to the host as a lookup reply: remember it, count the lookup."""
+        self.inodes.known(parent, info.name, info.file_id)
+        self.inodes.looked_up(info.file_id)
         return self._attributes(info.file_id, info)
 
     async def _entry(self, inode: int) -> pyfuse3.EntryAttributes:
@@ -219,11 +261,14 @@ class ImageOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         text = os.fsdecode(name)
-        if text == ".":
-            return await self._entry(parent_inode)
-        if text == "..":
-            return await self._entry(self.inodes.parent(parent_inode))
-        return await self._entry_at(parent_inode, text)
+        async with self._lookup_reply():
+            if text in (".", ".."):
+                inode = parent_inode if text == "." else self.inodes.parent(parent_inode)
+                attr = await self._entry(inode)
+                self.inodes.looked_up(inode)
+                return attr
+            info = await self.proc.lookup(parent_inode, text)
+            return self._counted(parent_inode, msgspec.structs.replace(info, name=text))
 
     @_fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -269,7 +314,11 @@ class ImageOperations(pyfuse3.Operations):
                 await f.truncate(size)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        """Nothing to do: inode numbers are not reused while mounted."""
+        """The host dropped lookups; inodes it no longer holds are forgotten by the system."""
+        for inode, count in inode_list:
+            if self.inodes.forget(inode, count):
+                self._unreferenced.add(inode)
+        await self._send_forgets()
 
     # ------------------------------------------------------------------ directories
     @_fuse_errors
@@ -283,12 +332,13 @@ class ImageOperations(pyfuse3.Operations):
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         parent, entries = self.dirs[fh]
-        for index in range(start_id, len(entries)):
-            info = entries[index]
-            self.inodes.known(parent, info.name, info.file_id)
-            attr = self._attributes(info.file_id, info)
-            if not pyfuse3.readdir_reply(token, os.fsencode(info.name), attr, index + 1):
-                return
+        async with self._lookup_reply():
+            for index in range(start_id, len(entries)):
+                info = entries[index]
+                attr = self._attributes(info.file_id, info)
+                if not pyfuse3.readdir_reply(token, os.fsencode(info.name), attr, index + 1):
+                    return
+                self._counted(parent, info)  # readdirplus: an accepted entry is a lookup
 
     @_fuse_errors
     async def releasedir(self, fh: int) -> None:
@@ -298,18 +348,22 @@ class ImageOperations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        await self.proc.mkdir(self.inodes.child(parent_inode, name))
-        return await self._entry_at(parent_inode, os.fsdecode(name))
+        text = os.fsdecode(name)
+        async with self._lookup_reply():
+            info = await self.proc.syscall(MkdirAt(parent_inode, text), FsInfo)
+            return self._counted(parent_inode, msgspec.structs.replace(info, name=text))
 
     @_fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.proc.rmdir(self.inodes.child(parent_inode, name))
-        self.inodes.removed(parent_inode, os.fsdecode(name))
+        text = os.fsdecode(name)
+        await self.proc.syscall(RmdirAt(parent_inode, text), None)
+        self.inodes.removed(parent_inode, text)
 
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.proc.unlink(self.inodes.child(parent_inode, name))
-        self.inodes.removed(parent_inode, os.fsdecode(name))
+        text = os.fsdecode(name)
+        await self.proc.syscall(UnlinkAt(parent_inode, text), None)
+        self.inodes.removed(parent_inode, text)
 
     @_fuse_errors
     async def rename(
@@ -322,16 +376,20 @@ class ImageOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> None:
         """A FAT directory entry cannot be swapped atomically: RENAME_EXCHANGE is refused."""
-        old = self.inodes.child(parent_inode_old, name_old)
-        new = self.inodes.child(parent_inode_new, name_new)
+        old, new = os.fsdecode(name_old), os.fsdecode(name_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise OSError(errno.EINVAL, "rename exchange is not supported on FAT")
-        if flags & pyfuse3.RENAME_NOREPLACE and await self.proc.exists(new):
+        if flags & pyfuse3.RENAME_NOREPLACE and await self._exists(parent_inode_new, new):
             raise FileExistsError(errno.EEXIST, f"{new}: exists")
-        await self.proc.rename(old, new)
-        self.inodes.moved(
-            parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new)
-        )
+        await self.proc.syscall(RenameAt(parent_inode_old, old, parent_inode_new, new), None)
+        self.inodes.moved(parent_inode_old, old, parent_inode_new, new)
+
+    async def _exists(self, parent: int, name: str) -> bool:
+        try:
+            await self.proc.lookup(parent, name)
+        except FileNotFoundError:
+            return False
+        return True
 
     @_fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -370,10 +428,11 @@ class ImageOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         text = os.fsdecode(name)
-        f = await self.proc.open_at(parent_inode, text, "x+b" if flags & os.O_EXCL else "w+b")
-        stat = await f.stat()
-        self.inodes.known(parent_inode, text, stat.file_id)
-        return self._register(stat.file_id, f), self._attributes(stat.file_id, stat)
+        async with self._lookup_reply():
+            f = await self.proc.open_at(parent_inode, text, "x+b" if flags & os.O_EXCL else "w+b")
+            stat = await f.stat()
+            attr = self._counted(parent_inode, msgspec.structs.replace(stat, name=text))
+            return self._register(stat.file_id, f), attr
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:

@@ -24,24 +24,29 @@ from servers.fs.protocol import (
     FileExtent,
     FsClose,
     FsDir,
+    FsForget,
     FsFsync,
     FsInfo,
     FsLookup,
     FsMkdir,
+    FsMkdirAt,
     FsOpen,
     FsOpenAt,
     FsOpened,
     FsReadDir,
     FsReadDirAt,
     FsRename,
+    FsRenameAt,
     FsRequest,
     FsRmdir,
+    FsRmdirAt,
     FsSetSize,
     FsSetTimes,
     FsStat,
     FsStatFs,
     FsStatHandle,
     FsUnlink,
+    FsUnlinkAt,
     FsVolume,
     Mapped,
     MapRange,
@@ -185,6 +190,27 @@ class FatServer(Server):
     @handles(FsRename)
     async def on_rename(self, env: Envelope, msg: FsRename) -> None:
         await self.volume.rename(msg.src, msg.dst)
+
+    @handles(FsMkdirAt)
+    async def on_mkdir_at(self, env: Envelope, msg: FsMkdirAt) -> FsInfo:
+        return self._info(await self.volume.mkdir_at(msg.directory, msg.name))
+
+    @handles(FsRmdirAt)
+    async def on_rmdir_at(self, env: Envelope, msg: FsRmdirAt) -> None:
+        await self.volume.rmdir_at(msg.directory, msg.name)
+
+    @handles(FsUnlinkAt)
+    async def on_unlink_at(self, env: Envelope, msg: FsUnlinkAt) -> None:
+        await self.volume.unlink_at(msg.directory, msg.name)
+
+    @handles(FsRenameAt)
+    async def on_rename_at(self, env: Envelope, msg: FsRenameAt) -> None:
+        await self.volume.rename_at(msg.src_directory, msg.src_name,
+                                    msg.dst_directory, msg.dst_name)
+
+    @handles(FsForget)
+    async def on_forget(self, env: Envelope, msg: FsForget) -> None:
+        self.volume.forget(msg.file_ids)
 
     @handles(MapRange)
     async def on_map_range(self, env: Envelope, msg: MapRange) -> Mapped:

@@ -58,6 +58,7 @@ from servers.fat.errors import (
     DirectoryNotEmpty,
     FatError,
     InvalidArgument,
+    InvalidName,
     IsADirectory,
     NoSpace,
     NotADirectory,
@@ -81,6 +82,7 @@ DIR_CACHE = 512  # parsed directories kept (least recently used goes first)
 PAGE_BYTES = 4096  # the unit a power cut keeps or loses whole (a cache page)
 ROOT_KEY = -1  # key of the root directory in node locations, whatever its cluster
 ROOT_ID = ROOT_FILE_ID  # file id of the root directory; entries get ids from 2 on
+MAX_DIR_DEPTH = 4096  # bound on the '..' links walked to find a directory's ancestors
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,7 @@ class FatVolume:
         self._locations: dict[int, tuple[int, int]] = {ROOT_ID: (ROOT_KEY, -1)}
         self._id_counter = itertools.count(ROOT_ID + 1)
         self._dir_clusters: dict[int, int] = {}  # file id of a directory -> its first cluster
+        self._forgotten: set[int] = set()  # ids forgotten while open: dropped at last close
         self._handles: dict[int, _Node] = {}
         self._next_handle = itertools.count(1)
         self._mounted = True
@@ -573,6 +576,7 @@ class FatVolume:
         if file_id is None:
             file_id = self._ids[loc] = next(self._id_counter)
             self._locations[file_id] = loc
+        self._forgotten.discard(file_id)  # handed out again: referenced again
         if entry is not None and entry.is_dir and entry.cluster:
             self._dir_clusters[file_id] = entry.cluster
         return file_id
@@ -591,6 +595,37 @@ class FatVolume:
         if file_id is not None:
             self._ids[new] = file_id
             self._locations[file_id] = new
+
+    def forget(self, file_ids: Sequence[int]) -> None:
+        """Nobody outside references these ids (FsForget): drop them from the id table.
+
+        The table then holds only what is open or referenced, however many
+        entries were ever reported. An open file keeps its id until its last
+        close (the kernel file driver keys its central file by it); the root
+        keeps ROOT_ID. The next lookup of a dropped entry hands out a fresh id:
+        ids come from a counter and are never reused.
+        """
+        for file_id in file_ids:
+            loc = self._locations.get(file_id)
+            if file_id == ROOT_ID or loc is None:
+                continue
+            node = self._nodes.get(loc)
+            if node is not None and node.file_id == file_id:
+                self._forgotten.add(file_id)
+            else:
+                self._drop_id(file_id)
+
+    def _drop_id(self, file_id: int) -> None:
+        self._forgotten.discard(file_id)
+        loc = self._locations.pop(file_id, None)
+        if loc is not None and self._ids.get(loc) == file_id:
+            del self._ids[loc]
+        self._dir_clusters.pop(file_id, None)
+
+    @property
+    def id_table_size(self) -> int:
+        """Entries in the table of file ids (bounded by what is open or referenced)."""
+        return len(self._ids)
 
     def _root_info(self) -> FileInfo:
         return FileInfo("/", "/", ATTR_DIRECTORY, 0, self._root_cluster, True, 0.0, 0.0, 0.0,
@@ -751,6 +786,8 @@ class FatVolume:
         loc = (node.dir_key, node.index)
         if self._nodes.get(loc) is node:  # an unlinked node's place may hold a new file now
             del self._nodes[loc]
+        if node.file_id in self._forgotten:
+            self._drop_id(node.file_id)
         if node.reserved and not node.unlinked and not self.read_only:
             await self._drop_reservation(node)
         if node.unlinked and node.entry.cluster and not self.read_only:
@@ -817,7 +854,9 @@ class FatVolume:
     async def mkdir(self, path: str) -> FileInfo:
         """Create a directory with '.' and '..'; the new cluster is written before the entry."""
         self._writable()
-        found = await self._find(path)
+        return await self._make_dir(await self._find(path), path)
+
+    async def _make_dir(self, found: _Found, path: str) -> FileInfo:
         if found.slot is not None or not found.leaf:
             raise AlreadyExists(f"{path}: file exists")
         parent = found.parent
@@ -845,7 +884,9 @@ class FatVolume:
 
     async def unlink(self, path: str) -> None:
         self._writable()
-        found = await self._existing(path)
+        await self._unlink_found(await self._existing(path), path)
+
+    async def _unlink_found(self, found: _Found, path: str) -> None:
         slot = found.slot
         if slot is None or slot.entry.is_dir:
             raise IsADirectory(f"{path}: is a directory")
@@ -863,7 +904,9 @@ class FatVolume:
 
     async def rmdir(self, path: str) -> None:
         self._writable()
-        found = await self._existing(path)
+        await self._rmdir_found(await self._existing(path), path)
+
+    async def _rmdir_found(self, found: _Found, path: str) -> None:
         slot = found.slot
         if slot is None:
             raise FatError("cannot remove the root directory", errno.EBUSY)
@@ -884,10 +927,12 @@ class FatVolume:
     async def rename(self, src: str, dst: str) -> None:
         """Rename/move ``src`` to ``dst``, replacing a file or an empty directory there."""
         self._writable()
-        s = await self._existing(src)
+        await self._rename_found(await self._existing(src), await self._find(dst), src, dst)
+
+    async def _rename_found(self, s: _Found, d: _Found, src: str, dst: str) -> None:
+        """``d.ancestors`` must reach the root when a directory changes parent (loop check)."""
         if s.slot is None:
             raise FatError("cannot rename the root directory", errno.EBUSY)
-        d = await self._find(dst)
         if not d.leaf:
             raise FatError("cannot replace the root directory", errno.EBUSY)
         src_slot = s.slot
@@ -999,6 +1044,69 @@ class FatVolume:
         self._forget_dir(cluster)
         await self._barrier()
         await self._write(first, bytes(raw))
+
+    # ================================================================ namespace by directory
+    async def _found_at(self, dir_id: int, name: str) -> _Found:
+        """``name`` in the directory ``dir_id``, as a path walk would have found it.
+
+        ``ancestors`` holds only the parent: the full chain costs a walk up
+        ``..`` and only a directory changing parent needs it (:meth:`rename_at`).
+        """
+        if not name or name in (".", "..") or "/" in name:
+            raise InvalidName(f"{name!r} names no entry of directory {dir_id}")
+        d = await self._dir_of(dir_id)
+        return _Found(d, self._lookup(d, name), [d.key], name)
+
+    async def _ancestry(self, key: int) -> list[int]:
+        """Directory keys from the root down to ``key``, by walking '..' (bounded, loop-checked).
+
+        The volume's own '..' entries are the truth after any number of renames
+        (``_fix_dotdot`` rewrites them), whatever ids were handed out or forgotten.
+        """
+        root = self._root_cluster
+        chain = [key]
+        for _ in range(MAX_DIR_DEPTH):
+            if key == root:
+                chain.reverse()
+                return chain
+            d = await self._load_dir(key)
+            up = ShortEntry.unpack(bytes(d.data[ENTRY_SIZE:2 * ENTRY_SIZE]))
+            if up.name != DOTDOT_NAME:
+                raise DirectoryLoop(f"directory at cluster {key} has no '..' entry")
+            key = up.cluster or root
+            if key in chain:
+                raise DirectoryLoop(f"directory at cluster {chain[-1]} is its own ancestor")
+            chain.append(key)
+        raise DirectoryLoop(f"directory at cluster {chain[0]} is over {MAX_DIR_DEPTH} deep")
+
+    async def mkdir_at(self, dir_id: int, name: str) -> FileInfo:
+        self._writable()
+        return await self._make_dir(await self._found_at(dir_id, name), name)
+
+    async def unlink_at(self, dir_id: int, name: str) -> None:
+        self._writable()
+        found = await self._found_at(dir_id, name)
+        if found.slot is None:
+            raise NotFound(f"{name}: no such file or directory in directory {dir_id}")
+        await self._unlink_found(found, name)
+
+    async def rmdir_at(self, dir_id: int, name: str) -> None:
+        self._writable()
+        found = await self._found_at(dir_id, name)
+        if found.slot is None:
+            raise NotFound(f"{name}: no such file or directory in directory {dir_id}")
+        await self._rmdir_found(found, name)
+
+    async def rename_at(self, src_dir: int, src_name: str, dst_dir: int, dst_name: str) -> None:
+        """Rename by directory ids; a directory may not move below itself (ancestry by '..')."""
+        self._writable()
+        s = await self._found_at(src_dir, src_name)
+        if s.slot is None:
+            raise NotFound(f"{src_name}: no such file or directory in directory {src_dir}")
+        d = await self._found_at(dst_dir, dst_name)
+        if s.slot.entry.is_dir and d.parent.key != s.parent.key:
+            d.ancestors = await self._ancestry(d.parent.key)
+        await self._rename_found(s, d, src_name, dst_name)
 
     # ================================================================ sizes & data
     async def set_size(self, ref: FileRef, size: int, *, zero_fill: bool = True,

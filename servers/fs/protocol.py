@@ -174,6 +174,51 @@ class FsReadDirAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=Tr
     directory: int
 
 
+class FsMkdirAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Make directory ``name`` inside the directory ``directory``; replies FsInfo."""
+
+    directory: int
+    name: str
+
+
+class FsRmdirAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Remove the empty directory ``name`` inside the directory ``directory``."""
+
+    directory: int
+    name: str
+
+
+class FsUnlinkAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Remove the file ``name`` inside the directory ``directory`` (open handles keep it)."""
+
+    directory: int
+    name: str
+
+
+class FsRenameAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Move ``src_name`` in ``src_directory`` to ``dst_name`` in ``dst_directory``.
+
+    The file system refuses to move a directory into itself, judged from the
+    directories' identities (their ancestry on the volume), not from path text.
+    """
+
+    src_directory: int
+    src_name: str
+    dst_directory: int
+    dst_name: str
+
+
+class FsForget(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Nobody outside the file system references these file ids any more.
+
+    The file system may drop them from its table of ids (an open file keeps
+    its id until its last close); the next lookup of such an entry hands out a
+    new id. Ids are never reused, so a stale one gets ESTALE, never another file.
+    """
+
+    file_ids: list[int]
+
+
 FsRequest = (
     FsOpen
     | FsClose
@@ -192,6 +237,11 @@ FsRequest = (
     | FsLookup
     | FsOpenAt
     | FsReadDirAt
+    | FsMkdirAt
+    | FsRmdirAt
+    | FsUnlinkAt
+    | FsRenameAt
+    | FsForget
 )
 
 

@@ -24,30 +24,40 @@ from microkernel.server import handles
 from servers.fs.protocol import (
     ROOT_FILE_ID,
     FsDir,
+    FsForget,
     FsInfo,
     FsLookup,
     FsMkdir,
+    FsMkdirAt,
     FsReadDir,
     FsReadDirAt,
     FsRename,
+    FsRenameAt,
     FsRmdir,
+    FsRmdirAt,
     FsStat,
     FsStatFs,
     FsUnlink,
+    FsUnlinkAt,
     FsVolume,
 )
 from servers.vfs.core import CentralFile
 from servers.vfs.mounts import MountTable
 from servers.vfs.protocol import (
+    Forget,
     Lookup,
     Mkdir,
+    MkdirAt,
     ReadDir,
     ReadDirAt,
     Rename,
+    RenameAt,
     Rmdir,
+    RmdirAt,
     Stat,
     StatFs,
     Unlink,
+    UnlinkAt,
 )
 
 NODE_SHIFT = 48  # node = file-system index << 48 | file id
@@ -147,6 +157,55 @@ class NamespaceMixin:
         if dst_fs != fs:
             raise OSError(18, f"{msg.src} -> {msg.dst}: rename across volumes")  # EXDEV
         await self.endpoint.call(fs, FsRename(src, dst), Ok)
+
+    # ------------------------------------------------- namespace changes by directory node
+    def _entry_at(self, node: int, name: str, refuse: int) -> tuple[str, int]:
+        """(file system, directory id) for changing ``name`` in ``node``.
+
+        A mount point is not an entry of the volume below it: changing it fails
+        with ``refuse`` (EEXIST for mkdir, EBUSY otherwise).
+        """
+        fs, directory = self.split_node(node)
+        if self._mounted_at(fs, directory, name) is not None:
+            raise OSError(refuse, f"{name}: a volume is mounted there")
+        return fs, directory
+
+    @handles(MkdirAt)
+    async def on_mkdir_at(self, env: Envelope, msg: MkdirAt) -> FsInfo:
+        fs, directory = self._entry_at(msg.directory, msg.name, errno.EEXIST)
+        info: FsInfo = await self.endpoint.call(fs, FsMkdirAt(directory, msg.name), FsInfo)
+        return self._for_process(fs, info)
+
+    @handles(RmdirAt)
+    async def on_rmdir_at(self, env: Envelope, msg: RmdirAt) -> None:
+        fs, directory = self._entry_at(msg.directory, msg.name, errno.EBUSY)
+        await self.endpoint.call(fs, FsRmdirAt(directory, msg.name), Ok)
+
+    @handles(UnlinkAt)
+    async def on_unlink_at(self, env: Envelope, msg: UnlinkAt) -> None:
+        fs, directory = self._entry_at(msg.directory, msg.name, errno.EBUSY)
+        await self.endpoint.call(fs, FsUnlinkAt(directory, msg.name), Ok)
+
+    @handles(RenameAt)
+    async def on_rename_at(self, env: Envelope, msg: RenameAt) -> None:
+        fs, src = self._entry_at(msg.src_directory, msg.src_name, errno.EBUSY)
+        dst_fs, dst = self._entry_at(msg.dst_directory, msg.dst_name, errno.EBUSY)
+        if dst_fs != fs:
+            raise OSError(errno.EXDEV, f"{msg.src_name} -> {msg.dst_name}: rename across volumes")
+        await self.endpoint.call(fs, FsRenameAt(src, msg.src_name, dst, msg.dst_name), Ok)
+
+    @handles(Forget)
+    async def on_forget(self, env: Envelope, msg: Forget) -> None:
+        """Pass each volume its forgotten ids; nodes that name nothing here are skipped."""
+        by_fs: dict[str, list[int]] = {}
+        for node in msg.nodes:
+            try:
+                fs, file_id = self.split_node(node)
+            except OSError:
+                continue
+            by_fs.setdefault(fs, []).append(file_id)
+        for fs, file_ids in by_fs.items():
+            await self.endpoint.call(fs, FsForget(file_ids), Ok)
 
     @handles(StatFs)
     async def on_statfs(self, env: Envelope, msg: StatFs) -> FsVolume:

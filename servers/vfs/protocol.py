@@ -150,6 +150,45 @@ class ReadDirAt(msgspec.Struct, frozen=True, gc=False, tag=True):
     directory: int
 
 
+class MkdirAt(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Make directory ``name`` inside the directory node ``directory`` (like ``mkdirat``).
+    Replies FsInfo; its ``file_id`` is the new directory's node."""
+
+    directory: int
+    name: str
+
+
+class RmdirAt(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Remove the empty directory ``name`` inside the directory node ``directory``."""
+
+    directory: int
+    name: str
+
+
+class UnlinkAt(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Remove the file ``name`` inside the directory node ``directory``."""
+
+    directory: int
+    name: str
+
+
+class RenameAt(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Move ``src_name`` in node ``src_directory`` to ``dst_name`` in node ``dst_directory``
+    (like ``renameat``); both nodes must be on one volume (EXDEV otherwise)."""
+
+    src_directory: int
+    src_name: str
+    dst_directory: int
+    dst_name: str
+
+
+class Forget(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """The caller holds none of these nodes any more (FUSE's ``forget``): the file systems
+    may drop their ids. A node used after it was forgotten gets ESTALE or a new node."""
+
+    nodes: list[int]
+
+
 Syscall = (
     Open
     | Close
@@ -172,6 +211,11 @@ Syscall = (
     | Lookup
     | OpenAt
     | ReadDirAt
+    | MkdirAt
+    | RmdirAt
+    | UnlinkAt
+    | RenameAt
+    | Forget
 )
 
 

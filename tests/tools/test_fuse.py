@@ -8,6 +8,7 @@ the tests skip with the reason, and fail instead under
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from typing import NoReturn
 
 import pytest
 
+from servers.vfs.protocol import Forget
 from tests.oracles import require_tool
 from tests.tools.helpers import (
     MEMORY,
@@ -187,3 +189,87 @@ def test_touch_d_on_the_mount_sets_the_modification_time(tmp_path: Path) -> None
         _unmount(proc, mnt)
     assert b"2001-02-03" in sh("mdir", "-i", image, "::/t.txt")
     assert_clean(image)
+
+
+# ------------------------------------------- the bridge in-process: lookup counts and forget
+CYCLES = 2000
+
+
+@pytest.mark.anyio
+async def test_forget_keeps_the_file_systems_id_table_bounded(tmp_path: Path) -> None:
+    """create + release + unlink + forget, 2000 times; then 200 lookups of existing files,
+    forgotten: the FAT's table of ids ends where it began, and ids are never reused."""
+    import pyfuse3
+
+    import microkernel
+    from clients.fuse import ImageOperations
+    from servers.fat.server import FatServer
+
+    image = fat16(tmp_path / "disk.img")
+    ctx = pyfuse3.RequestContext()
+    async with microkernel.boot(image=image, memory=MEMORY) as system:
+        fat = system.server("fat0")
+        assert isinstance(fat, FatServer)
+        ops = ImageOperations(await system.spawn("fuse"))
+        root = pyfuse3.ROOT_INODE
+        sub = (await ops.mkdir(root, b"sub", 0o755, ctx)).st_ino
+        baseline = fat.volume.id_table_size
+        seen: set[int] = set()
+        for i in range(CYCLES):
+            name = f"f{i % 7}.txt".encode()
+            fi, attr = await ops.create(sub, name, 0o644, os.O_RDWR, ctx)
+            assert await ops.write(fi.fh, 0, b"cycle") == 5
+            await ops.release(fi.fh)
+            await ops.unlink(sub, name, ctx)
+            await ops.forget([(attr.st_ino, 1)])
+            assert attr.st_ino not in seen, "a node was handed out twice"
+            seen.add(attr.st_ino)
+            assert fat.volume.id_table_size <= baseline + 1
+        assert fat.volume.id_table_size == baseline
+        assert len(ops.inodes) == 1  # only "sub" is still held by the (pretend) host
+
+        for i in range(200):
+            fi, attr = await ops.create(sub, f"keep{i}".encode(), 0o644, os.O_RDWR, ctx)
+            await ops.release(fi.fh)
+            await ops.forget([(attr.st_ino, 1)])
+        assert fat.volume.id_table_size == baseline
+        looked = [(await ops.lookup(sub, f"keep{i}".encode(), ctx)).st_ino for i in range(200)]
+        again = await ops.lookup(sub, b"keep0", ctx)  # a second lookup: count 2 for keep0
+        assert again.st_ino == looked[0]
+        assert fat.volume.id_table_size == baseline + 200  # what the host references
+        await ops.forget([(ino, 1) for ino in looked])
+        assert fat.volume.id_table_size == baseline + 1  # keep0 is still looked up once
+        await ops.forget([(looked[0], 1)])
+        assert fat.volume.id_table_size == baseline
+        fresh = await ops.lookup(sub, b"keep0", ctx)
+        assert fresh.st_ino not in seen | set(looked)  # a forgotten id is never reused
+        with pytest.raises(pyfuse3.FUSEError) as stale:
+            await ops.getattr(looked[1], ctx)
+        assert stale.value.errno == errno.ESTALE
+
+
+@pytest.mark.anyio
+async def test_an_open_file_keeps_its_id_through_forget(tmp_path: Path) -> None:
+    """The kernel file driver keys the central file by the id: it stays until the last close."""
+    import pyfuse3
+
+    import microkernel
+    from clients.fuse import ImageOperations
+    from servers.fat.server import FatServer
+
+    image = fat16(tmp_path / "disk.img")
+    ctx = pyfuse3.RequestContext()
+    async with microkernel.boot(image=image, memory=MEMORY) as system:
+        fat = system.server("fat0")
+        assert isinstance(fat, FatServer)
+        ops = ImageOperations(await system.spawn("fuse"))
+        baseline = fat.volume.id_table_size
+        fi, attr = await ops.create(pyfuse3.ROOT_INODE, b"held.txt", 0o644, os.O_RDWR, ctx)
+        await ops.forget([(attr.st_ino, 1)])  # the host may not do this while open: we do
+        assert fat.volume.id_table_size == baseline + 1
+        proc = ops.proc
+        assert (await proc.lookup(pyfuse3.ROOT_INODE, "held.txt")).file_id == attr.st_ino
+        await ops.release(fi.fh)
+        assert fat.volume.id_table_size == baseline + 1  # the lookup referenced it again
+        await proc.syscall(Forget([attr.st_ino]), None)
+        assert fat.volume.id_table_size == baseline
