@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.tools.helpers import assert_clean, fat16, fetch, listing
 from tests.tools.test_fuse import _fuse, _unmount, mounted, sh  # noqa: F401  (fixture)
@@ -44,3 +48,45 @@ def test_temporary_file_and_a_deep_path_through_the_mount(tmp_path: Path) -> Non
     assert f"/{moved}/leaf.txt" in listing(image)
     assert fetch(image, f"/{moved}/leaf.txt") == b"deep down\n"
     assert not any("tmp" in name for name in listing(image))
+
+
+DEPTH = 100
+
+
+def test_a_100_level_tree_changed_at_top_and_bottom_by_directory_node(tmp_path: Path) -> None:
+    """mkdir 100 levels deep, rename the top, unlink/rmdir/rename at the bottom: every change
+    goes to the kernel file driver relative to a directory node (``MkdirAt``, ``RenameAt``,
+    ``UnlinkAt``, ``RmdirAt``), never by path; mtools and fsck.fat judge the result."""
+    image = fat16(tmp_path / "disk.img")
+    mnt, stats = tmp_path / "mnt", tmp_path / "stats.json"
+    levels = [f"d{i}" for i in range(DEPTH)]
+    with mounted(image, mnt, stats) as proc:
+        sh("mkdir", "-p", mnt.joinpath(*levels))
+        bottom = mnt.joinpath(*levels)
+        (bottom / "gone.txt").write_bytes(b"unlinked at the bottom\n")
+        (bottom.parent / "kept.txt").write_bytes(b"renamed at the bottom\n")
+        (bottom / "sub").mkdir()
+        os.rename(mnt / "d0", mnt / "top")  # the whole tree moves with one entry
+        moved = mnt.joinpath("top", *levels[1:])
+        assert (moved / "gone.txt").read_bytes() == b"unlinked at the bottom\n"
+        os.unlink(moved / "gone.txt")
+        os.rmdir(moved / "sub")
+        os.rename(moved.parent / "kept.txt", moved / "KEPT.TXT")  # down one level, new case
+        os.rename(moved, mnt / "shallow")  # 99 levels up in one rename
+        with pytest.raises(FileNotFoundError):
+            os.stat(moved)
+        assert (mnt / "shallow" / "KEPT.TXT").read_bytes() == b"renamed at the bottom\n"
+        os.rmdir(moved.parent)  # now empty: d98 goes
+        _unmount(proc, mnt)
+    assert_clean(image)
+    names = listing(image)
+    top = "/top/" + "/".join(levels[1:-2]) + "/"
+    assert top in names and top + levels[-2] + "/" not in names
+    assert "/shallow/" in names and "/shallow/KEPT.TXT" in names
+    assert fetch(image, "/shallow/KEPT.TXT") == b"renamed at the bottom\n"
+    assert not any(name.endswith(("gone.txt", "/sub/", "kept.txt")) for name in names)
+    assert sum(name.endswith("/") for name in names) == DEPTH - 2 + 1  # d0..d97 and shallow
+    calls = json.loads(stats.read_bytes())["syscalls_by_type"]
+    assert calls["MkdirAt"] >= DEPTH + 1 and calls["RenameAt"] == 3
+    assert calls["UnlinkAt"] == 1 and calls["RmdirAt"] == 2
+    assert not {"Mkdir", "Rmdir", "Unlink", "Rename"} & set(calls), calls  # no path

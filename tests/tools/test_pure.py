@@ -38,13 +38,27 @@ def test_inode_table_follows_renames_and_removals() -> None:
     root, a, b = 1, 10, 11  # inodes are the kernel's nodes
     table.known(root, "Dir", a)
     table.known(a, "file.txt", b)
-    assert table.path(b) == "/Dir/file.txt"
-    assert table.child(a, b"..") == "/" and table.child(a, b".") == "/Dir"
+    assert table.where(b) == (a, "file.txt") and table.parent(a) == root
     table.moved(root, "DIR", root, "moved")  # case-insensitive, the subtree follows
-    assert table.path(a) == "/moved" and table.path(b) == "/moved/file.txt"
+    assert table.where(a) == (root, "moved") and table.where(b) == (a, "file.txt")
     table.removed(root, "moved")
     with pytest.raises(OSError):
-        table.path(b)
+        table.where(a)
+
+
+def test_inode_table_counts_lookups_until_forget() -> None:
+    fuse = pytest.importorskip("clients.fuse")
+    table = fuse.InodeTable()
+    table.known(1, "f", 10)
+    table.looked_up(10)
+    table.looked_up(10)
+    table.looked_up(1)  # the root is never counted, never forgotten
+    assert len(table) == 1
+    assert not table.forget(10, 1) and table.referenced(10)
+    assert table.forget(10, 1) and not table.referenced(10) and len(table) == 0
+    with pytest.raises(OSError):
+        table.where(10)
+    assert not table.forget(1, 5)
 
 
 segments = st.text(alphabet="ab.*/", min_size=0, max_size=12)
