@@ -1,10 +1,8 @@
 """Extracting an archive with a very deep path: the cost per entry must not grow with depth.
 
-Every member is created relative to its parent directory (``Lookup`` and
+Every member is created relative to its parent directory (``MkdirAt`` and
 ``OpenAt`` by node, as the FUSE bridge does), so an entry at depth 200 costs
 what one at depth 20 costs: the extraction is linear in the archive's size.
-Directories are still made by path (``Mkdir``), which the file system resolves
-through its kept parsed directories.
 """
 
 from __future__ import annotations
@@ -17,7 +15,8 @@ import microkernel
 from clients.benchmarks.harness import Sample
 from clients.benchmarks.stack import measured
 from clients.process import UserProcess
-from servers.vfs.protocol import ROOT_NODE
+from servers.fs.protocol import FsInfo
+from servers.vfs.protocol import ROOT_NODE, MkdirAt
 
 NAME = "123"  # the shape of the archive that took FUSE more than 20 minutes at depth 126
 PAYLOAD = b"x" * 100
@@ -47,8 +46,8 @@ async def extract(proc: UserProcess, archive: bytes) -> int:
             parent_path, _, name = member.name.rpartition("/")
             parent = nodes[parent_path]
             if member.isdir():
-                await proc.mkdir("/" + member.name)
-                nodes[member.name] = (await proc.lookup(parent, name)).file_id
+                made_dir: FsInfo = await proc.syscall(MkdirAt(parent, name), FsInfo)
+                nodes[member.name] = made_dir.file_id
             else:
                 data = tar.extractfile(member)
                 assert data is not None
