@@ -732,6 +732,8 @@ class FatVolume:
         if dir_id == ROOT_ID:
             return await self._load_dir(self._root_cluster)
         cluster = self._dir_clusters.get(dir_id)
+        if cluster is None and dir_id in self._locations:
+            raise NotADirectory(f"file id {dir_id} is not a directory")
         if cluster is None or dir_id not in self._locations:
             raise Stale(f"file id {dir_id} names no directory (removed, or never looked up)")
         if cluster == self._root_cluster:

@@ -67,6 +67,8 @@ async def test_a_tree_built_and_changed_by_directory_nodes(tmp_path: Path, fat: 
         await refused(errno.EISDIR, proc, UnlinkAt(ROOT_NODE, "up"))
         await refused(errno.EEXIST, proc, MkdirAt(ROOT_NODE, "UP"))
         await refused(errno.ENOENT, proc, UnlinkAt(chain[5], "nothing"))
+        leaf = (await proc.lookup(chain[5], "leaf.txt")).file_id
+        await refused(errno.ENOTDIR, proc, MkdirAt(leaf, "x"))  # a file is no directory
         for bad in (".", "..", "", "a/b"):
             await refused(errno.EINVAL, proc, MkdirAt(chain[3], bad))
             await refused(errno.EINVAL, proc, RmdirAt(chain[3], bad))
