@@ -524,9 +524,17 @@ def sweep(first: int, seeds: int, ops: int, faults: frozenset[str], processes: i
     return failed
 
 
+def parse_faults(text: str) -> frozenset[str]:
+    """``--faults``: comma-separated kinds, ``all`` for every kind of :data:`FAULT_KINDS`."""
+    kinds = {f.strip() for f in text.split(",") if f.strip()}
+    if "all" in kinds:
+        kinds = (kinds - {"all"}) | set(FAULT_KINDS)
+    return frozenset(kinds)
+
+
 async def cli_torture(args: Any) -> int:
     """``microkernel torture``: each seed on its own simulated loop, in a worker thread."""
-    faults = frozenset(f for f in args.faults.split(",") if f)
+    faults = parse_faults(args.faults)
     unknown = faults - set(FAULT_KINDS)
     if unknown:
         raise ValueError(f"unknown fault kind(s) {sorted(unknown)}; known: {FAULT_KINDS}")

@@ -151,3 +151,9 @@ def test_torture_command_line() -> None:
                           env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("seed 2: ok;")
+
+
+def test_faults_option_takes_kinds_or_all() -> None:
+    assert sim.parse_faults("all") == frozenset(sim.FAULT_KINDS)
+    assert sim.parse_faults("drop, hang") == {"drop", "hang"}
+    assert sim.parse_faults("") == frozenset()
