@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="how many seeds from --seed on")
     p.add_argument("--ops", type=int, default=60, help="operations per run, over all processes")
     p.add_argument("--processes", type=int, default=3, help="user processes running the workload")
-    p.add_argument("--faults", default="", help=f"comma-separated: {','.join(FAULT_KINDS)}")
+    p.add_argument("--faults", default="",
+                   help=f"comma-separated fault kinds, or 'all': {','.join(FAULT_KINDS)}")
     return parser
 
 

@@ -18,6 +18,14 @@ class CacheError(KernelError):
 
     default_errno = errno.EIO
 
+    def __init__(
+        self, message: str, err: int | None = None, *, released: int = 0, refused: int = 0
+    ) -> None:
+        super().__init__(message, err)
+        # For a partly refused ``Release``: the pins that were dropped, and those that were not.
+        self.released = released
+        self.refused = refused
+
 
 @register_error
 class IllegalTransition(CacheError):
@@ -59,6 +67,17 @@ class CacheFull(CacheError):
     """No frame could be freed for the request, even after asking the holders: ENOMEM."""
 
     default_errno = errno.ENOMEM
+
+
+@register_error
+class NotPinHolder(CacheError):
+    """A ``Release``/``GiveBackDone`` from a port that does not hold those pins: EPERM.
+
+    Refused with no effect on the pins named (the ones the sender does hold are
+    still released) and counted, so one server cannot drop another's pins.
+    """
+
+    default_errno = errno.EPERM
 
 
 @register_error

@@ -18,7 +18,11 @@ started can be lost by it.
 Pins: every page handed to a receiver (``SectorsReady``/``Pages``) carries one
 pin for it. The pin is taken when the request is *admitted*, so a page that is
 already present cannot be evicted while the request waits for its other
-pages; a failed request drops the pins it took.
+pages; a failed request drops the pins it took. Each pin is recorded with its
+*holder* (the port the pages are handed to), and only that holder may release
+it: a ``Release`` naming pins the sender does not hold is refused for those
+pins (``NotPinHolder``), so a file system cannot drop the VFS's pins, nor the
+VFS a file system's.
 
 Replacement is second chance (the clock) over unpinned ``PRESENT`` pages:
 a referenced page loses its bit and survives one more round, a dirty page is
@@ -36,7 +40,7 @@ from typing import Final
 
 import msgspec
 
-from servers.cache.errors import IllegalTransition, NoSuchDevice, UnknownPage
+from servers.cache.errors import IllegalTransition, NoSuchDevice, NotPinHolder, UnknownPage
 from servers.cache.geometry import PageGeometry
 
 
@@ -97,6 +101,7 @@ class Waiter:
     pages: list[int]
     missing: set[int] = field(default_factory=set)
     error: tuple[int, str] | None = None
+    holder: str = ""  # the port the pages (and their pins) are handed to
 
     @property
     def done(self) -> bool:
@@ -119,6 +124,23 @@ class Page(msgspec.Struct, gc=False, eq=False):
     referenced: bool = True
     zero_on_arrival: bool = False
     waiters: list[Waiter] = msgspec.field(default_factory=list)
+    holders: dict[str, int] = msgspec.field(default_factory=dict)  # port -> its pins (sum: pins)
+
+    def pin(self, holder: str) -> None:
+        self.pins += 1
+        self.holders[holder] = self.holders.get(holder, 0) + 1
+
+    def unpin(self, holder: str) -> bool:
+        """Drop one of ``holder``'s pins; False (and nothing changes) when it holds none."""
+        held = self.holders.get(holder, 0)
+        if held <= 0:
+            return False
+        if held == 1:
+            del self.holders[holder]
+        else:
+            self.holders[holder] = held - 1
+        self.pins -= 1
+        return True
 
     def fire(self, event: Event) -> None:
         """Apply ``event`` through the transition table; anything not in it is a typed error."""
@@ -199,16 +221,21 @@ class PageCache:
         return len(list(itertools.filterfalse(table.__contains__, pages)))
 
     def admit(
-        self, device: str, pages: list[int], whole_zero: set[int], frames: list[int]
+        self,
+        device: str,
+        pages: list[int],
+        whole_zero: set[int],
+        frames: list[int],
+        holder: str = "",
     ) -> Admission:
-        """Join a request to the cache: pin every page, start loads, zero-fill new space.
+        """Join a request to the cache: pin every page for ``holder``, start loads, zero-fill.
 
         ``frames`` must hold exactly one fresh frame per absent page
         (:meth:`absent`); the caller allocated them without awaiting since.
         """
         table = self.table(device)
         geometry = self.geometry[device]
-        waiter = Waiter(device, list(pages))
+        waiter = Waiter(device, list(pages), holder=holder)
         result = Admission(waiter, [], [], 0)
         # A new page starts ABSENT; the table says where LOAD and ZERO_FILL take it.
         loading = next_state(0, State.ABSENT, Event.LOAD)
@@ -253,7 +280,7 @@ class PageCache:
             if page.state is reading:
                 missing.add(lba)
                 page.waiters.append(waiter)
-            page.pins += 1
+            page.pin(holder)
             page.referenced = True
         result.hits = hits
         if next(spare, None) is not None:
@@ -269,8 +296,9 @@ class PageCache:
         geometry = self.geometry[device]
         spp, total = geometry.spp, geometry.total_sectors
         join = loading is State.READING  # the request waits for the pages being read
+        holder = waiter.holder
         created = [
-            Page(lba, phys, loading, 1, False, True, False, [waiter] if join else [])
+            Page(lba, phys, loading, 1, False, True, False, [waiter] if join else [], {holder: 1})
             for lba, phys in zip(pages, frames, strict=True)
         ]
         if join:
@@ -343,7 +371,7 @@ class PageCache:
             page = table.get(lba)
             if page is None:
                 continue  # one of the pages that failed: its record is gone
-            page.pins -= 1
+            page.unpin(waiter.holder)
             if waiter in page.waiters:
                 page.waiters.remove(waiter)
 
@@ -353,18 +381,37 @@ class PageCache:
         return [(lba, table[lba].phys) for lba in waiter.pages]
 
     # ------------------------------------------------------ pins and dirtiness
-    def release(self, device: str, lbas: Iterable[int]) -> None:
-        """Drop one pin per page; unknown or unpinned pages are reported after the rest are done."""
+    def release(self, device: str, lbas: Iterable[int], holder: str = "") -> int:
+        """Drop one of ``holder``'s pins per page; return how many were dropped.
+
+        Pages ``holder`` holds no pin on are left alone and reported after the
+        rest are done: ``NotPinHolder`` when others pin them (the refusal the
+        shell counts), ``UnknownPage`` when nobody does.
+        """
         table = self.table(device)
-        bad: list[int] = []
+        unknown: list[int] = []
+        not_held: list[int] = []
+        released = 0
         for lba in lbas:
             page = table.get(lba)
             if page is None or page.pins <= 0:
-                bad.append(lba)
+                unknown.append(lba)
+            elif page.unpin(holder):
+                released += 1
             else:
-                page.pins -= 1
-        if bad:
-            raise UnknownPage(f"release of pages not pinned on {device}: {bad[:8]}")
+                not_held.append(lba)
+        if not_held:
+            raise NotPinHolder(
+                f"{holder or 'the sender'} holds no pin on {len(not_held)} page(s) of {device} "
+                f"it released (e.g. {not_held[:8]}); refused",
+                released=released, refused=len(not_held) + len(unknown),
+            )
+        if unknown:
+            raise UnknownPage(
+                f"release of pages not pinned on {device}: {unknown[:8]}",
+                released=released, refused=len(unknown),
+            )
+        return released
 
     def mark_dirty(self, device: str, lbas: Iterable[int]) -> None:
         """Record that a holder changed resident pages in place."""

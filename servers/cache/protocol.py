@@ -164,6 +164,7 @@ class CacheStats(msgspec.Struct, frozen=True, gc=False, tag=True):
     driver_commands: int
     read_bytes: int
     write_bytes: int
+    pins_refused: int = 0  # pins named in a Release (or GiveBackDones) by a port not holding them
 
 
 # What a page holder's inbox (the kernel file driver) receives from the cache.

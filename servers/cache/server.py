@@ -29,7 +29,7 @@ from microkernel.errors import CapabilityDenied, PortNotFound, ServerStopped
 from microkernel.ipc import Envelope, Router
 from microkernel.memory import OutOfFrames, PhysicalMemory, QuotaExceeded, Zone
 from microkernel.server import Server, handles
-from servers.cache.errors import CacheFull, DeviceError, NoSuchDevice
+from servers.cache.errors import CacheError, CacheFull, DeviceError, NoSuchDevice, NotPinHolder
 from servers.cache.geometry import Command, PageGeometry, max_pages_per_command
 from servers.cache.pages import Admission, PageCache, Sweep, Waiter
 from servers.cache.protocol import (
@@ -145,6 +145,7 @@ class CacheServer(Server):
         self._hits = self._misses = self._evictions = 0
         self._commands = self._read_bytes = self._write_bytes = 0
         self._released = 0
+        self._pins_refused = 0
         # Events need a running event loop: created in setup().
         self._pressure: anyio.Event | None = None
         self._backlog: dict[str, set[int]] = {}  # dirty pages the clock wants written
@@ -201,7 +202,7 @@ class CacheServer(Server):
         for waiter in list(self._waiting):
             if waiter.error is None:
                 waiter.error = (errno.EIO, why)
-                self.core.release(waiter.device, waiter.pages)
+                self.core.release(waiter.device, waiter.pages, waiter.holder)
         self._wake(list(self._waiting))
         self._round = None
         reads, self._open_reads = self._open_reads, {}
@@ -211,11 +212,15 @@ class CacheServer(Server):
     # ------------------------------------------------------------------ reading
     @handles(CacheRead)
     async def on_read(self, env: Envelope, msg: CacheRead) -> None:
-        """Answer the notify port, never the sender: a failure is a ``CacheFailed`` message there."""
+        """Answer the notify port, never the sender: a failure is a ``CacheFailed`` message there.
+
+        The pins are the notify port's (it receives the pages and releases them),
+        so a file system asking on the VFS's behalf cannot release them itself.
+        """
         key = next(self._read_ids)
         self._open_reads[key] = msg  # left behind only if a crash cancels us: restart() answers
         try:
-            waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill)
+            waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill, msg.notify)
         except OSError as exc:
             del self._open_reads[key]
             err, message = _errno_of(exc)
@@ -224,11 +229,12 @@ class CacheServer(Server):
         del self._open_reads[key]
         refs = list(itertools.starmap(PageRef, self.core.refs(waiter)))
         if not await self._notify(msg.notify, SectorsReady(msg.tag, msg.device, refs)):
-            self.core.release(msg.device, waiter.pages)  # nobody will ever release these pins
+            # nobody will ever release these pins
+            self.core.release(msg.device, waiter.pages, waiter.holder)
 
     @handles(CacheMap)
     async def on_map(self, env: Envelope, msg: CacheMap) -> Pages:
-        waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill)
+        waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill, env.src)
         return Pages(list(itertools.starmap(PageRef, self.core.refs(waiter))))
 
     async def _notify(self, port: str, msg: SectorsReady | CacheFailed) -> bool:
@@ -239,14 +245,17 @@ class CacheServer(Server):
             return False
         return True
 
-    async def _fetch(self, name: str, extents: list[Extent], zero_fill: bool) -> Waiter:
-        """Admit a request, load what is missing, wait for what others load; return it pinned."""
+    async def _fetch(
+        self, name: str, extents: list[Extent], zero_fill: bool, holder: str
+    ) -> Waiter:
+        """Admit a request, load what is missing, wait for what others load; return it pinned
+        for ``holder``."""
         device = self._device(name)
         pages = device.pages.pages_of(extents)
         if len(pages) > self.capacity:
             raise CacheFull(f"request for {len(pages)} pages exceeds the cache of {self.capacity}")
         whole = device.pages.whole_pages(extents) if zero_fill else set()
-        admission = await self._admit(device, pages, whole)
+        admission = await self._admit(device, pages, whole, holder)
         waiter = admission.waiter
         self.memory.zero(admission.zero)
         self._count(hits=admission.hits, misses=len(admission.to_read))
@@ -290,13 +299,15 @@ class CacheServer(Server):
         return done
 
     # -------------------------------------------------------------- admission
-    async def _admit(self, device: CachedDevice, pages: list[int], whole: set[int]) -> Admission:
+    async def _admit(
+        self, device: CachedDevice, pages: list[int], whole: set[int], holder: str
+    ) -> Admission:
         """Find frames for the absent pages, reclaiming as needed, then admit without awaiting."""
         for _ in range(_ADMIT_ATTEMPTS):
             need = self.core.absent(device.name, pages)
             frames = self._allocate(device, need)
             if frames is not None:
-                admission = self.core.admit(device.name, pages, whole, frames)
+                admission = self.core.admit(device.name, pages, whole, frames, holder)
                 if self._free_count() < self._low:
                     self._kick()
                 return admission
@@ -430,7 +441,14 @@ class CacheServer(Server):
 
     @handles(GiveBackDone)
     async def on_give_back_done(self, env: Envelope, msg: GiveBackDone) -> None:
+        """Only a holder that was asked may answer: a forged answer must not end a round early."""
         round_ = self._rounds.get(msg.request)
+        asked = round_.pending if round_ is not None else self._holders
+        if env.src not in asked:
+            self._refuse_pins(env, max(msg.released, 0))
+            raise NotPinHolder(
+                f"{env.src} answered GiveBack {msg.request}, which did not ask it; refused"
+            )
         if round_ is None:
             return  # answered after the wait timed out: the releases still counted
         round_.pending.discard(env.src)
@@ -440,9 +458,20 @@ class CacheServer(Server):
     # ----------------------------------------------------------------- pins
     @handles(Release)
     async def on_release(self, env: Envelope, msg: Release) -> None:
+        """Drop the sender's own pins; pins it does not hold are refused, counted, left alone."""
         pages = self._pages(msg.device, msg.pages)
-        self._released += len(pages)
-        self.core.release(msg.device, pages)
+        try:
+            self._released += self.core.release(msg.device, pages, env.src)
+        except CacheError as exc:
+            self._released += exc.released
+            if isinstance(exc, NotPinHolder):
+                self._refuse_pins(env, exc.refused)
+            raise
+
+    def _refuse_pins(self, env: Envelope, pins: int) -> None:
+        self._pins_refused += pins
+        self.router.counters.count_refusal(env.type)
+        self.log.warning("pin refusal", src=env.src, message=env.type, pins=pins)
 
     @handles(MarkDirty)
     async def on_mark_dirty(self, env: Envelope, msg: MarkDirty) -> None:
@@ -554,6 +583,7 @@ class CacheServer(Server):
             driver_commands=self._commands,
             read_bytes=self._read_bytes,
             write_bytes=self._write_bytes,
+            pins_refused=self._pins_refused,
         )
 
 
