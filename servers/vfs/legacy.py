@@ -64,7 +64,7 @@ class LegacyMixin:
             cfile = window.file
             end = msg.position + len(msg.data)
             if end > cfile.size:
-                await self.flusher.set_size(cfile, end)
+                await self.flusher.set_size(cfile, end, write_start=msg.position)
             pages = list(range(msg.position // PAGE_SIZE, core.pages_of(end)))
             await self.pager.ensure_pages(cfile, pages, window)
             src = memoryview(msg.data)

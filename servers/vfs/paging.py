@@ -256,9 +256,8 @@ class Pager:
                 wanted.discard(page)
         for page in sorted(wanted):
             cfile.pages[page] = self._copy_page(cfile, page, extents, frames, ss)
-        last = (cfile.fat_size - 1) // PAGE_SIZE
-        if last in cfile.pages and last in set(pages):
-            self.zero_past_eof(cfile, last)
+        for page in pages[max(0, cfile.info.size // PAGE_SIZE - pages[0]):]:
+            self.zero_past_eof(cfile, page)
         extra = [lba for lba in frames if lba not in used]
         if extra:
             self.endpoint.send_nowait(self.cache, Release(ready.device, extra))
@@ -289,9 +288,14 @@ class Pager:
         return FilePage(frame, None, tuple(sources))
 
     def zero_past_eof(self, cfile: CentralFile, page: int) -> None:
-        tail = cfile.fat_size - page * PAGE_SIZE
-        if 0 <= tail < PAGE_SIZE:
-            fp = cfile.pages[page]
+        """Zero what lies past the size on disk: a reservation's clusters hold stale bytes.
+
+        The file system does not zero-fill a reservation (the data will cover
+        it), so the cache delivers whatever the disk held there; nobody may see it.
+        """
+        tail = max(0, cfile.info.size - page * PAGE_SIZE)
+        fp = cfile.pages.get(page)
+        if tail < PAGE_SIZE and fp is not None and page not in cfile.handed:
             self.memory.view(fp.phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
 
     # ------------------------------------------------------------------- parts

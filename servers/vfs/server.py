@@ -312,7 +312,6 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         try:
             await self.pager.cancel_fetches(cfile)
             await self.flusher.write_back(cfile, then_drop=lambda c: list(c.pages))
-            await self.flusher.trim(cfile)
             await self.flusher.stamp_mtime(cfile)
             self.flusher.forget(cfile)
             self.memory.release([cfile.state_frame])
@@ -362,7 +361,6 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
     async def on_fsync(self, env: Envelope, msg: Fsync) -> None:
         with self._op(self._window(env, msg.handle)) as window:
             cfile = window.file
-            await self.flusher.trim(cfile)
             await self.flusher.write_back(cfile, durable=True)
             await self.flusher.stamp_mtime(cfile)
             await self.endpoint.call(cfile.fs, FsFsync(cfile.fs_handle), Ok, timeout=120)
@@ -376,7 +374,9 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
     async def on_set_size(self, env: Envelope, msg: SetSize) -> SizeSet:
         with self._op(self._writable_window(env, msg.handle)) as window:
             core.check_range(msg.size, 0)
-            await self.flusher.set_size(window.file, msg.size, reserve=msg.reserve)
+            await self.flusher.set_size(
+                window.file, msg.size, reserve=msg.reserve, write_start=msg.write_start
+            )
             return SizeSet(window.file.size, window.file.info.alloc_size)
 
     @handles(StatHandle)
