@@ -387,6 +387,17 @@ def direct_pages(extents: list[FileExtent], ss: int, align: int) -> Iterator[tup
             yield first + k, lba0 + k * spp
 
 
+def sources_below(
+    sources: tuple[tuple[int, int, int, int], ...], limit: int
+) -> tuple[tuple[int, int, int, int], ...]:
+    """A private page's sources cut at byte ``limit`` of the page (a shrink, or before a growth)."""
+    out = []
+    for plba, inpage, dst, n in sources:
+        if dst < limit:
+            out.append((plba, inpage, dst, min(n, limit - dst)))
+    return tuple(out)
+
+
 def byte_sources(
     lo: int, hi: int, extents: list[FileExtent], ss: int, align: int
 ) -> list[tuple[int, int, int, int]]:

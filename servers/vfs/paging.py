@@ -287,6 +287,38 @@ class Pager:
             sources.append((plba, inpage, dst_off, n))
         return FilePage(frame, None, tuple(sources))
 
+    async def extend_sources(self, cfile: CentralFile, old_limit: int) -> None:
+        """Growth inside a private page: it learns where its new bytes go (copy path).
+
+        A private page copied when the file's clusters ended inside it knows
+        sources only up to that end; bytes stored beyond it after a growth
+        would never be copied back. The file system names the new clusters
+        (``MapRange``); the pages the cache delivers for it are given back
+        unused (the page's new bytes are zeros or the writer's, never the disk's).
+        """
+        page, lo = old_limit // PAGE_SIZE, old_limit // PAGE_SIZE * PAGE_SIZE
+        fp = cfile.pages.get(page)
+        hi = min(lo + PAGE_SIZE, cfile.fat_size)
+        if fp is None or fp.cache_lba is not None or hi <= old_limit:
+            return
+        volume = self.volumes[cfile.fs]
+        tag = self._new_tag()
+        self.abandoned[tag] = None  # the delivered pins go straight back
+        mapped: Mapped = await self.endpoint.call(
+            cfile.fs,
+            MapRange(cfile.fs_handle, old_limit, hi - old_limit, self.endpoint.name, tag),
+            Mapped,
+        )
+        ss, align = volume.logical_sector_size, volume.alignment_offset
+        added = []
+        for src_lba, src_off, dst_off, n in core.byte_sources(
+            old_limit, hi, mapped.extents, ss, align
+        ):
+            plba = core.page_lba(src_lba, ss, align)
+            added.append((plba, (src_lba - plba) * ss + src_off, old_limit - lo + dst_off, n))
+        if cfile.pages.get(page) is fp:
+            fp.sources = core.sources_below(fp.sources, old_limit - lo) + tuple(added)
+
     def zero_past_eof(self, cfile: CentralFile, page: int) -> None:
         """Zero what lies past the size on disk: a reservation's clusters hold stale bytes.
 

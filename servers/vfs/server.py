@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -104,6 +105,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         self.windows: dict[int, Window] = {}
         self._handles = itertools.count(1)
         self._open_lock = anyio.Lock()
+        self._exited: weakref.WeakSet[Process] = weakref.WeakSet()  # sent Exit
         self._retiring: dict[tuple[str, int], anyio.Event] = {}
         self._idle: dict[int, anyio.Event] = {}  # handle -> set when its last operation ends
         self._closed: dict[int, anyio.Event] = {}  # handle -> set when its close is done
@@ -205,6 +207,8 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                     await self.endpoint.call(fs, FsClose(surplus), Ok)
                 if flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
                     await self.flusher.set_size(cfile, 0)
+            if not proc.alive or proc in self._exited:  # it exited while we opened
+                raise BadHandle(f"{label}: process {env.src} exited during its open")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._close(window)
@@ -273,6 +277,9 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
 
     @handles(Exit)
     async def on_exit(self, env: Envelope, msg: Exit) -> None:
+        proc = self.processes.by_port.get(env.src)
+        if proc is not None:  # an Open still under way must not leave it a window
+            self._exited.add(proc)
         for window in [w for w in self.windows.values() if w.proc.port == env.src]:
             await self._close(window)
 

@@ -169,11 +169,14 @@ class Flusher:
         cfile.publish()
 
     async def _reserve(self, cfile: CentralFile, size: int) -> None:
+        old_limit = cfile.fat_size
         info: FsInfo = await self.endpoint.call(
             cfile.fs, FsSetSize(cfile.fs_handle, size, allocate_only=True), FsInfo
         )
         cfile.info = info
         cfile.reserved = max(cfile.reserved, size)
+        if not self.volumes[cfile.fs].aligned:
+            await self.pager.extend_sources(cfile, old_limit)
 
     async def _zero_gap(self, cfile: CentralFile, start: int) -> None:
         """Bytes up to ``start`` nobody wrote: publish what was written, then zeros up to it."""
@@ -202,6 +205,9 @@ class Flusher:
         else:
             request = FsSetSize(cfile.fs_handle, size)
             cfile.reserved = 0
+            last = cfile.pages.get((size - 1) // PAGE_SIZE if size else -1)
+            if last is not None:  # the clusters past the end are freed: copy nothing there
+                last.sources = core.sources_below(last.sources, size - (size - 1) // PAGE_SIZE * PAGE_SIZE)
         cfile.published = size  # a publish in the meantime may grow it (never shrink it)
         info: FsInfo = await self.endpoint.call(cfile.fs, request, FsInfo)
         cfile.info = info

@@ -8,6 +8,7 @@ not the reservation's zeros.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 import microkernel
 from microkernel.config import CacheConfig, DeviceConfig, SystemConfig
-from tests.e2e.conftest import ImageFactory, fsck_ok, mtype
+from tests.e2e.conftest import ImageFactory, fsck_ok, mtype, run
 from tests.oracles import require_tool
 
 pytestmark = pytest.mark.anyio
@@ -91,3 +92,50 @@ async def test_a_time_set_before_close_is_kept(tmp_path: Path) -> None:
         proc = await system.spawn("reader")
         info = await proc.stat("/kept.txt")
         assert abs(info.mtime - mtime) <= 2 and info.size == 10_000
+
+
+async def test_growth_inside_a_page_already_fetched_keeps_its_bytes_on_the_copy_path(
+    make_image: ImageFactory,
+) -> None:
+    """512-byte clusters, unaligned: page 0 was copied when the file had 1000 bytes."""
+    head = bytes(range(200)) * 5
+    image = make_image({"/f.bin": head}, aligned=False)
+    async with microkernel.boot(image=image, memory="32M") as system:
+        proc = await system.spawn("p")
+        async with await proc.open("/f.bin", "r+b") as f:
+            assert not f.zero_copy
+            assert await f.read(10) == head[:10]
+            f.seek(1000)
+            await f.write(b"B" * 3000)
+        assert await proc.read_file("/f.bin") == head + b"B" * 3000
+    fsck_ok(image)
+    assert mtype(image, "/f.bin") == head + b"B" * 3000
+
+
+async def test_growth_inside_a_fetched_page_keeps_its_bytes_under_enospc_on_fat12(
+    tmp_path: Path,
+) -> None:
+    """FAT12, 512-byte clusters, the disk nearly full: no room for slack, growth still right."""
+    require_tool("mkfs.fat", "fsck.fat", "mtype")
+    image = tmp_path / "fat12.img"
+    run("mkfs.fat", "-C", "-F", "12", "-s", "1", "-S", "512", image, "1024")
+    head = bytes(range(200)) * 5
+    async with microkernel.boot(image=image, memory="32M") as system:
+        proc = await system.spawn("p")
+        async with await proc.open("/f.bin", "wb") as f:
+            await f.write(head)
+        volume = await proc.statfs("/")
+        room = volume.free_clusters * volume.cluster_size
+        async with await proc.open("/fill.bin", "wb") as fill:  # leave 8 KiB: no slack fits
+            await fill.write(b"\xee" * (room - 8192))
+        async with await proc.open("/f.bin", "r+b") as f:
+            assert not f.zero_copy
+            assert await f.read(10) == head[:10]
+            f.seek(1000)
+            await f.write(b"B" * 3000)
+            with pytest.raises(OSError) as full:
+                await f.write(b"C" * 16384)  # more than is left: ENOSPC, nothing half-written
+            assert full.value.errno == errno.ENOSPC
+        assert await proc.read_file("/f.bin") == head + b"B" * 3000
+    fsck_ok(image)
+    assert mtype(image, "/f.bin") == head + b"B" * 3000
