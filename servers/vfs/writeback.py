@@ -83,8 +83,9 @@ class Flusher:
         """
         async with self._lock(cfile):
             await self._write_back(cfile, durable)
-            await self.publish(cfile)
-            return self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
+            released = self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
+            await self.publish(cfile)  # the pins went back first: the file system needs frames
+            return released
 
     async def _write_back(self, cfile: CentralFile, durable: bool) -> None:
         self.collect(cfile)
