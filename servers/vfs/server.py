@@ -149,7 +149,11 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                     self.pager.second_chance(window)
             for key, cfile in list(self.files.items()):
                 if self.files.get(key) is cfile:
-                    await self.flusher.write_back(cfile)
+                    try:
+                        await self.flusher.write_back(cfile)
+                    except OSError as exc:  # the pages stay dirty: the writer's fsync or close
+                        self.log.warning("periodic writeback failed", file=cfile.info.name,
+                                         error=str(exc))
 
     # -------------------------------------------------------------------- handles
     def _window(self, env: Envelope, handle: int) -> Window:
@@ -304,8 +308,29 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         del self.windows[handle]
         del self._idle[handle]
         self._closed.pop(handle).set()
-        if not cfile.windows:
+        if cfile.windows:
+            self._hand_over(cfile, window.proc)
+        else:
             await self._retire(cfile)
+
+    def _hand_over(self, cfile: CentralFile, leaving: Process) -> None:
+        """Private pages the closer paid for stay in the file: a remaining opener pays now.
+
+        The closer's quota must not keep paying for them, and its frames are
+        freed when it exits. An opener whose quota is full passes; when none can,
+        the kernel file driver holds them until the last close.
+        """
+        paid = set(self.memory.frames_of(leaving.port))
+        frames = [fp.phys for fp in cfile.pages.values() if fp.cache_lba is None and fp.phys in paid]
+        if not frames:
+            return
+        for other in {w.proc.port for w in cfile.windows} - {leaving.port}:
+            try:
+                self.memory.charge(other, frames)
+                return
+            except OSError:
+                continue
+        self.memory.charge("vfs", frames)
 
     async def _retire(self, cfile: CentralFile) -> None:
         """Last close: stop fetches, write back, give the pages back, close in the file system.
@@ -318,11 +343,15 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         done = self._retiring[cfile.key] = anyio.Event()
         try:
             await self.pager.cancel_fetches(cfile)
-            await self.flusher.write_back(cfile, then_drop=lambda c: list(c.pages))
-            await self.flusher.stamp_mtime(cfile)
-            self.flusher.forget(cfile)
-            self.memory.release([cfile.state_frame])
-            await self.endpoint.call(cfile.fs, FsClose(cfile.fs_handle), Ok)
+            try:
+                await self.flusher.write_back(cfile, then_drop=lambda c: list(c.pages))
+                await self.flusher.stamp_mtime(cfile)
+            finally:  # a write error is the closer's to see; nothing stays held for it
+                self.flusher.drop_pages(cfile, list(cfile.pages))
+                self.flusher.forget(cfile)
+                self.memory.release([cfile.state_frame])
+                with anyio.CancelScope(shield=True):
+                    await self.endpoint.call(cfile.fs, FsClose(cfile.fs_handle), Ok)
         finally:
             if self._retiring.get(cfile.key) is done:
                 del self._retiring[cfile.key]
@@ -349,14 +378,26 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         half still serves it (it misses again further on), so memory pressure
         shrinks parts down to ``MIN_PART_PAGES`` before it becomes ENOMEM.
         """
+        relieved = False
         while True:
             try:
                 await self.pager.ensure_pages(window.file, pages, window)
                 return pages
             except OSError as exc:
-                if exc.errno != errno.ENOMEM or len(pages) <= MIN_PART_PAGES:
+                if exc.errno != errno.ENOMEM:
                     raise
-                pages = pages[: len(pages) // 2]
+                if not relieved:  # the process's quota: write back and drop its idle pages, once
+                    relieved = True
+                    await self._relieve(window.proc)
+                elif len(pages) > MIN_PART_PAGES:
+                    pages = pages[: len(pages) // 2]
+                else:
+                    raise
+
+    async def _relieve(self, proc: Process) -> None:
+        """Make room in a process's quota: its files' parts unmapped, idle pages written and dropped."""
+        files = list({w.file for w in self.windows.values() if w.proc is proc})
+        await self.flusher.give_back(files, len(self.memory.frames_of(proc.port)) or 1)
 
     # ------------------------------------------------------------- dirty, sizes
     @handles(Flush)
