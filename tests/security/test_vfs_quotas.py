@@ -9,6 +9,8 @@ hold at once gets ENOMEM for itself alone.
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 import microkernel
@@ -57,3 +59,16 @@ async def test_pages_a_closer_paid_for_pass_to_a_remaining_opener(
         assert await g.read() == DATA[: 256 * 1024]  # the frames were not freed under it
         await g.close()
         assert system.memory.frames_of(second.kernel.port) == []
+
+
+async def test_a_process_past_its_quota_gets_enomem_alone(make_image: ImageFactory) -> None:
+    image = make_image({"/big.bin": DATA}, aligned=False)
+    async with microkernel.boot(config=_config(image)) as system:
+        starved, other = await system.spawn("starved"), await system.spawn("other")
+        system.memory.set_quota(starved.kernel.port, 8)  # less than the smallest part
+        async with await starved.open("/big.bin", "rb") as f:
+            with pytest.raises(OSError) as short:
+                await f.read(4096 * 64)
+            assert short.value.errno == errno.ENOMEM
+        assert system.memory.frames_of(starved.kernel.port) == []
+        assert await other.read_file("/big.bin") == DATA  # everyone else reads on
