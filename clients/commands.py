@@ -913,9 +913,7 @@ class _ImageWriter:
         await self.f.write(data)
 
     async def set_mtime(self, mtime: float) -> None:
-        """After an fsync: it trims the writer's reservation, and a size change in the
-        file system stamps the current time, so a trim at close would undo ours."""
-        await self.f.fsync()
+        """The time set here stays: close gives the reservation back without stamping."""
         await self.f.set_times(mtime)
 
 

@@ -262,8 +262,8 @@ class File:
         except PastEnd:  # someone trimmed our reservation (an fsync): reserve again, once
             await self._reserve(end)
             await self._store(pos, src)
-        if extending:
-            await self._set_size(end)  # publish: readers see the size only after the data
+        if extending:  # publish: readers see the size only after the data
+            await self._set_size(end, write_start=pos)
         self._page.set_position(self._slot, end)
         return len(src)
 
@@ -289,8 +289,10 @@ class File:
             await self.proc.syscall(SetSize(self.handle, end, reserve=True), SizeSet)
         self._reserved = end + slack
 
-    async def _set_size(self, size: int) -> SizeSet:
-        result: SizeSet = await self.proc.syscall(SetSize(self.handle, size), SizeSet)
+    async def _set_size(self, size: int, *, write_start: int = -1) -> SizeSet:
+        result: SizeSet = await self.proc.syscall(
+            SetSize(self.handle, size, write_start=write_start), SizeSet
+        )
         if size < self._reserved:
             self._reserved = 0
         return result
@@ -319,7 +321,6 @@ class File:
     async def fsync(self) -> None:
         self._check()
         await self.proc.syscall(Fsync(self.handle), None)
-        self._reserved = 0  # fsync trims reservations to the published size
 
     async def close(self) -> None:
         if self.closed:

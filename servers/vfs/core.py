@@ -81,7 +81,10 @@ class CentralFile:
     inflight: dict[int, int] = field(default_factory=dict)  # page -> tag of its fetch
     windows: set[Window] = field(default_factory=set)
     modified: bool = False
-    published: int = -1  # the size processes see; <= the file system's size (reservations)
+    published: int = -1  # the size processes see (-1: the size on disk, ``info.size``)
+    reserved: int = 0  # bytes a writer had the file system allocate (FsSetSize allocate_only)
+    handed: set[int] = field(default_factory=set)  # pages past the size on disk whose bytes
+    # went to the cache (a store racing its publish): what the cache holds of them is data
 
     @property
     def fs(self) -> str:
@@ -94,8 +97,13 @@ class CentralFile:
 
     @property
     def fat_size(self) -> int:
-        """The size in the file system: published size plus any reservation of a writer."""
-        return self.info.size
+        """Bytes with clusters behind them: the size on disk or a writer's reservation.
+
+        The size in the directory entry (``info.size``) never covers a
+        reservation: it grows only when the data below it is in the cache
+        (``Flusher.publish``), so a crash cannot turn a reservation into size.
+        """
+        return max(self.info.size, self.reserved)
 
     def publish(self) -> None:
         """Write the size and metadata into the state page (seqlock, see ``pages.py``)."""
@@ -296,7 +304,8 @@ def writeback_plan(cfile: CentralFile) -> tuple[list[int], list[FilePage]]:
     """Take the dirty pages: (cache pages to mark dirty, private pages to copy back).
 
     Pages past the file system's size have no clusters behind them and are
-    dropped clean.
+    dropped clean. Pages past the size on disk (a writer's reservation) go to
+    the cache too and are remembered in ``handed``: their cache pages hold data.
     """
     marked: list[int] = []
     private: list[FilePage] = []
@@ -306,6 +315,8 @@ def writeback_plan(cfile: CentralFile) -> tuple[list[int], list[FilePage]]:
         fp.dirty = False
         if p * PAGE_SIZE >= cfile.fat_size:
             continue
+        if (p + 1) * PAGE_SIZE > cfile.info.size:
+            cfile.handed.add(p)
         if fp.cache_lba is not None:
             marked.append(fp.cache_lba)
         else:
@@ -374,6 +385,17 @@ def direct_pages(extents: list[FileExtent], ss: int, align: int) -> Iterator[tup
             continue
         for k in range(end - first):
             yield first + k, lba0 + k * spp
+
+
+def sources_below(
+    sources: tuple[tuple[int, int, int, int], ...], limit: int
+) -> tuple[tuple[int, int, int, int], ...]:
+    """A private page's sources cut at byte ``limit`` of the page (a shrink, or before a growth)."""
+    out = []
+    for plba, inpage, dst, n in sources:
+        if dst < limit:
+            out.append((plba, inpage, dst, min(n, limit - dst)))
+    return tuple(out)
 
 
 def byte_sources(

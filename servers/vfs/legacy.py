@@ -45,16 +45,16 @@ class LegacyMixin:
             end = min(msg.position + msg.size, cfile.size)
             if msg.position >= end:
                 return Data(b"")
-            pages = list(range(msg.position // PAGE_SIZE, core.pages_of(end)))
-            await self.pager.ensure_pages(cfile, pages, window)
             out = bytearray(end - msg.position)
-            for p in pages:
-                lo, hi = max(p * PAGE_SIZE, msg.position), min((p + 1) * PAGE_SIZE, end)
-                self.memory.copy(
-                    memoryview(out)[lo - msg.position : hi - msg.position],
-                    self.memory.view(cfile.pages[p].phys + lo - p * PAGE_SIZE, hi - lo),
-                    reason="legacy-read",
-                )
+            for pages in _chunks(msg.position, end):  # bounded requests: any size, any cache
+                await self.pager.ensure_pages(cfile, pages, window)
+                for p in pages:
+                    lo, hi = max(p * PAGE_SIZE, msg.position), min((p + 1) * PAGE_SIZE, end)
+                    self.memory.copy(
+                        memoryview(out)[lo - msg.position : hi - msg.position],
+                        self.memory.view(cfile.pages[p].phys + lo - p * PAGE_SIZE, hi - lo),
+                        reason="legacy-read",
+                    )
             return Data(bytes(out))
 
     @handles(Write)
@@ -64,16 +64,23 @@ class LegacyMixin:
             cfile = window.file
             end = msg.position + len(msg.data)
             if end > cfile.size:
-                await self.flusher.set_size(cfile, end)
-            pages = list(range(msg.position // PAGE_SIZE, core.pages_of(end)))
-            await self.pager.ensure_pages(cfile, pages, window)
+                await self.flusher.set_size(cfile, end, write_start=msg.position)
             src = memoryview(msg.data)
-            for p in pages:
-                lo, hi = max(p * PAGE_SIZE, msg.position), min((p + 1) * PAGE_SIZE, end)
-                self.memory.copy(
-                    self.memory.view(cfile.pages[p].phys + lo - p * PAGE_SIZE, hi - lo),
-                    src[lo - msg.position : hi - msg.position],
-                    reason="legacy-write",
-                )
-            core.mark_dirty(cfile, pages)
+            for pages in _chunks(msg.position, end):
+                await self.pager.ensure_pages(cfile, pages, window)
+                for p in pages:
+                    lo, hi = max(p * PAGE_SIZE, msg.position), min((p + 1) * PAGE_SIZE, end)
+                    self.memory.copy(
+                        self.memory.view(cfile.pages[p].phys + lo - p * PAGE_SIZE, hi - lo),
+                        src[lo - msg.position : hi - msg.position],
+                        reason="legacy-write",
+                    )
+                core.mark_dirty(cfile, pages)  # before the next await: a give-back writes them
             return Written(len(msg.data))
+
+
+def _chunks(start: int, end: int) -> list[list[int]]:
+    """The pages of file bytes start..end in runs no longer than a part (one cache request)."""
+    pages = list(range(start // PAGE_SIZE, core.pages_of(end)))
+    step = core.MAX_PART_PAGES
+    return [pages[i : i + step] for i in range(0, len(pages), step)]

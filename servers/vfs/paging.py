@@ -63,6 +63,7 @@ class Fetch:
     ready: SectorsReady | None = None
     error: OSError | None = None
     installed: bool = False
+    owner: str = "vfs"  # who pays for the copy path's private frames (the asking process)
 
 
 class Pager:
@@ -106,7 +107,7 @@ class Pager:
         for _ in range(ENSURE_ATTEMPTS):
             waits = {t: self.fetches[t] for p in pages if (t := cfile.inflight.get(p)) is not None}
             for run in core.runs(core.missing_pages(cfile, pages)):
-                fetch = self._start_fetch(cfile, run)
+                fetch = self._start_fetch(cfile, run, window.proc.port if window else "vfs")
                 waits[fetch.tag] = fetch
             for fetch in waits.values():
                 await self._wait(fetch.done, window)
@@ -116,8 +117,8 @@ class Pager:
                 return
         raise OSError(errno.EAGAIN, f"{cfile.info.name}: pages keep being dropped while read")
 
-    def _start_fetch(self, cfile: CentralFile, run: list[int]) -> Fetch:
-        fetch = Fetch(self._new_tag(), cfile, run)
+    def _start_fetch(self, cfile: CentralFile, run: list[int], owner: str) -> Fetch:
+        fetch = Fetch(self._new_tag(), cfile, run, owner=owner)
         self.fetches[fetch.tag] = fetch
         for p in run:
             cfile.inflight[p] = fetch.tag
@@ -148,7 +149,7 @@ class Pager:
                 if fetch.error is not None:
                     raise fetch.error
                 assert fetch.ready is not None
-                self._install(cfile, fetch.pages, mapped.extents, fetch.ready)
+                self._install(cfile, fetch.pages, mapped.extents, fetch.ready, fetch.owner)
                 fetch.installed = True
         except OSError as exc:
             fetch.error = exc
@@ -240,7 +241,12 @@ class Pager:
 
     # --------------------------------------------------------------- installing
     def _install(
-        self, cfile: CentralFile, pages: list[int], extents: list[FileExtent], ready: SectorsReady
+        self,
+        cfile: CentralFile,
+        pages: list[int],
+        extents: list[FileExtent],
+        ready: SectorsReady,
+        owner: str,
     ) -> None:
         """Turn the delivered cache pages into file pages: mapped as is, or copied when not aligned."""
         volume = self.volumes[cfile.fs]
@@ -248,17 +254,26 @@ class Pager:
         frames = {p.lba: p.phys for p in ready.pages}
         used: set[int] = set()
         wanted = set(pages)
-        for page, lba in core.direct_pages(extents, ss, volume.alignment_offset):
-            phys = frames.get(lba)
-            if page in wanted and phys is not None:
-                cfile.pages[page] = FilePage(phys, lba)
-                used.add(lba)
-                wanted.discard(page)
-        for page in sorted(wanted):
-            cfile.pages[page] = self._copy_page(cfile, page, extents, frames, ss)
-        last = (cfile.fat_size - 1) // PAGE_SIZE
-        if last in cfile.pages and last in set(pages):
-            self.zero_past_eof(cfile, last)
+        installed: list[int] = []
+        try:
+            for page, lba in core.direct_pages(extents, ss, volume.alignment_offset):
+                phys = frames.get(lba)
+                if page in wanted and phys is not None:
+                    cfile.pages[page] = FilePage(phys, lba)
+                    installed.append(page)
+                    used.add(lba)
+                    wanted.discard(page)
+            for page in sorted(wanted):
+                cfile.pages[page] = self._copy_page(cfile, page, extents, frames, ss, owner)
+                installed.append(page)
+        except OSError:  # the owner's quota: undo; the fetch gives every pin back
+            for page in installed:
+                fp = cfile.pages.pop(page)
+                if fp.cache_lba is None:
+                    self.memory.release([fp.phys])
+            raise
+        for page in pages[max(0, cfile.info.size // PAGE_SIZE - pages[0]):]:
+            self.zero_past_eof(cfile, page)
         extra = [lba for lba in frames if lba not in used]
         if extra:
             self.endpoint.send_nowait(self.cache, Release(ready.device, extra))
@@ -270,9 +285,13 @@ class Pager:
         extents: list[FileExtent],
         frames: dict[int, int],
         ss: int,
+        owner: str,
     ) -> FilePage:
-        """The copy path: a private page-aligned frame filled from the cache pages (counted)."""
-        (frame,) = self.memory.alloc("vfs", 1)
+        """The copy path: a private page-aligned frame filled from the cache pages (counted).
+
+        The frame is charged to the process that asked (its quota bounds it).
+        """
+        (frame,) = self.memory.alloc(owner, 1)
         self.memory.zero([frame])
         sources = []
         lo, hi = page * PAGE_SIZE, min((page + 1) * PAGE_SIZE, cfile.fat_size)
@@ -288,10 +307,47 @@ class Pager:
             sources.append((plba, inpage, dst_off, n))
         return FilePage(frame, None, tuple(sources))
 
+    async def extend_sources(self, cfile: CentralFile, old_limit: int) -> None:
+        """Growth inside a private page: it learns where its new bytes go (copy path).
+
+        A private page copied when the file's clusters ended inside it knows
+        sources only up to that end; bytes stored beyond it after a growth
+        would never be copied back. The file system names the new clusters
+        (``MapRange``); the pages the cache delivers for it are given back
+        unused (the page's new bytes are zeros or the writer's, never the disk's).
+        """
+        page, lo = old_limit // PAGE_SIZE, old_limit // PAGE_SIZE * PAGE_SIZE
+        fp = cfile.pages.get(page)
+        hi = min(lo + PAGE_SIZE, cfile.fat_size)
+        if fp is None or fp.cache_lba is not None or hi <= old_limit:
+            return
+        volume = self.volumes[cfile.fs]
+        tag = self._new_tag()
+        self.abandoned[tag] = None  # the delivered pins go straight back
+        mapped: Mapped = await self.endpoint.call(
+            cfile.fs,
+            MapRange(cfile.fs_handle, old_limit, hi - old_limit, self.endpoint.name, tag),
+            Mapped,
+        )
+        ss, align = volume.logical_sector_size, volume.alignment_offset
+        added = []
+        for src_lba, src_off, dst_off, n in core.byte_sources(
+            old_limit, hi, mapped.extents, ss, align
+        ):
+            plba = core.page_lba(src_lba, ss, align)
+            added.append((plba, (src_lba - plba) * ss + src_off, old_limit - lo + dst_off, n))
+        if cfile.pages.get(page) is fp:
+            fp.sources = core.sources_below(fp.sources, old_limit - lo) + tuple(added)
+
     def zero_past_eof(self, cfile: CentralFile, page: int) -> None:
-        tail = cfile.fat_size - page * PAGE_SIZE
-        if 0 <= tail < PAGE_SIZE:
-            fp = cfile.pages[page]
+        """Zero what lies past the size on disk: a reservation's clusters hold stale bytes.
+
+        The file system does not zero-fill a reservation (the data will cover
+        it), so the cache delivers whatever the disk held there; nobody may see it.
+        """
+        tail = max(0, cfile.info.size - page * PAGE_SIZE)
+        fp = cfile.pages.get(page)
+        if tail < PAGE_SIZE and fp is not None and page not in cfile.handed:
             self.memory.view(fp.phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
 
     # ------------------------------------------------------------------- parts

@@ -44,12 +44,16 @@ class CachePart(msgspec.Struct, frozen=True, gc=False, tag=True):
 
 
 class SetSize(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """Change the file size. ``reserve``: only allocate (zero-filled) room for the caller's
-    coming writes; the size other processes see changes when it is published."""
+    """Change the file size. ``reserve``: only allocate room for the caller's coming
+    writes; the size other processes see changes when it is published.
+    ``write_start``: a growing publish names where the caller's written bytes
+    begin; what lies between the old size and it is zero-filled (-1: nothing
+    was written, all of the growth reads as zeros)."""
 
     handle: int
     size: int
     reserve: bool = False
+    write_start: int = -1
 
 
 class Flush(msgspec.Struct, frozen=True, gc=False, tag=True):

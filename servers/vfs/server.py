@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -104,6 +105,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         self.windows: dict[int, Window] = {}
         self._handles = itertools.count(1)
         self._open_lock = anyio.Lock()
+        self._exited: weakref.WeakSet[Process] = weakref.WeakSet()  # sent Exit
         self._retiring: dict[tuple[str, int], anyio.Event] = {}
         self._idle: dict[int, anyio.Event] = {}  # handle -> set when its last operation ends
         self._closed: dict[int, anyio.Event] = {}  # handle -> set when its close is done
@@ -147,7 +149,11 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                     self.pager.second_chance(window)
             for key, cfile in list(self.files.items()):
                 if self.files.get(key) is cfile:
-                    await self.flusher.write_back(cfile)
+                    try:
+                        await self.flusher.write_back(cfile)
+                    except OSError as exc:  # the pages stay dirty: the writer's fsync or close
+                        self.log.warning("periodic writeback failed", file=cfile.info.name,
+                                         error=str(exc))
 
     # -------------------------------------------------------------------- handles
     def _window(self, env: Envelope, handle: int) -> Window:
@@ -205,6 +211,8 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                     await self.endpoint.call(fs, FsClose(surplus), Ok)
                 if flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
                     await self.flusher.set_size(cfile, 0)
+            if not proc.alive or proc in self._exited:  # it exited while we opened
+                raise BadHandle(f"{label}: process {env.src} exited during its open")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._close(window)
@@ -273,6 +281,9 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
 
     @handles(Exit)
     async def on_exit(self, env: Envelope, msg: Exit) -> None:
+        proc = self.processes.by_port.get(env.src)
+        if proc is not None:  # an Open still under way must not leave it a window
+            self._exited.add(proc)
         for window in [w for w in self.windows.values() if w.proc.port == env.src]:
             await self._close(window)
 
@@ -297,8 +308,29 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         del self.windows[handle]
         del self._idle[handle]
         self._closed.pop(handle).set()
-        if not cfile.windows:
+        if cfile.windows:
+            self._hand_over(cfile, window.proc)
+        else:
             await self._retire(cfile)
+
+    def _hand_over(self, cfile: CentralFile, leaving: Process) -> None:
+        """Private pages the closer paid for stay in the file: a remaining opener pays now.
+
+        The closer's quota must not keep paying for them, and its frames are
+        freed when it exits. An opener whose quota is full passes; when none can,
+        the kernel file driver holds them until the last close.
+        """
+        paid = set(self.memory.frames_of(leaving.port))
+        frames = [fp.phys for fp in cfile.pages.values() if fp.cache_lba is None and fp.phys in paid]
+        if not frames:
+            return
+        for other in {w.proc.port for w in cfile.windows} - {leaving.port}:
+            try:
+                self.memory.charge(other, frames)
+                return
+            except OSError:
+                continue
+        self.memory.charge("vfs", frames)
 
     async def _retire(self, cfile: CentralFile) -> None:
         """Last close: stop fetches, write back, give the pages back, close in the file system.
@@ -311,12 +343,15 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         done = self._retiring[cfile.key] = anyio.Event()
         try:
             await self.pager.cancel_fetches(cfile)
-            await self.flusher.write_back(cfile, then_drop=lambda c: list(c.pages))
-            await self.flusher.trim(cfile)
-            await self.flusher.stamp_mtime(cfile)
-            self.flusher.forget(cfile)
-            self.memory.release([cfile.state_frame])
-            await self.endpoint.call(cfile.fs, FsClose(cfile.fs_handle), Ok)
+            try:
+                await self.flusher.write_back(cfile, then_drop=lambda c: list(c.pages))
+                await self.flusher.stamp_mtime(cfile)
+            finally:  # a write error is the closer's to see; nothing stays held for it
+                self.flusher.drop_pages(cfile, list(cfile.pages))
+                self.flusher.forget(cfile)
+                self.memory.release([cfile.state_frame])
+                with anyio.CancelScope(shield=True):
+                    await self.endpoint.call(cfile.fs, FsClose(cfile.fs_handle), Ok)
         finally:
             if self._retiring.get(cfile.key) is done:
                 del self._retiring[cfile.key]
@@ -343,14 +378,26 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         half still serves it (it misses again further on), so memory pressure
         shrinks parts down to ``MIN_PART_PAGES`` before it becomes ENOMEM.
         """
+        relieved = False
         while True:
             try:
                 await self.pager.ensure_pages(window.file, pages, window)
                 return pages
             except OSError as exc:
-                if exc.errno != errno.ENOMEM or len(pages) <= MIN_PART_PAGES:
+                if exc.errno != errno.ENOMEM:
                     raise
-                pages = pages[: len(pages) // 2]
+                if not relieved:  # the process's quota: write back and drop its idle pages, once
+                    relieved = True
+                    await self._relieve(window.proc)
+                elif len(pages) > MIN_PART_PAGES:
+                    pages = pages[: len(pages) // 2]
+                else:
+                    raise
+
+    async def _relieve(self, proc: Process) -> None:
+        """Make room in a process's quota: its files' parts unmapped, idle pages written and dropped."""
+        files = list({w.file for w in self.windows.values() if w.proc is proc})
+        await self.flusher.give_back(files, len(self.memory.frames_of(proc.port)) or 1)
 
     # ------------------------------------------------------------- dirty, sizes
     @handles(Flush)
@@ -362,7 +409,6 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
     async def on_fsync(self, env: Envelope, msg: Fsync) -> None:
         with self._op(self._window(env, msg.handle)) as window:
             cfile = window.file
-            await self.flusher.trim(cfile)
             await self.flusher.write_back(cfile, durable=True)
             await self.flusher.stamp_mtime(cfile)
             await self.endpoint.call(cfile.fs, FsFsync(cfile.fs_handle), Ok, timeout=120)
@@ -376,7 +422,9 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
     async def on_set_size(self, env: Envelope, msg: SetSize) -> SizeSet:
         with self._op(self._writable_window(env, msg.handle)) as window:
             core.check_range(msg.size, 0)
-            await self.flusher.set_size(window.file, msg.size, reserve=msg.reserve)
+            await self.flusher.set_size(
+                window.file, msg.size, reserve=msg.reserve, write_start=msg.write_start
+            )
             return SizeSet(window.file.size, window.file.info.alloc_size)
 
     @handles(StatHandle)

@@ -83,7 +83,9 @@ class Flusher:
         """
         async with self._lock(cfile):
             await self._write_back(cfile, durable)
-            return self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
+            released = self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
+            await self.publish(cfile)  # the pins went back first: the file system needs frames
+            return released
 
     async def _write_back(self, cfile: CentralFile, durable: bool) -> None:
         self.collect(cfile)
@@ -134,34 +136,83 @@ class Flusher:
         return len(pins)
 
     # -------------------------------------------------------------------- sizes
-    async def set_size(self, cfile: CentralFile, size: int, *, reserve: bool = False) -> None:
-        """Change the size; ``reserve`` only makes room in the file system for a writer.
+    async def set_size(
+        self, cfile: CentralFile, size: int, *, reserve: bool = False, write_start: int = -1
+    ) -> None:
+        """Change the size processes see; ``reserve`` only allocates room for a writer.
 
-        An extending write reserves first (the clusters are allocated and zero
-        filled), stores its bytes into the mapping, then publishes the new size:
-        a concurrent reader therefore never sees the size before the data.
+        An extending write reserves first (clusters allocated, nothing zero
+        filled, the size on disk unchanged), stores its bytes into the mapping,
+        then publishes the new size naming where its bytes start
+        (``write_start``): processes see the size at once, the disk when the
+        data is in the cache (:meth:`publish`). Bytes between the old size and
+        ``write_start`` nobody wrote: they are zero-filled on disk first.
         """
         core.check_range(size, 0)
         cfile.modified = True
         if reserve:
             if size > cfile.fat_size:
-                await self._fs_set_size(cfile, size)
+                await self._reserve(cfile, size)
             return
         if size < cfile.size:
             await self._shrink(cfile, size)
-        if (size < cfile.fat_size and size < cfile.size) or size > cfile.fat_size:
-            await self._fs_set_size(cfile, size)
-        cfile.published = size
+            cfile.published = size
+            async with self._lock(cfile):
+                await self._write_back(cfile, False)
+                await self.publish(cfile)
+        elif size > cfile.size:
+            if size > cfile.fat_size:  # a legacy write or an extending truncate
+                await self._reserve(cfile, size)
+            start = size if write_start < 0 else min(write_start, size)
+            if start > cfile.size:
+                await self._zero_gap(cfile, start)
+            cfile.published = size
         cfile.publish()
 
-    async def _fs_set_size(self, cfile: CentralFile, size: int) -> None:
-        published = cfile.size
-        info: FsInfo = await self.endpoint.call(cfile.fs, FsSetSize(cfile.fs_handle, size), FsInfo)
+    async def _reserve(self, cfile: CentralFile, size: int) -> None:
+        old_limit = cfile.fat_size
+        info: FsInfo = await self.endpoint.call(
+            cfile.fs, FsSetSize(cfile.fs_handle, size, allocate_only=True), FsInfo
+        )
         cfile.info = info
-        cfile.published = min(published, size)
-        last = (size - 1) // PAGE_SIZE if size else -1
-        if last in cfile.pages:
-            self.pager.zero_past_eof(cfile, last)
+        cfile.reserved = max(cfile.reserved, size)
+        if not self.volumes[cfile.fs].aligned:
+            await self.pager.extend_sources(cfile, old_limit)
+
+    async def _zero_gap(self, cfile: CentralFile, start: int) -> None:
+        """Bytes up to ``start`` nobody wrote: publish what was written, then zeros up to it."""
+        async with self._lock(cfile):
+            await self._write_back(cfile, False)
+            await self.publish(cfile)
+            info: FsInfo = await self.endpoint.call(
+                cfile.fs, FsSetSize(cfile.fs_handle, start), FsInfo
+            )
+            cfile.info = info
+            cfile.published = start
+
+    async def publish(self, cfile: CentralFile) -> None:
+        """Make the size on disk the size processes see (under the file's lock).
+
+        Growing, the file system writes the data pages of the new bytes before
+        the directory entry (they are in the cache: ``_write_back`` ran), and
+        nothing is zero-filled since all of them were written. Shrinking, the
+        entry goes first and the clusters past it, reservation included, are freed.
+        """
+        disk, size = cfile.info.size, cfile.size
+        if size == disk:
+            return
+        if size > disk:
+            request = FsSetSize(cfile.fs_handle, size, write_start=disk, write_end=size)
+        else:
+            request = FsSetSize(cfile.fs_handle, size)
+            cfile.reserved = 0
+            last = cfile.pages.get((size - 1) // PAGE_SIZE if size else -1)
+            if last is not None:  # the clusters past the end are freed: copy nothing there
+                last.sources = core.sources_below(last.sources, size - (size - 1) // PAGE_SIZE * PAGE_SIZE)
+        cfile.published = size  # a publish in the meantime may grow it (never shrink it)
+        info: FsInfo = await self.endpoint.call(cfile.fs, request, FsInfo)
+        cfile.info = info
+        cfile.handed = {p for p in cfile.handed if (p + 1) * PAGE_SIZE > size}
 
     async def _shrink(self, cfile: CentralFile, size: int) -> None:
         """Unmap every part reaching past the new end before the clusters go back to the FAT."""
@@ -175,11 +226,12 @@ class Flusher:
         async with self._lock(cfile):
             self.collect(cfile)  # stores made during the grace: written if they stay in the file
             self.drop_pages(cfile, core.pages_from(cfile, size))
-
-    async def trim(self, cfile: CentralFile) -> None:
-        """Give back a writer's unused reservation, so the directory entry says the true size."""
-        if cfile.fat_size != cfile.size:
-            await self._fs_set_size(cfile, cfile.size)
+            cfile.handed = {p for p in cfile.handed if p < core.pages_of(size)}
+            last = (size - 1) // PAGE_SIZE if size else -1
+            fp = cfile.pages.get(last)
+            if fp is not None:  # the tail of the last page is past the end now
+                tail = size - last * PAGE_SIZE
+                self.memory.view(fp.phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
 
     async def stamp_mtime(self, cfile: CentralFile) -> None:
         """A file written since its last stamp gets the current time (at fsync and last close)."""
@@ -191,7 +243,7 @@ class Flusher:
         await self.endpoint.call(cfile.fs, FsSetTimes(cfile.fs_handle, mtime), Ok)
         cfile.modified = False  # an explicit time wins over the automatic one at close
         info: FsInfo = await self.endpoint.call(cfile.fs, FsStatHandle(cfile.fs_handle), FsInfo)
-        cfile.info = msgspec.structs.replace(info, size=cfile.fat_size)
+        cfile.info = info
         cfile.publish()
         return msgspec.structs.replace(info, size=cfile.size)
 

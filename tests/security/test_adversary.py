@@ -224,12 +224,6 @@ async def test_forged_replies_to_calls_in_flight(make_image: ImageFactory) -> No
     assert tally.refused > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VFS window lifetimes: an Open still in progress when its process exits creates a "
-    "window for a dead process (found by the random adversary); the VFS rewrite must refuse "
-    "or close it",
-)
 async def test_an_open_racing_its_process_exit_leaves_no_window(make_image: ImageFactory) -> None:
     image = make_image(FILES)
     second = make_image({})

@@ -53,11 +53,6 @@ async def test_filling_an_unaligned_disk_is_enospc_and_frees_everything(
     fsck_ok(image)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the VFS copy path allocates its private pages as 'vfs' without bound; it must "
-    "charge them to the writing process (memory quota) and write back under its quota",
-)
 async def test_a_disk_larger_than_memory_fills_with_enospc_not_enomem(
     make_image: ImageFactory,
 ) -> None:

@@ -1,0 +1,141 @@
+"""The kernel file driver's write path: reservations, publishing, what reaches the disk.
+
+A writer's reservation is allocated in the file system but never becomes size
+on disk: the directory entry grows only once the data below it is in the
+cache (``Flusher.publish``), so a crash at any time shows the written bytes and
+not the reservation's zeros.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+import microkernel
+from microkernel.config import CacheConfig, DeviceConfig, SystemConfig
+from tests.e2e.conftest import ImageFactory, fsck_ok, mtype, run
+from tests.oracles import require_tool
+
+pytestmark = pytest.mark.anyio
+
+MIB = 1 << 20
+OLD = bytes(range(256)) * 4  # 1024 bytes
+
+
+async def test_a_crash_after_an_append_shows_the_appended_bytes_not_the_reservation(
+    make_image: ImageFactory, tmp_path: Path
+) -> None:
+    """Append 100 bytes, flush, wait, copy the image while the file is open (no unmount)."""
+    image = make_image({"/log.txt": OLD})
+    cfg = SystemConfig(memory="64M", devices=[DeviceConfig(image=str(image))],
+                       cache=CacheConfig(writeback_interval=0.2))
+    expected = OLD + b"A" * 100
+    snapshot = tmp_path / "cut.img"
+    seen: list[int] = []
+    async with microkernel.boot(config=cfg) as system:
+        proc = await system.spawn("appender")
+        f = await proc.open("/log.txt", "ab")
+        await f.write(b"A" * 100)
+        await f.flush()
+        on_disk = b""
+        with anyio.move_on_after(10):
+            while on_disk != expected:
+                await anyio.sleep(0.2)
+                shutil.copyfile(image, snapshot)  # a power cut now: the disk as it is
+                on_disk = mtype(snapshot, "/log.txt")
+                seen.append(len(on_disk))
+        assert on_disk == expected, seen
+        assert all(n <= len(expected) for n in seen), seen  # never the reservation
+        assert f.size == len(expected)
+        await f.close()
+    fsck_ok(image)
+    assert mtype(image, "/log.txt") == expected
+
+
+async def test_a_new_4_mib_file_and_fsync_write_at_most_4_mib_and_128_kib(tmp_path: Path) -> None:
+    """Through the whole stack: nothing zero-filled that the data covers, nothing twice."""
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=64 * MIB, fat=16)
+    data = bytes(range(251)) * (4 * MIB // 251) + bytes(4 * MIB % 251)
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("writer")
+        before = system.statistics()
+        async with await proc.open("/big.bin", "wb") as f:
+            await f.write(data)
+            await f.fsync()
+        written = system.statistics().delta(before).disk_write_bytes
+        print(f"4 MiB file + fsync + close: disk_write_bytes {written}")
+        assert len(data) <= written <= len(data) + 128 * 1024, written
+        assert await proc.read_file("/big.bin") == data
+    require_tool("mtype", "fsck.fat")
+    fsck_ok(image)
+    assert mtype(image, "/big.bin") == data
+
+
+async def test_a_time_set_before_close_is_kept(tmp_path: Path) -> None:
+    """Close gives the reservation back without stamping the current time over ours."""
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=16 * MIB, fat=16)
+    mtime = time.mktime((2001, 2, 3, 4, 5, 6, 0, 0, -1))
+    async with microkernel.boot(image=image, memory="32M") as system:
+        proc = await system.spawn("cp-p")
+        async with await proc.open("/kept.txt", "wb") as f:
+            await f.write(b"x" * 10_000)
+            await f.set_times(mtime)
+        assert abs((await proc.stat("/kept.txt")).mtime - mtime) <= 2  # FAT: 2 s resolution
+    async with microkernel.boot(image=image, memory="32M") as system:
+        proc = await system.spawn("reader")
+        info = await proc.stat("/kept.txt")
+        assert abs(info.mtime - mtime) <= 2 and info.size == 10_000
+
+
+async def test_growth_inside_a_page_already_fetched_keeps_its_bytes_on_the_copy_path(
+    make_image: ImageFactory,
+) -> None:
+    """512-byte clusters, unaligned: page 0 was copied when the file had 1000 bytes."""
+    head = bytes(range(200)) * 5
+    image = make_image({"/f.bin": head}, aligned=False)
+    async with microkernel.boot(image=image, memory="32M") as system:
+        proc = await system.spawn("p")
+        async with await proc.open("/f.bin", "r+b") as f:
+            assert not f.zero_copy
+            assert await f.read(10) == head[:10]
+            f.seek(1000)
+            await f.write(b"B" * 3000)
+        assert await proc.read_file("/f.bin") == head + b"B" * 3000
+    fsck_ok(image)
+    assert mtype(image, "/f.bin") == head + b"B" * 3000
+
+
+async def test_growth_inside_a_fetched_page_keeps_its_bytes_under_enospc_on_fat12(
+    tmp_path: Path,
+) -> None:
+    """FAT12, 512-byte clusters, the disk nearly full: no room for slack, growth still right."""
+    require_tool("mkfs.fat", "fsck.fat", "mtype")
+    image = tmp_path / "fat12.img"
+    run("mkfs.fat", "-C", "-F", "12", "-s", "1", "-S", "512", image, "1024")
+    head = bytes(range(200)) * 5
+    async with microkernel.boot(image=image, memory="32M") as system:
+        proc = await system.spawn("p")
+        async with await proc.open("/f.bin", "wb") as f:
+            await f.write(head)
+        volume = await proc.statfs("/")
+        room = volume.free_clusters * volume.cluster_size
+        async with await proc.open("/fill.bin", "wb") as fill:  # leave 8 KiB: no slack fits
+            await fill.write(b"\xee" * (room - 8192))
+        async with await proc.open("/f.bin", "r+b") as f:
+            assert not f.zero_copy
+            assert await f.read(10) == head[:10]
+            f.seek(1000)
+            await f.write(b"B" * 3000)
+            with pytest.raises(OSError) as full:
+                await f.write(b"C" * 16384)  # more than is left: ENOSPC, nothing half-written
+            assert full.value.errno == errno.ENOSPC
+        assert await proc.read_file("/f.bin") == head + b"B" * 3000
+    fsck_ok(image)
+    assert mtype(image, "/f.bin") == head + b"B" * 3000
