@@ -325,10 +325,17 @@ def _command(args: list[str], env: dict[str, str]) -> float:
 
 
 def project_env() -> dict[str, str]:
-    """The child imports this very checkout, installed or not."""
+    """The child imports this very checkout, installed or not, from cached bytecode.
+
+    ``PYTHONDONTWRITEBYTECODE`` is dropped: an installed package has its ``.pyc``
+    files (pip compiles them), so a command a user runs does not compile ~60
+    modules from source each time; the untimed warm-up round writes them.
+    """
     root = str(Path(microkernel.__file__).resolve().parent.parent)
     old = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": root if not old else f"{root}{os.pathsep}{old}"}
+    env = {**os.environ, "PYTHONPATH": root if not old else f"{root}{os.pathsep}{old}"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 async def one_shot_ls(image: Image) -> Sample:

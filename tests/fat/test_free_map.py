@@ -96,3 +96,13 @@ def test_allocation_that_fits_never_lists_every_free_run(
         t.allocate(1)
         t.allocate(8)
     assert t.free_count == t.recount_free()
+
+
+@settings(max_examples=30, deadline=None)
+@given(fat=st.sampled_from([12, 16, 32]), raw=st.binary(min_size=1024, max_size=1024))
+def test_mount_decodes_every_entry_like_one_by_one(fat: int, raw: bytes) -> None:
+    clusters = {12: 600, 16: 400, 32: 200}[fat]
+    t = FatTable(raw, fat, clusters + 1, 512)
+    assert [t.get(n) for n in range(clusters + 2)] == [t._decode(n) for n in range(clusters + 2)]
+    assert t.free_count == t.recount_free()
+    assert t.free_runs() == _naive_runs(t, 2)
