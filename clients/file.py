@@ -165,13 +165,13 @@ class File:
         self._positions[self._slot] = self._pos
 
     def _moved(self, position: int) -> None:
-        """The position after a write or a read that made a system call: kept and published."""
+        """The position after a write: kept, and published at once as before."""
         self._pos = position
         self._positions[self._slot] = position
 
     async def _call(self, request: msgspec.Struct, reply_type: type[T] | None) -> T:
         """A system call of this file: the position is published first."""
-        self._positions[self._slot] = self._pos
+        self._publish()
         return await self.proc.syscall(request, reply_type)
 
     @property
