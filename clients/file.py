@@ -2,14 +2,20 @@
 
 Reads and writes touch the process's mapping directly. The library finds the
 bytes through the read-only FileMap (an 8-step binary search, no system call),
-learns the file size from the read-only state page (a sequence-counted
-snapshot, no lock), keeps its file position in the writable per-process page
-(seek/tell need no system call) and bumps the per-part counters there (a read
-adds 1, a write adds 2). A store also sets the byte of each page it touched in
+learns the file size from the read-only state page (one aligned int64 load),
+keeps its file position in Python and publishes it to the writable
+per-process page before every system call and on close (seek/tell need no
+system call), and bumps the per-part counters there (a read adds 1, a write
+adds 2). A store also sets the byte of each page it touched in
 the window's dirty map, in the same step (``servers/vfs/abi.py``): the kernel
 writes back exactly those pages. It makes a system call only on a miss
 (``CachePart``), a size change (``SetSize``) or an explicit
 flush/fsync/close/fstat.
+
+The hit path of a small read is a handful of loads: the part of the last hit
+is remembered with its FileMap slots and re-validated with two loads (size and
+position of its entry), and the bytes are sliced out of one read-only view of
+the whole data window made at open.
 
 Misses ask for a part sized for throughput: it starts at ``INITIAL_PART`` and
 doubles while access stays sequential (readahead), up to ``MAX_PART``.
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 import errno
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
 
 from microkernel.addrspace import AddressSpace
 from servers.fs.protocol import FsInfo
@@ -31,8 +39,16 @@ from servers.vfs.abi import (
     WINDOW_DATA,
     mark_dirty,
 )
-from servers.vfs.filemap import FileMapReader
-from servers.vfs.pages import FileStatePage, ProcessFilePage
+from servers.vfs.filemap import MAX_PARTS, PARTS_OFFSET, FileMapReader, Words
+from servers.vfs.pages import (
+    HANDLE_SLOTS,
+    POSITIONS_OFFSET,
+    STATE_SIZE_OFFSET,
+    TOUCH_MAX,
+    TOUCH_OFFSET,
+    FileStatePage,
+    ProcessFilePage,
+)
 from servers.vfs.protocol import (
     CachePart,
     Close,
@@ -66,6 +82,8 @@ class PastEnd(OSError):
 
 
 SEEK_SET, SEEK_CUR, SEEK_END = 0, 1, 2
+T = TypeVar("T")
+_NO_PART = (0, 0, 0, 0, 0)  # (index, first byte, end, size slot, position slot): never hits
 
 
 class File:
@@ -87,8 +105,20 @@ class File:
         self._part = INITIAL_PART
         self._last_miss_end = -1
         self._reserved = 0
-        self._last: tuple[int, int, int] | None = None  # (index, position, size) of the last hit
         self.closed = False
+        # The hit path's own views, made once: the FileMap's entries, the size word, this
+        # slot's published position, the touch counters, and the whole data window.
+        self._pos = self._page.position(self._slot)  # checks the slot, too
+        self._entries = Words(space.view(FILEMAP_OFFSET, 4096))
+        self._size_word = space.view(STATE_OFFSET + STATE_SIZE_OFFSET, 8).cast("q")
+        self._positions = space.view(
+            PROCPAGE_OFFSET + POSITIONS_OFFSET, 8 * HANDLE_SLOTS, writable=True
+        ).cast("q")
+        touch = space.view(PROCPAGE_OFFSET + TOUCH_OFFSET, 2 * MAX_PARTS, writable=True)
+        self._touch = touch.cast("H")
+        # Without MAP_FIXED (stitched mode) a view may not span frames: no window-wide view.
+        self._data = space.export(DATA_OFFSET, WINDOW_DATA) if space.mode == "map-fixed" else None
+        self._last = _NO_PART
 
     # ---------------------------------------------------------------- context
     async def __aenter__(self) -> File:
@@ -109,22 +139,45 @@ class File:
 
     def tell(self) -> int:
         self._check()
-        return self._page.position(self._slot)
+        return self._pos
 
     def seek(self, offset: int, whence: int = SEEK_SET) -> int:
         self._check()
-        base = {SEEK_SET: 0, SEEK_CUR: self.tell(), SEEK_END: self.size}.get(whence)
-        if base is None:
+        if whence == SEEK_SET:
+            position = offset
+        elif whence == SEEK_CUR:
+            position = self._pos + offset
+        elif whence == SEEK_END:
+            position = self._size_word[0] + offset
+        else:
             raise ValueError(f"invalid whence {whence}")
-        if base + offset < 0:
-            raise OSError(errno.EINVAL, f"{self.name}: negative seek position {base + offset}")
-        self._page.set_position(self._slot, base + offset)
-        return base + offset
+        if position < 0:
+            raise OSError(errno.EINVAL, f"{self.name}: negative seek position {position}")
+        self._pos = position
+        return position
+
+    def _publish(self) -> None:
+        """Store the position into the per-process page, where the kernel may look at it.
+
+        Called before every system call and on close; between them the position lives
+        in Python, so a hit costs no store for it.
+        """
+        self._positions[self._slot] = self._pos
+
+    def _moved(self, position: int) -> None:
+        """The position after a write: kept, and published at once as before."""
+        self._pos = position
+        self._positions[self._slot] = position
+
+    async def _call(self, request: msgspec.Struct, reply_type: type[T] | None) -> T:
+        """A system call of this file: the position is published first."""
+        self._publish()
+        return await self.proc.syscall(request, reply_type)
 
     @property
     def size(self) -> int:
-        """The file size from the read-only state page (no system call)."""
-        return self._state.size
+        """The file size from the read-only state page (one load, no system call)."""
+        return int(self._size_word[0])
 
     # ------------------------------------------------------------------ mapping
     def _raw(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
@@ -132,6 +185,8 @@ class File:
 
         Used only for a copy finished before the next await, so it need not be tracked.
         """
+        if self._data is not None and not writable:
+            return self._data[offset : offset + length]
         return self._space.raw_view(DATA_OFFSET + offset, length, writable=writable)
 
     async def _miss(self, position: int, want: int) -> None:
@@ -141,58 +196,113 @@ class File:
         else:
             self._part = INITIAL_PART
         size = max(want, self._part)
-        ready: PartReady = await self.proc.syscall(
-            CachePart(self.handle, position, size), PartReady
-        )
+        ready: PartReady = await self._call(CachePart(self.handle, position, size), PartReady)
         if ready.size == 0:
             raise PastEnd(errno.EIO, f"{self.name}: byte {position} is past the end of the file")
         self._last_miss_end = ready.position + ready.size
 
+    def _still(self, position: int) -> tuple[int, int]:
+        """(part index, bytes available) when the part of the last hit still holds
+        ``position``, else (0, 0): two loads instead of a search.
+
+        As safe as a search landing on that entry: a removed part's entry stays
+        readable until its grace period ends, then its size is cleared (so this says
+        no), and the index is reused only after that (``servers/vfs/filemap.py``).
+        """
+        index, first, stop, size_slot, position_slot = self._last
+        entries = self._entries
+        if (
+            first <= position < stop
+            and entries.i[size_slot] == stop - first
+            and entries.q[position_slot] == first
+        ):
+            return index, stop - position
+        return 0, 0
+
     async def _span(self, position: int, want: int) -> tuple[int, int]:
         """(part index, bytes available from ``position`` in that part), mapping it in if needed."""
-        last = self._last
-        if last is not None:
-            index, start, size = last
-            if start <= position < start + size and self._filemap.still(index, start, size):
-                return index, start + size - position
+        index, avail = self._still(position)
+        if index:
+            return index, avail
         for _ in range(MISS_RETRIES):
             hit = self._filemap.find(position)
             if hit is not None:
                 index, part = hit
-                self._last = (index, part.position, part.size)
-                return index, part.position + part.size - position
+                stop = part.position + part.size
+                self._last = (
+                    index,
+                    part.position,
+                    stop,
+                    (PARTS_OFFSET >> 2) + 4 * index - 2,
+                    (PARTS_OFFSET >> 3) + 2 * index - 2,
+                )
+                return index, stop - position
             await self._miss(position, want)
         raise OSError(errno.EIO, f"{self.name}: part at {position} keeps disappearing")
 
+    def _note_read(self, index: int) -> None:
+        """The per-part touch counter the kernel's second chance ages parts by (saturating)."""
+        touched = self._touch[index - 1]
+        if touched < TOUCH_MAX:
+            self._touch[index - 1] = touched + 1
+
     # -------------------------------------------------------------------- reads
     async def read(self, size: int = -1) -> bytes:
-        """Read up to ``size`` bytes (all to end of file when negative)."""
-        self._check()
-        pos = self.tell()
-        end = self.size if size < 0 else min(self.size, pos + size)
+        """Read up to ``size`` bytes (all to end of file when negative).
+
+        The hit path, for bytes inside the part of the last hit: the size word, two
+        loads to re-validate the part, one slice of the window view, the touch counter.
+        """
+        if self.closed:
+            self._check()
+        pos = self._pos
+        end = self._size_word[0]
+        if 0 <= size < end - pos:
+            end = pos + size
         if pos >= end:
             return b""
+        index, first, stop, size_slot, position_slot = self._last
+        data = self._data
+        entries = self._entries
+        if (
+            first <= pos
+            and end <= stop
+            and data is not None
+            and entries.i[size_slot] == stop - first
+            and entries.q[position_slot] == first
+        ):
+            out = data[pos:end].tobytes()
+            touch = self._touch
+            touched = touch[index - 1]
+            if touched < TOUCH_MAX:
+                touch[index - 1] = touched + 1
+            self._pos = end
+            return out
+        return await self._read_missed(pos, end)
+
+    async def _read_missed(self, pos: int, end: int) -> bytes:
+        """A read that needs a search of the FileMap, several parts, or a system call."""
         if end <= WINDOW_DATA:
             index, avail = await self._span(pos, end - pos)
             if avail >= end - pos:  # one part: one copy, straight out of the mapping
-                data = bytes(self._raw(pos, end - pos))
-                self._page.note_read(index)
-                self._page.set_position(self._slot, end)
+                data = self._raw(pos, end - pos).tobytes()
+                self._note_read(index)
+                self._pos = end
                 return data
         out = bytearray(end - pos)
         await self._copy_out(pos, memoryview(out))
-        self._page.set_position(self._slot, end)
+        self._pos = end
         return bytes(out)
 
     async def readinto(self, buffer: Any) -> int:
         """Read into a writable buffer; returns the byte count."""
         self._check()
         dst = memoryview(buffer).cast("B")
-        pos = self.tell()
-        n = max(0, min(len(dst), self.size - pos))
+        pos = self._pos
+        n = max(0, min(len(dst), self._size_word[0] - pos))
         if n:
             await self._copy_out(pos, dst[:n])
-            self._page.set_position(self._slot, pos + n)
+            self._pos = pos + n
         return n
 
     async def _copy_out(self, pos: int, dst: memoryview) -> None:
@@ -204,11 +314,11 @@ class File:
             index, avail = await self._span(pos + done, len(dst) - done)
             n = min(avail, len(dst) - done)
             dst[done : done + n] = self._raw(pos + done, n)
-            self._page.note_read(index)
+            self._note_read(index)
             done += n
 
     async def _legacy_read(self, pos: int, dst: memoryview) -> None:
-        data: Data = await self.proc.syscall(Read(self.handle, pos, len(dst)), Data)
+        data: Data = await self._call(Read(self.handle, pos, len(dst)), Data)
         dst[: len(data.data)] = data.data
 
     async def view(self, offset: int = 0, length: int | None = None) -> memoryview:
@@ -226,7 +336,7 @@ class File:
             pos = offset
             while pos < end:  # map every part of the range (misses may await)
                 index, avail = await self._span(pos, end - pos)
-                self._page.note_read(index)
+                self._note_read(index)
                 pos += avail
             if self._covered(offset, end):  # no await since: nothing was evicted meanwhile
                 return self._space.export(DATA_OFFSET + offset, end - offset)
@@ -251,8 +361,8 @@ class File:
         pos = self.size if self.flags & OpenFlags.APPEND else self.tell()
         end = pos + len(src)
         if end > WINDOW_DATA:
-            written: Written = await self.proc.syscall(Write(self.handle, pos, bytes(src)), Written)
-            self._page.set_position(self._slot, pos + written.count)
+            written: Written = await self._call(Write(self.handle, pos, bytes(src)), Written)
+            self._moved(pos + written.count)
             return written.count
         extending = end > self.size
         if extending and end > self._reserved:
@@ -264,7 +374,7 @@ class File:
             await self._store(pos, src)
         if extending:  # publish: readers see the size only after the data
             await self._set_size(end, write_start=pos)
-        self._page.set_position(self._slot, end)
+        self._moved(end)
         return len(src)
 
     async def _store(self, pos: int, src: memoryview) -> None:
@@ -281,16 +391,16 @@ class File:
         """Room for coming writes, grown geometrically so appends rarely need it."""
         slack = min(max(end - self.size, RESERVE_MIN), RESERVE_MAX)
         try:
-            await self.proc.syscall(SetSize(self.handle, end + slack, reserve=True), SizeSet)
+            await self._call(SetSize(self.handle, end + slack, reserve=True), SizeSet)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
             slack = 0  # the disk is nearly full: reserve exactly what this write needs
-            await self.proc.syscall(SetSize(self.handle, end, reserve=True), SizeSet)
+            await self._call(SetSize(self.handle, end, reserve=True), SizeSet)
         self._reserved = end + slack
 
     async def _set_size(self, size: int, *, write_start: int = -1) -> SizeSet:
-        result: SizeSet = await self.proc.syscall(
+        result: SizeSet = await self._call(
             SetSize(self.handle, size, write_start=write_start), SizeSet
         )
         if size < self._reserved:
@@ -306,26 +416,36 @@ class File:
     async def set_times(self, mtime: float) -> None:
         """Set the modification time (seconds since the epoch), like ``os.utime``."""
         self._check()
-        await self.proc.syscall(SetTimes(self.handle, mtime), FsInfo)
+        await self._call(SetTimes(self.handle, mtime), FsInfo)
 
     async def stat(self) -> FsInfo:
         """fstat: the open file's metadata, also after it was renamed or unlinked."""
         self._check()
-        info: FsInfo = await self.proc.syscall(StatHandle(self.handle), FsInfo)
+        info: FsInfo = await self._call(StatHandle(self.handle), FsInfo)
         return info
 
     async def flush(self) -> None:
         self._check()
-        await self.proc.syscall(Flush(self.handle), None)
+        await self._call(Flush(self.handle), None)
 
     async def fsync(self) -> None:
         self._check()
-        await self.proc.syscall(Fsync(self.handle), None)
+        await self._call(Fsync(self.handle), None)
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        for obj in (self._filemap, self._state, self._page):
-            obj.release()
+        self._publish()
+        self._release_views()
         await self.proc.syscall(Close(self.handle), None)
+
+    def _release_views(self) -> None:
+        """Drop every view onto the window so the address space can unmap it at close."""
+        for obj in (self._filemap, self._state, self._page, self._entries):
+            obj.release()
+        for view in (self._size_word, self._positions, self._touch):
+            view.release()
+        if self._data is not None:
+            self._data.release()
+            self._data = None

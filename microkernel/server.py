@@ -27,7 +27,6 @@ from typing import Any, ClassVar, Final
 
 import anyio
 import msgspec
-import structlog
 
 from microkernel.errors import MalformedMessage, ServerCrashed
 from microkernel.ipc import CALL, Endpoint, Envelope, Router, message_type
@@ -192,8 +191,10 @@ class Server:
         tracer = self.router.tracer
         start = time.monotonic_ns() if tracer.enabled else 0
         try:
-            if tracer.enabled:
-                with structlog.contextvars.bound_contextvars(corr=env.corr):
+            if tracer.enabled:  # a tracer with a sink has loaded structlog already
+                from structlog.contextvars import bound_contextvars
+
+                with bound_contextvars(corr=env.corr):
                     result = await handler(env, msg)
             else:
                 result = await handler(env, msg)

@@ -11,6 +11,12 @@ Two audiences, one function (:func:`configure_logging`):
 Tracing is off the hot path unless asked for: callers test ``tracer.enabled``
 (one attribute load) before building an event, so a disabled tracer costs less
 than a filtered structlog call.
+
+structlog itself is imported on the first event or the first trace, not at
+import time: its console renderer pulls in rich (~0.1 s), which a one-shot
+command that logs nothing should not pay. :data:`log` is a lazy stand-in that
+binds like structlog's logger and becomes one on first use;
+:func:`configure_logging` is applied then, or at once if structlog is loaded.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ import logging
 import sys
 import time
 from collections.abc import MutableMapping
-from typing import IO, Any, TextIO, cast
+from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 
 import msgspec
-import structlog
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 # The correlation id of the system call being served: every message a handler
 # sends inherits it, so one read() can be followed across all servers.
@@ -50,6 +58,7 @@ class Tracer:
         self.enabled = sink is not None
         self._log: Any = None
         if sink is not None:
+            structlog = _structlog()
             self._log = structlog.wrap_logger(
                 structlog.WriteLogger(cast(TextIO, sink)),
                 processors=[structlog.contextvars.merge_contextvars, _render_json],
@@ -100,7 +109,36 @@ DISABLED = Tracer()
 def configure_logging(
     *, level: str = "warning", trace_path: str | None = None, json_console: bool = False
 ) -> Tracer:
-    """Configure structlog for people (console) and return the tracer for machines (JSON lines)."""
+    """Configure structlog for people (console) and return the tracer for machines (JSON lines).
+
+    The configuration is applied when structlog is first needed (see the module's
+    docstring), or now if it is already loaded.
+    """
+    global _pending
+    _pending = (level, json_console)
+    if "structlog" in sys.modules:
+        _structlog()
+    if trace_path is None:
+        return Tracer()
+    return Tracer(open(trace_path, "w", encoding="utf-8", buffering=1 << 16))
+
+
+_pending: tuple[str, bool] | None = None  # configure_logging's settings, not yet applied
+
+
+def _structlog() -> ModuleType:
+    """structlog, imported now if need be, with any pending configuration applied."""
+    global _pending
+    import structlog
+
+    if _pending is not None:
+        level, json_console = _pending
+        _pending = None
+        _configure(structlog, level, json_console)
+    return structlog
+
+
+def _configure(structlog: Any, level: str, json_console: bool) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_serialize)
         if json_console
@@ -120,13 +158,28 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    if trace_path is None:
-        return Tracer()
-    return Tracer(open(trace_path, "w", encoding="utf-8", buffering=1 << 16))
 
 
 def _passthrough(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event
 
 
-log = structlog.get_logger("microkernel")
+class LazyLogger:
+    """Binds like a structlog logger; imports structlog and becomes one on the first event."""
+
+    __slots__ = ("_context", "_logger")
+
+    def __init__(self, context: dict[str, Any] | None = None) -> None:
+        self._context = context or {}
+        self._logger: Any = None
+
+    def bind(self, **values: Any) -> LazyLogger:
+        return LazyLogger({**self._context, **values})
+
+    def __getattr__(self, name: str) -> Any:  # debug, info, warning, error, critical, ...
+        if self._logger is None:
+            self._logger = _structlog().get_logger("microkernel").bind(**self._context)
+        return getattr(self._logger, name)
+
+
+log = LazyLogger()

@@ -9,6 +9,7 @@ under its short name, as Windows and Linux do.
 
 from __future__ import annotations
 
+import bisect
 import struct
 import time
 from dataclasses import dataclass, field, replace
@@ -136,11 +137,50 @@ class DirSlot:
 
 @dataclass(slots=True)
 class DirListing:
+    """A parsed directory: live slots in index order, and indexes built on first use.
+
+    The FAT server keeps one per directory and updates it in place on a create
+    (:meth:`add`), so a create in a directory of n entries costs no reparse, no
+    rebuilt name index and no scan for free entries when none was deleted.
+    """
+
     slots: list[DirSlot] = field(default_factory=list)
     end: int = 0  # index of the end marker (entries from here on are free)
     orphan_lfn: int = 0
     bad_checksum: int = 0
     _by_name: dict[str, DirSlot] | None = None
+    deleted: int = 0  # deleted entries before ``end``: 0 means new entries go at ``end``
+    _short_names: set[bytes] | None = None
+
+    def short_names(self) -> set[bytes]:
+        """The 11-byte short names in use (built once, then kept by :meth:`add`); read only."""
+        if self._short_names is None:
+            self._short_names = {s.entry.name for s in self.slots}
+        return self._short_names
+
+    def slot_at(self, index: int) -> DirSlot | None:
+        """The live slot whose short entry is at ``index`` (binary search)."""
+        k = bisect.bisect_left(self.slots, index, key=_slot_index)
+        if k < len(self.slots) and self.slots[k].index == index:
+            return self.slots[k]
+        return None
+
+    def add(self, slot: DirSlot, end: int, reused: int) -> None:
+        """A new entry set was written: ``slot`` is its parsed form, ``end`` the new end
+        marker, ``reused`` how many deleted entries before the old end it took over."""
+        bisect.insort(self.slots, slot, key=_slot_index)
+        self.end = end
+        self.deleted -= reused
+        if self._short_names is not None:
+            self._short_names.add(slot.entry.name)
+        if self._by_name is not None and not (slot.entry.is_label or slot.entry.is_dot):
+            names = [short_display(slot.entry.name).upper()]
+            if slot.long_name is not None:
+                names.append(slot.long_name.upper())
+            for name in names:  # the first entry of a name wins, as in a fresh index
+                held = self._by_name.get(name)
+                if held is None or held.index > slot.index:
+                    self._by_name[name] = slot
 
     def find(self, wanted_upper: str) -> DirSlot | None:
         """The first live file or directory entry whose long or short name matches.
@@ -163,18 +203,23 @@ class DirListing:
 
         Keeps a parsed directory true without parsing it again.
         """
-        for k, slot in enumerate(self.slots):
-            if slot.index == index:
-                new = DirSlot(slot.index, slot.first_index, entry, slot.long_name)
-                self.slots[k] = new
-                if self._by_name is not None:
-                    names = [short_display(entry.name).upper()]
-                    if slot.long_name is not None:
-                        names.append(slot.long_name.upper())
-                    for name in names:
-                        if self._by_name.get(name) is slot:
-                            self._by_name[name] = new
-                return
+        k = bisect.bisect_left(self.slots, index, key=_slot_index)
+        if k == len(self.slots) or self.slots[k].index != index:
+            return
+        slot = self.slots[k]
+        new = DirSlot(slot.index, slot.first_index, entry, slot.long_name)
+        self.slots[k] = new
+        if self._by_name is not None:
+            names = [short_display(entry.name).upper()]
+            if slot.long_name is not None:
+                names.append(slot.long_name.upper())
+            for name in names:
+                if self._by_name.get(name) is slot:
+                    self._by_name[name] = new
+
+
+def _slot_index(slot: DirSlot) -> int:
+    return slot.index
 
 
 @dataclass(slots=True)
@@ -196,6 +241,7 @@ def parse_directory(data: bytes | bytearray) -> DirListing:
             break
         if raw[0] == DELETED_MARK:
             out.orphan_lfn += pending is not None
+            out.deleted += 1
             pending = None
             continue
         if raw[11] & 0x3F == ATTR_LFN:

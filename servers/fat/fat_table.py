@@ -1,14 +1,18 @@
 """The file allocation table held in memory: entries, bounded chains, allocation.
 
 Pure code. The table keeps the raw bytes of one FAT copy (so dirty sectors can be
-written back to every copy) and a decoded list of entries (so chain walks and free
-space scans are plain list indexing). Every chain walk is bounded by the cluster
-count and detects cycles, so a damaged FAT can never hang a caller.
+written back to every copy), a decoded list of entries (so chain walks are plain
+list indexing) and a free map, one byte per cluster (1 = free), kept in step with
+every change: allocation searches it with ``bytearray.find`` from the next-free
+hint, in C, and stops at the first fit, so it never walks the whole FAT in Python.
+Every chain walk is bounded by the cluster count and detects cycles, so a damaged
+FAT can never hang a caller.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Iterable
 
 from servers.fat.errors import BadChain, NoSpace
@@ -34,14 +38,27 @@ class FatTable:
         self.bad = self.eoc_min - 1
         self.eoc = self.mask
         self._raw = bytearray(raw)
-        self._entries = [self._decode(n) for n in range(max_cluster + 1)]
+        self._entries = self._decode_all(max_cluster + 1)
         self._dirty: set[int] = set()
-        self.free_count = sum(1 for v in self._entries[2:] if v == FREE)
+        # Cluster n is free iff _free[n] == 1 (entries 0 and 1 are never free).
+        self._free = bytearray(2) + bytes([v == FREE for v in self._entries[2:]])
+        self.free_count = self._free.count(1)
         self.next_free = 2
         self.version = 0  # bumped by every change, so walks of the table can be cached
         self.freed: set[int] = set()  # clusters freed since the owner last took this set
 
     # -- raw encoding -----------------------------------------------------
+    def _decode_all(self, count: int) -> list[int]:
+        """Entries 0..count-1 at mount: FAT16/32 by one native cast of the raw bytes
+        (a mount of a big volume decodes in C, not entry by entry)."""
+        width = {16: 2, 32: 4}.get(self.fat_type)
+        if width is None or sys.byteorder != "little" or len(self._raw) < width * count:
+            return [self._decode(n) for n in range(count)]
+        values = memoryview(self._raw)[: width * count].cast("H" if width == 2 else "I").tolist()
+        if width == 4 and values and max(values) > 0x0FFFFFFF:
+            return [v & 0x0FFFFFFF for v in values]  # the 4 reserved bits are not the entry
+        return values
+
     def _decode(self, n: int) -> int:
         raw = self._raw
         if self.fat_type == 12:
@@ -86,6 +103,7 @@ class FatTable:
             self.free_count += (value == FREE) - (old == FREE)
             if value == FREE and old != FREE:
                 self.freed.add(n)
+            self._free[n] = value == FREE
         self._entries[n] = value
         self._encode(n, value)
 
@@ -206,38 +224,45 @@ class FatTable:
     def _pick(self, count: int, after: int | None) -> list[int]:
         if after is not None and self._free_span(after + 1, count):
             return list(range(after + 1, after + 1 + count))
-        runs = self.free_runs(self.next_free)
-        for start, length in runs:
-            if length >= count:
-                return list(range(start, start + count))
-        picked: list[int] = []
-        for start, length in sorted(runs, key=lambda r: -r[1]):
+        start = self._first_fit(count)
+        if start is not None:
+            return list(range(start, start + count))
+        picked: list[int] = []  # no run is long enough: the largest runs first
+        for first, length in sorted(self.free_runs(self.next_free), key=lambda r: -r[1]):
             take = min(length, count - len(picked))
-            picked.extend(range(start, start + take))
+            picked.extend(range(first, first + take))
             if len(picked) == count:
                 break
         return picked
 
+    def _first_fit(self, count: int) -> int | None:
+        """Start of the first free run of ``count`` clusters from the hint (wrapping)."""
+        hint = self.next_free if 2 <= self.next_free <= self.max_cluster else 2
+        want = b"\1" * count
+        at = self._free.find(want, hint)
+        if at < 0:  # wrapped: a run may straddle the hint
+            at = self._free.find(want, 2, min(hint + count - 1, self.max_cluster + 1))
+        return None if at < 0 else at
+
     def _free_span(self, start: int, count: int) -> bool:
         end = start + count
-        return end - 1 <= self.max_cluster and all(
-            self._entries[c] == FREE for c in range(start, end))
+        return end - 1 <= self.max_cluster and self._free.find(b"\1" * count, start, end) == start
 
     def free_runs(self, hint: int = 2) -> list[tuple[int, int]]:
-        """All free runs as (start, length), in scan order from ``hint`` (wrapping)."""
+        """All free runs as (start, length), in scan order from ``hint`` (wrapping).
+
+        Walks the free map with ``find``: the cost is per run, not per cluster.
+        """
         hint = hint if 2 <= hint <= self.max_cluster else 2
-        entries = self._entries
+        free = self._free
         out: list[tuple[int, int]] = []
         for lo, hi in ((hint, self.max_cluster + 1), (2, hint)):
-            c = lo
-            while c < hi:
-                if entries[c] != FREE:
-                    c += 1
-                    continue
-                start = c
-                while c < hi and entries[c] == FREE:
-                    c += 1
-                out.append((start, c - start))
+            c = free.find(1, lo, hi)
+            while c >= 0:
+                end = free.find(0, c, hi)
+                end = hi if end < 0 else end
+                out.append((c, end - c))
+                c = free.find(1, end, hi)
         return out
 
     def free_chain(self, start: int) -> int:
@@ -255,6 +280,7 @@ class FatTable:
             self.set(c, FREE)
 
     def recount_free(self) -> int:
+        """The free count from the entries themselves (an audit of the kept count and map)."""
         self.free_count = sum(1 for v in self._entries[2:] if v == FREE)
         return self.free_count
 

@@ -68,6 +68,7 @@ from servers.fat.errors import (
 )
 from servers.fat.fat_table import FREE, FatTable
 from servers.fat.names import (
+    ATTR_LFN,
     encode_lfn,
     exact_short_name,
     generate_short_name,
@@ -454,7 +455,10 @@ class FatVolume:
         do not count as taken.
         """
         validate_long_name(name)
-        taken = {s.entry.name for s in d.listing.slots if s.index not in ignore}
+        if ignore:
+            taken = {s.entry.name for s in d.listing.slots if s.index not in ignore}
+        else:
+            taken = d.listing.short_names()  # kept by the listing: no walk per create
         exact = exact_short_name(name)
         if exact is not None and exact[0] not in taken:
             return [template.with_(name=exact[0], nt_flags=exact[1]).pack()]
@@ -464,7 +468,10 @@ class FatVolume:
 
     def _growth(self, d: _Dir, need: int) -> tuple[int, int]:
         """Where ``need`` entries go in ``d`` and how many clusters the directory must gain."""
-        at = find_free_run(d.data, need, d.listing.end)
+        end = d.listing.end
+        if d.listing.deleted == 0 and end + need <= len(d.data) // ENTRY_SIZE:
+            return end, 0  # nothing deleted before the end: the first free run is at the end
+        at = find_free_run(d.data, need, end)
         if at is not None:
             return at, 0
         if d.fixed:
@@ -491,6 +498,7 @@ class FatVolume:
         at, extra = self._growth(d, need)
         if extra:
             await self._grow_dir(d, extra)
+        old_end = d.listing.end
         for i, raw in enumerate(entries):
             d.data[(at + i) * ENTRY_SIZE:(at + i + 1) * ENTRY_SIZE] = raw
         count = need
@@ -509,8 +517,33 @@ class FatVolume:
             await self._write_entries(d, lo, hi - lo + 1)
         else:
             await self._write_entries(d, at, count)
+        if replacing is None and self._listed_in_place(d, at, need, old_end):
+            return at, together
         d.listing = parse_directory(d.data)
         return at, together
+
+    @staticmethod
+    def _listed_in_place(d: _Dir, at: int, need: int, old_end: int) -> bool:
+        """Add the entries just written at ``at`` to ``d``'s parsed listing without a reparse.
+
+        Only where a reparse could not read them differently: they parse on their own
+        as one complete entry set, and the entry before them is no long-name entry
+        that a reparse might join to them. Otherwise False: the caller reparses.
+        """
+        if at > 0:
+            before = d.data[(at - 1) * ENTRY_SIZE:at * ENTRY_SIZE]
+            if before[0] != DELETED_MARK and before[11] & 0x3F == ATTR_LFN:
+                return False
+        alone = parse_directory(bytes(d.data[at * ENTRY_SIZE:(at + need) * ENTRY_SIZE]))
+        if len(alone.slots) != 1 or alone.orphan_lfn or alone.bad_checksum or alone.deleted:
+            return False
+        (slot,) = alone.slots
+        if slot.first_index != 0 or slot.index != need - 1:
+            return False
+        placed = DirSlot(at + slot.index, at, slot.entry, slot.long_name)
+        end = max(old_end, at + need)
+        d.listing.add(placed, end, reused=max(0, min(at + need, old_end) - at))
+        return True
 
     def _one_page(self, d: _Dir, first: int, last: int) -> bool:
         """Do entries first..last lie in consecutive sectors of one 4 KiB device page?"""
@@ -848,10 +881,10 @@ class FatVolume:
 
     @staticmethod
     def _slot_at(d: _Dir, index: int) -> DirSlot:
-        for slot in d.listing.slots:
-            if slot.index == index:
-                return slot
-        raise AssertionError(f"no entry at {index}")  # pragma: no cover
+        slot = d.listing.slot_at(index)
+        if slot is None:  # pragma: no cover
+            raise AssertionError(f"no entry at {index}")
+        return slot
 
     async def mkdir(self, path: str) -> FileInfo:
         """Create a directory with '.' and '..'; the new cluster is written before the entry."""

@@ -61,6 +61,7 @@ PAGE_SIZE: Final = 4096
 STATE_SEQ_OFFSET: Final = 0
 STATE_FIELDS_OFFSET: Final = 4
 STATE_FIELDS_FORMAT: Final = "<IqqqH"  # attributes, size, allocated, mtime_ns, name_length
+STATE_SIZE_OFFSET: Final = STATE_FIELDS_OFFSET + 4  # the int64 size alone, naturally aligned
 STATE_NAME_OFFSET: Final = 64
 NAME_MAX: Final = 1024
 STATE_READ_ATTEMPTS: Final = 100_000
@@ -79,6 +80,7 @@ TOUCH_READ: Final = 1
 TOUCH_WRITE: Final = 2
 
 assert STATE_FIELDS_OFFSET + _STATE_FIELDS.size <= STATE_NAME_OFFSET
+assert STATE_SIZE_OFFSET % 8 == 0
 assert STATE_NAME_OFFSET + NAME_MAX <= PAGE_SIZE
 assert POSITIONS_OFFSET + 8 * HANDLE_SLOTS == TOUCH_OFFSET
 assert TOUCH_OFFSET + 2 * MAX_PARTS == DIRTY_OFFSET
@@ -141,7 +143,7 @@ class FileStatePage:
     def __init__(self, buf: Buffer, *, writable: bool = False) -> None:
         self._raw = _page_view(buf, writable=writable)
         self._seq = self._raw[:4].cast("I")
-        self._size = self._raw[8:16].cast("q")
+        self._size = self._raw[STATE_SIZE_OFFSET : STATE_SIZE_OFFSET + 8].cast("q")
 
     def write(self, state: FileState) -> None:
         """Kernel side: publish a new state; ``seq`` is odd for exactly the duration."""
