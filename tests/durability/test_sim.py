@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 ALL_FAULTS = ",".join(sim.FAULT_KINDS)
-# The CI sweep's faults: every kind but ``drop``, which finds a FAT bug still open (the
-# unmount runs beside an operation whose barrier reply was lost and marks the volume
-# clean over its lost cluster: microkernel torture --seed 14 --ops 40 --faults drop).
+# The CI sweep's faults: every kind but ``drop``, which finds a bug still open (a lost
+# cluster left after mount repair when a barrier's reply is lost; see docs/sim.md):
+# microkernel torture --seed 14 --ops 40 --processes 3 --faults drop.
 SWEEP_FAULTS = frozenset(sim.FAULT_KINDS) - {"drop"}
 
 
