@@ -1,4 +1,4 @@
-"""The shell commands of DESIGN §7: ``ls cat stat cp mkdir rmdir rm mv du df`` on ``IMAGE::/path``.
+"""The shell commands: ``ls cat stat cp mkdir rmdir rm mv du df`` on ``IMAGE::/path``.
 
 Each command boots the whole system on its image and works through the file
 library (``system.spawn``, ``proc.open`` ...), so every invocation exercises the

@@ -1,4 +1,4 @@
-"""``IMAGE::/path`` locations on the command line (DESIGN §7), like mtools' ``::``.
+"""``IMAGE::/path`` locations on the command line (see README.md), like mtools' ``::``.
 
 Pure parsing, no I/O: the shell commands and their tests share one rule for
 telling an image path from a host path and for normalising the path inside

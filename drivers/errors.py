@@ -1,6 +1,6 @@
 """Typed driver errors, registered so that their class survives the trip across IPC.
 
-Each fixes its errno (DESIGN §3: errors cross IPC as data), so a caller can
+Each fixes its errno (docs/architecture.md §3: errors cross IPC as data), so a caller can
 catch ``OSError`` and look at ``errno`` or catch the class itself.
 """
 

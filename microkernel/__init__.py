@@ -1,6 +1,6 @@
 """A zero-copy microkernel file system, modelled in asyncio.
 
-Public interface (DESIGN §7)::
+Public interface (see README.md)::
 
     import microkernel
     async with microkernel.boot(image="disk.img", driver="nvme", memory=256 * 2**20) as system:

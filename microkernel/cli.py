@@ -1,4 +1,4 @@
-"""The ``microkernel`` command line (DESIGN §7).
+"""The ``microkernel`` command line (see README.md).
 
 Every command that touches an image boots the whole system on it and works
 through the file library, so each one exercises the real message path. An

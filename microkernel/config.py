@@ -48,7 +48,7 @@ def message_types(union: Any) -> list[str]:
 def default_capabilities(
     devices: list[str], filesystems: list[str]
 ) -> dict[str, dict[str, list[str]]]:
-    """Who may send which message types to whom (DESIGN §3), from the protocol modules.
+    """Who may send which message types to whom (docs/architecture.md §3), from the protocol modules.
 
     Processes send only system calls to the kernel file driver; only the cache
     sends cache notifications (``SectorsReady``, ``CacheFailed``, ``GiveBack``);

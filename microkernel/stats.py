@@ -13,7 +13,7 @@ from collections import Counter
 
 import msgspec
 
-#: The scalar counters of DESIGN §7, in the order reports show them.
+#: The scalar counters the README lists, in the order reports show them.
 SCALAR_COUNTERS = (
     "bytes_copied",
     "bytes_zero_copy",
@@ -36,7 +36,7 @@ OTHER_TYPES = "(other)"
 
 
 class Statistics(msgspec.Struct, frozen=True, kw_only=True):
-    """Immutable snapshot of the counters named in DESIGN §7 (plus breakdowns)."""
+    """Immutable snapshot of the counters the README lists (plus breakdowns)."""
 
     bytes_copied: int = 0
     bytes_zero_copy: int = 0

@@ -84,7 +84,7 @@ def copy(server: str, reason: str, nbytes: int, t: int, corr: int = 0) -> dict[s
     }
 
 
-# One read() miss (corr 7), following DESIGN.md §4, in delivery order.
+# One read() miss (corr 7), following docs/architecture.md §4, in delivery order.
 READ_FLOW: list[tuple[str, str, str, str]] = [
     ("proc:1", "vfs", "CachePart", "call"),
     ("vfs", "fat0", "MapRange", "call"),

@@ -1,4 +1,4 @@
-"""The block driver conformance suite (DESIGN §6): what every driver must do.
+"""The block driver conformance suite (docs/architecture.md §2): what every driver must do.
 
 Parametrized by ``pytest_generate_tests`` over ``--driver`` (or all built-ins)
 at logical sector sizes 512 and 4096. Every check goes through messages; the

@@ -1,8 +1,7 @@
 """Page geometry of a cached device: which logical sectors each 4 KiB cache page holds.
 
 Pure arithmetic, no I/O. Cache pages follow the device's *physical* sectors so
-that writeback writes whole physical sectors (DESIGN §4, "When zero-copy is
-possible"): page ``n`` starts at logical sector ``origin + n * spp`` with
+that writeback writes whole physical sectors (docs/architecture.md §4): page ``n`` starts at logical sector ``origin + n * spp`` with
 ``spp = 4096 // logical_sector_size`` and ``origin = alignment_offset % spp``.
 
 Choice for the edges (documented here because every consumer depends on it):

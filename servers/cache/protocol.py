@@ -6,7 +6,7 @@ Cache pages are 4 KiB frames aligned to the device's *physical* sectors: page
 sector (``page_lba``). Requests name logical sector extents; the cache covers
 them with pages.
 
-Flow of a read miss (DESIGN §4): the file system sends ``CacheRead`` with
+Flow of a read miss (docs/architecture.md §4): the file system sends ``CacheRead`` with
 ``notify`` set to the kernel file driver; when every page is present the cache
 sends ``SectorsReady`` (or ``CacheFailed``) **to the notify port**, not back to
 the file system. Each page listed in ``SectorsReady`` or ``Pages`` carries one

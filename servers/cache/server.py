@@ -4,7 +4,7 @@ It owns up to ``capacity_pages`` physical frames (allocated lazily, from the
 zone each device can DMA into), asks the drivers to DMA sectors straight into
 them, and hands ``(sector, physical address)`` pairs to whoever waits: the
 kernel file driver for ``CacheRead`` (``SectorsReady`` goes to the *notify*
-port, DESIGN §4), the caller for ``CacheMap``. No file data ever crosses a
+port, docs/architecture.md §4), the caller for ``CacheMap``. No file data ever crosses a
 message or is copied here.
 
 Memory pressure, in order of cost: evict clean unpinned pages by second
@@ -90,7 +90,7 @@ def _errno_of(exc: OSError) -> tuple[int, str]:
 
 
 class CacheServer(Server):
-    """The disc cache manager server (DESIGN §4): pages, wait lists, writeback, replacement."""
+    """The disc cache manager server (docs/architecture.md §4): pages, wait lists, writeback, replacement."""
 
     protocol = CacheRequest
     concurrent = True
