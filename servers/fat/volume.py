@@ -180,6 +180,10 @@ class FatVolume:
         self.was_dirty = False
         self.repairs = 0  # what mount repair changed on a volume left dirty (see _repair)
         self.write_error: str | None = None  # set when a barrier failed: no more writes
+        # Set when an I/O call failed (a lost reply, EIO): the operation it belonged to
+        # stopped part-way, its in-memory changes (a cluster allocated, an entry) half on
+        # disk; unmount then keeps the dirty flag, and the next mount repairs.
+        self.io_error: str | None = None
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
         # File identity: an id per directory-entry location, moved by rename, dropped by
@@ -260,19 +264,27 @@ class FatVolume:
             await self._write(0, raw)
 
     async def unmount(self) -> None:
-        """Flush everything, write FSInfo, clear the dirty flag. Closes open handles."""
+        """Flush everything, write FSInfo, clear the dirty flag. Closes open handles.
+
+        The flag is cleared only if every operation finished: after an I/O error
+        stopped one part-way (``io_error``), the FAT may hold a cluster allocated
+        for an entry never written; the flag stays set and the next mount repairs.
+        """
         if not self._mounted:
             return
         for handle in list(self._handles):
             try:
                 await self.close(handle)
-            except FatError:
-                if self.write_error is None:
+            except OSError:
+                if self.write_error is None and self.io_error is None:
                     raise
         if not self.read_only and self.write_error is None:
             if self.boot.fat_type == 32:
                 await self._write_fsinfo()
-            await self._set_dirty(False)
+            if self.io_error is None:
+                await self._set_dirty(False)
+            else:
+                await self._flush_fat()
             await self.io.flush()
         self._mounted = False
 
@@ -289,10 +301,25 @@ class FatVolume:
 
     # ================================================================ low-level I/O
     async def _read(self, sector: int, count: int) -> bytes:
-        return await self.io.read(sector * self._scale, count * self._scale)
+        try:
+            return await self.io.read(sector * self._scale, count * self._scale)
+        except OSError as exc:
+            self._io_failed(exc)
+            raise
 
     async def _write(self, sector: int, data: bytes) -> None:
-        await self.io.write(sector * self._scale, data)
+        try:
+            await self.io.write(sector * self._scale, data)
+        except OSError as exc:
+            self._io_failed(exc)
+            raise
+
+    def _io_failed(self, exc: OSError) -> None:
+        """Remember that an operation stopped part-way (see ``io_error``): not clean."""
+        if self.io_error is None:
+            self.io_error = exc.strerror or str(exc)
+            self.problems.append(f"an I/O error stopped an operation part-way ({exc}); "
+                                 f"the dirty flag stays set for the next mount to repair")
 
     async def _flush_fat(self) -> None:
         """Write the dirty FAT sectors, in contiguous runs, to every (mirrored) FAT copy."""
@@ -343,6 +370,7 @@ class FatVolume:
         try:
             await self.io.barrier(data)
         except OSError as exc:
+            self._io_failed(exc)
             self.write_error = exc.strerror or str(exc)
             self.problems.append(f"metadata write failed, volume stopped writing: {exc}")
             raise
