@@ -68,7 +68,8 @@ def fsck(path: Path) -> tuple[int, list[str]]:
 
 # A rename is cut between writing the new entry and removing the old one: both names
 # share the file's clusters. No order of two separate sector writes avoids this
-# window (the other order loses the file); mount repair keeps one name.
+# window (the other order loses the file); mount repair keeps the new name (the old one
+# is marked; docs/fat.md).
 RENAME_WINDOW = (
     re.compile(r"^/?[^ ].*$"),
     re.compile(r"^ *share clusters\.$"),

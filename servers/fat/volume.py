@@ -84,6 +84,11 @@ PAGE_BYTES = 4096  # the unit a power cut keeps or loses whole (a cache page)
 ROOT_KEY = -1  # key of the root directory in node locations, whatever its cluster
 ROOT_ID = ROOT_FILE_ID  # file id of the root directory; entries get ids from 2 on
 MAX_DIR_DEPTH = 4096  # bound on the '..' links walked to find a directory's ancestors
+# A bit of the short entry's NT byte that no FAT implementation uses (Windows NT uses
+# 0x08 and 0x10 for lower-case names; fsck.fat and mtools ignore the rest): set on a
+# rename's old entry before its new entry is written, so that a cut between the two
+# writes tells mount repair which of the two names is the old one (docs/fat.md).
+NT_RENAMED_FROM = 0x80
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +152,15 @@ class _Node:
     opens: int = 0
     unlinked: bool = False
     reserved: int = 0  # bytes allocated beyond the published size (FsSetSize allocate_only)
+
+
+@dataclass(slots=True)
+class _Named:
+    """A name mount repair met for a cluster: its path, directory and entry."""
+
+    path: str
+    dir_key: int
+    slot: DirSlot
 
 
 @dataclass(slots=True)
@@ -544,6 +558,8 @@ class FatVolume:
                 d.data[i * ENTRY_SIZE] = DELETED_MARK
             await self._write_entries(d, lo, hi - lo + 1)
         else:
+            if replacing is not None:  # two writes: the old name is marked before the new
+                await self._mark_renamed_from(d, replacing)
             await self._write_entries(d, at, count)
         if replacing is None and self._listed_in_place(d, at, need, old_end):
             return at, together
@@ -1040,6 +1056,8 @@ class FatVolume:
         if replaced is not None and same_dir and replaced.index == src_slot.index:
             replaced = None
         removed = False  # the old entry went in the same write as the new one
+        if not (same_dir and replaced is None):  # else _insert: one write, or marks first
+            await self._mark_renamed_from(target if same_dir else s.parent, src_slot)
         if replaced is not None and not replaced.entry.is_dir and replaced.name == d.leaf:
             first, index, entry = await self._take_over(target, replaced, src_slot.entry)
         else:
@@ -1064,6 +1082,20 @@ class FatVolume:
             await self._fix_dotdot(src_slot.entry.cluster, target.key)
         await self._flush_fat()
 
+    async def _mark_renamed_from(self, d: _Dir, slot: DirSlot) -> None:
+        """Mark a rename's old short entry (``NT_RENAMED_FROM``) before the new one is written.
+
+        Until the old entry is removed both names share the file's clusters;
+        the mark tells mount repair which name the rename was leaving, so it
+        completes the rename whatever order its walk finds the two names in.
+        The new entry is built from the unmarked entry, so it never carries the mark.
+        """
+        at = slot.index * ENTRY_SIZE
+        entry = ShortEntry.unpack(bytes(d.data[at:at + ENTRY_SIZE]))
+        d.data[at:at + ENTRY_SIZE] = entry.with_(
+            nt_flags=entry.nt_flags | NT_RENAMED_FROM).pack()
+        await self._write_entries(d, slot.index, 1)
+
     async def _take_over(self, d: _Dir, replaced: DirSlot,
                          entry: ShortEntry) -> tuple[int, int, ShortEntry]:
         """Write ``entry`` over the replaced file's short entry (keeping its name bytes).
@@ -1071,7 +1103,8 @@ class FatVolume:
         The replaced file's clusters are freed at the caller's FAT flush, after
         the entry is on disk, or at its last close if it is open.
         """
-        entry = entry.with_(name=replaced.entry.name, nt_flags=replaced.entry.nt_flags)
+        entry = entry.with_(name=replaced.entry.name,
+                            nt_flags=replaced.entry.nt_flags & ~NT_RENAMED_FROM)
         at = replaced.index * ENTRY_SIZE
         d.data[at:at + ENTRY_SIZE] = entry.pack()
         await self._write_entries(d, replaced.index, 1)
@@ -1523,18 +1556,23 @@ class FatVolume:
 
         Runs at a read-write mount of a volume whose dirty flag was set, before
         anything is served. Two names for one chain (a rename cut between its
-        two entry writes) keep the first name found; a file whose chain is longer
-        than its size loses the tail, one whose chain is shorter (or cut by a
-        free cluster) is shrunk to the chain; allocated clusters no entry reaches
-        (an allocation or a free cut short) are freed. Each repair is a problem
-        entry and counts in ``repairs``. Damage no write order explains (cycles,
-        directory loops, cross-links inside chains) is left for ``check`` and EIO.
+        two entry writes) keep the new name: the old one carries the
+        ``NT_RENAMED_FROM`` mark (without a mark on exactly one of them, the first
+        name found stays); a directory's ``..`` is made to name the parent its
+        kept name is in; a mark left on a single name (a cut before the new name
+        was written) is cleared. A file whose chain is longer than its size loses
+        the tail, one whose chain is shorter (or cut by a free cluster) is shrunk
+        to the chain; allocated clusters no entry reaches (an allocation or a free
+        cut short) are freed. Each repair is a problem entry and counts in
+        ``repairs``. Damage no write order explains (cycles, directory loops,
+        cross-links inside chains) is left for ``check`` and EIO.
         """
         root = self._root_cluster
         claimed: set[int] = set()
-        starts: dict[int, str] = {}
+        names: dict[int, _Named] = {}  # first cluster -> the name kept for it so far
         stack: list[tuple[int, str, frozenset[int]]] = [(root, "", frozenset({root}))]
         seen: set[int] = set()
+        queued = {root}  # a directory kept under its second name is queued once
         doubtful = False  # damage we do not understand: then no cluster is called lost
         while stack:
             key, path, ancestors = stack.pop()
@@ -1552,25 +1590,64 @@ class FatVolume:
                 if slot.entry.is_dot or slot.entry.is_label:
                     continue
                 child, cl = f"{path}/{slot.name}", slot.entry.cluster
-                if cl and cl in starts:
-                    await self._delete_slot(d, slot)
-                    self._repaired(f"{child}: second name of {starts[cl]} (a rename cut "
-                                   "between its entries) removed")
-                    continue
-                if cl:
-                    starts[cl] = child
+                named = _Named(child, d.key, slot)
+                if cl and cl in names:
+                    if not await self._keep_one_name(names[cl], named):
+                        continue
+                    names[cl] = named  # the new name was found second
+                elif cl:
+                    names[cl] = named
                 if slot.entry.is_dir:
                     if cl in ancestors or cl == root or not cl:
                         doubtful = True
-                    else:
+                    elif cl not in queued:
+                        queued.add(cl)
                         stack.append((cl, child, ancestors | {cl}))
                 else:
                     chain, ok = await self._repair_file(d, slot, child)
                     claimed.update(chain)
                     doubtful = doubtful or not ok
+        for cl, named in names.items():
+            await self._repair_rename_leftovers(cl, named)
         if not doubtful:
             self._free_lost(claimed)
         await self._flush_fat()
+
+    async def _keep_one_name(self, first: _Named, second: _Named) -> bool:
+        """Two names start at one cluster (a rename cut between its entries): delete one.
+
+        Returns whether the second name is the one kept. The old name is the
+        one marked ``NT_RENAMED_FROM`` (the rename completes); with no mark to
+        go by, the first name found stays.
+        """
+        first_marked = bool(first.slot.entry.nt_flags & NT_RENAMED_FROM)
+        second_marked = bool(second.slot.entry.nt_flags & NT_RENAMED_FROM)
+        loser, winner = (first, second) if first_marked and not second_marked else (
+            second, first)
+        d = await self._load_dir(loser.dir_key)
+        await self._delete_slot(d, loser.slot)
+        self._repaired(f"{loser.path}: old name of {winner.path} (a rename cut "
+                       "between its entries) removed")
+        return winner is second
+
+    async def _repair_rename_leftovers(self, cluster: int, named: _Named) -> None:
+        """The kept name loses a rename mark; a kept directory's ``..`` names its parent."""
+        d = await self._load_dir(named.dir_key)
+        at = named.slot.index * ENTRY_SIZE
+        entry = ShortEntry.unpack(bytes(d.data[at:at + ENTRY_SIZE]))  # as repaired so far
+        if entry.nt_flags & NT_RENAMED_FROM:
+            await self._fix_entry(d, named.slot, entry.with_(
+                nt_flags=entry.nt_flags & ~NT_RENAMED_FROM))
+            self._repaired(f"{named.path}: mark of a rename cut before its new name cleared")
+        if not entry.is_dir:
+            return
+        sub = await self._load_dir(cluster)
+        up = ShortEntry.unpack(bytes(sub.data[ENTRY_SIZE:2 * ENTRY_SIZE]))
+        parent = 0 if named.dir_key == self._root_cluster else named.dir_key
+        if up.name == DOTDOT_NAME and up.cluster != parent:
+            await self._fix_dotdot(cluster, named.dir_key)
+            self._repaired(f"{named.path}: '..' set to its parent (a move cut before "
+                           "'..' was rewritten)")
 
     def _repaired(self, what: str) -> None:
         self.problems.append(f"repaired: {what}")
