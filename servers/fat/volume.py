@@ -1643,8 +1643,8 @@ class FatVolume:
             return
         sub = await self._load_dir(cluster)
         up = ShortEntry.unpack(bytes(sub.data[ENTRY_SIZE:2 * ENTRY_SIZE]))
-        parent = 0 if named.dir_key == self._root_cluster else named.dir_key
-        if up.name == DOTDOT_NAME and up.cluster != parent:
+        parent = named.dir_key
+        if up.name == DOTDOT_NAME and (up.cluster or self._root_cluster) != parent:
             await self._fix_dotdot(cluster, named.dir_key)
             self._repaired(f"{named.path}: '..' set to its parent (a move cut before "
                            "'..' was rewritten)")
