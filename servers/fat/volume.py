@@ -1044,7 +1044,8 @@ class FatVolume:
 
     async def _move(self, s: _Found, src_slot: DirSlot, target: _Dir, d: _Found,
                     same_dir: bool) -> None:
-        """New name first, then the old name goes, then the replaced file's clusters.
+        """Old name marked, new name written, a moved directory's ``..``, then the old name
+        goes, then the replaced file's clusters.
 
         A file replacing a file of exactly the new name takes over the replaced
         short entry in place: one sector write swaps what the name means, so no
@@ -1076,10 +1077,10 @@ class FatVolume:
                 await self._remove_file(target, replaced)
         old_dir = target if same_dir else s.parent
         self._rekey((old_dir.key, src_slot.index), (target.key, first, index), d.leaf, entry)
+        if src_slot.entry.is_dir and not same_dir:  # before the old name goes: a cut after
+            await self._fix_dotdot(src_slot.entry.cluster, target.key)  # it leaves no stale '..'
         if not removed:
             await self._delete_slot(old_dir, src_slot)
-        if src_slot.entry.is_dir and not same_dir:
-            await self._fix_dotdot(src_slot.entry.cluster, target.key)
         await self._flush_fat()
 
     async def _mark_renamed_from(self, d: _Dir, slot: DirSlot) -> None:

@@ -185,6 +185,16 @@ async def test_rename_writes_the_new_name_before_removing_the_old(tmp_path: Path
     assert before([marked], rec.groups(victim)) and before(rec.groups(victim), removed)
     assert before(rec.groups(src), rec.fat_groups())
     assert await vol.read("/far/victim.bin") == b"o" * 10
+    # A directory moved to another parent: its '..' is rewritten before the old name goes.
+    await vol.mkdir("/moving")
+    moving = await rec.entry_sectors("/moving")
+    dotdot = rec.cluster_sectors([(await vol.stat("/moving")).first_cluster])
+    rec.mark()
+    await vol.rename("/moving", "/far/moved")
+    marked, *removed = rec.groups(moving)
+    new = rec.groups(await rec.entry_sectors("/far/moved"))
+    assert before([marked], new) and before(new, rec.groups(dotdot))
+    assert before(rec.groups(dotdot), removed)
     await vol.unmount()
     io.close()
 
