@@ -1609,7 +1609,7 @@ class FatVolume:
                     claimed.update(chain)
                     doubtful = doubtful or not ok
         for cl, named in names.items():
-            await self._repair_rename_leftovers(cl, named)
+            await self._repair_rename_leftovers(cl, named, cl in seen)
         if not doubtful:
             self._free_lost(claimed)
         await self._flush_fat()
@@ -1631,8 +1631,9 @@ class FatVolume:
                        "between its entries) removed")
         return winner is second
 
-    async def _repair_rename_leftovers(self, cluster: int, named: _Named) -> None:
-        """The kept name loses a rename mark; a kept directory's ``..`` names its parent."""
+    async def _repair_rename_leftovers(self, cluster: int, named: _Named, walked: bool) -> None:
+        """The kept name loses a rename mark; a kept directory the walk entered (``walked``)
+        gets a ``..`` naming its parent."""
         d = await self._load_dir(named.dir_key)
         at = named.slot.index * ENTRY_SIZE
         entry = ShortEntry.unpack(bytes(d.data[at:at + ENTRY_SIZE]))  # as repaired so far
@@ -1640,9 +1641,12 @@ class FatVolume:
             await self._fix_entry(d, named.slot, entry.with_(
                 nt_flags=entry.nt_flags & ~NT_RENAMED_FROM))
             self._repaired(f"{named.path}: mark of a rename cut before its new name cleared")
-        if not entry.is_dir:
+        if not entry.is_dir or not walked:
             return
-        sub = await self._load_dir(cluster)
+        try:
+            sub = await self._load_dir(cluster)
+        except BadChain:  # damage no write order explains: left for check() and EIO
+            return
         up = ShortEntry.unpack(bytes(sub.data[ENTRY_SIZE:2 * ENTRY_SIZE]))
         parent = named.dir_key
         if up.name == DOTDOT_NAME and (up.cluster or self._root_cluster) != parent:
