@@ -132,8 +132,8 @@ class AddressSpace:
                 start * PAGE_SIZE,
             )
             i = j
-        for k, phys in enumerate(frames):
-            self._frames[offset + k * PAGE_SIZE] = phys
+        offsets = range(offset, offset + len(frames) * PAGE_SIZE, PAGE_SIZE)
+        self._frames.update(zip(offsets, frames, strict=True))
 
     def unmap(self, offset: int, npages: int, *, discard: bool = False) -> list[int]:
         """Remove the mapping of ``npages`` pages; returns the frames that were mapped there.
