@@ -384,11 +384,25 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                 self.flusher.forget(cfile)
                 self.memory.release([cfile.state_frame])
                 with anyio.CancelScope(shield=True):
-                    await self.endpoint.call(cfile.fs, FsClose(cfile.fs_handle), Ok)
+                    await self._fs_close(cfile)
         finally:
             if self._retiring.get(cfile.key) is done:
                 del self._retiring[cfile.key]
             done.set()
+
+    async def _fs_close(self, cfile: CentralFile) -> None:
+        """``FsClose``; posted for a file nobody changed, whose close has nothing to fail.
+
+        The file system handles its messages in order, so a later open of the
+        same file finds the handle closed. A file that was written, holds a
+        reservation or whose name was unlinked waits for the answer: freeing
+        clusters can fail, and that error is the closer's.
+        """
+        request = FsClose(cfile.fs_handle)
+        if cfile.modified or cfile.reserved or not cfile.retain:
+            await self.endpoint.call(cfile.fs, request, Ok)
+        else:
+            await self.endpoint.send(cfile.fs, request)
 
     def _retain(self, cfile: CentralFile) -> list[int]:
         """Keep the clean cache pages of a file at its last close; returns the pages to drop.
