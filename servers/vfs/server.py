@@ -125,6 +125,8 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
     async def teardown(self) -> None:
         for window in list(self.windows.values()):
             await self._close(window)
+        while self._retiring:  # a close joined above may still be retiring its file
+            await next(iter(self._retiring.values())).wait()
         self._release_retained(self.retained.clear())
 
     async def serve(

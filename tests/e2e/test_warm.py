@@ -84,6 +84,8 @@ async def test_a_reopened_file_maps_its_kept_pages_without_asking_the_cache(
             "Release": 0,
         }
         assert retained(system, "big.bin") is not None  # kept again after this close
+        cache = system.server("cache")
+        assert cache.cache_stats().pages_pinned == vfs_of(system).retained.pages  # type: ignore[attr-defined]
 
 
 async def test_kept_pages_are_mapped_one_part_per_run(make_image: ImageFactory) -> None:
@@ -194,8 +196,11 @@ async def test_a_give_back_releases_kept_pages_first_and_promptly(tmp_path: Path
         assert retained(system, "one.bin") is None
         assert retained(system, "two.bin") is not None
         assert await proc.read_file("/one.bin") == first  # cold again, still exact
+        await settle(system)
         vfs = vfs_of(system)
         assert vfs.retained.pages == sum(len(r.pages) for r in vfs.retained.records.values())
+        cache = system.server("cache")
+        assert cache.cache_stats().pages_pinned == vfs.retained.pages  # type: ignore[attr-defined]
         stats = system.statistics()
         assert stats.cache_evictions > 0
     assert mtype(image, "/two.bin") == second
