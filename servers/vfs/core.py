@@ -45,6 +45,7 @@ from servers.vfs.protocol import OpenFlags
 MAX_PART_PAGES: Final = 1024  # one part maps at most 4 MiB
 UP_FRONT_PAGES: Final = 4096  # an open maps at most 16 MiB of pages it already has
 SMALL_FILE_PAGES: Final = 16  # an open of a file this small (64 KiB) fetches it at once
+UP_FRONT_RUNS: Final = 16  # and maps at most this many runs (FileMap parts) at once
 RETAIN_FILES: Final = 256  # closed files whose pages stay known (docs/architecture.md §6)
 RETAIN_PAGES: Final = 16384  # and at most this many pages (64 MiB) in all
 MAX_OFFSET: Final = (1 << 63) - 1
@@ -260,14 +261,20 @@ def retain_plan(cfile: CentralFile) -> dict[int, FilePage]:
 def up_front_pages(cfile: CentralFile, limit: int = UP_FRONT_PAGES) -> list[int]:
     """What an open maps before it replies: the cached pages from the start of the file.
 
-    Every cached page below the size, up to ``limit``; when the file is small
-    and none is cached, its first pages (fetched by the open itself).
+    The cached pages below the size, up to ``limit`` pages and ``UP_FRONT_RUNS``
+    runs (scattered pages are left to misses: each run is a FileMap part); a
+    small file whole, fetched by the open itself where not cached.
     """
     end = min(pages_of(cfile.size), limit, WINDOW_DATA // PAGE_SIZE)
     if end <= SMALL_FILE_PAGES:
         return list(range(end))
     pages = cfile.pages
-    return [p for p in range(end) if p in pages] if pages else []
+    out = [p for p in range(end) if p in pages] if pages else []
+    if out and out[-1] - out[0] != len(out) - 1:  # more than one run: keep the first few
+        breaks = [i for i in range(1, len(out)) if out[i] != out[i - 1] + 1]
+        if len(breaks) >= UP_FRONT_RUNS:
+            out = out[: breaks[UP_FRONT_RUNS - 1]]
+    return out
 
 
 # ------------------------------------------------------------------ window lifetime

@@ -276,4 +276,8 @@ def test_an_open_maps_cached_pages_or_a_small_file_whole(memory: PhysicalMemory)
     assert core.up_front_pages(big) == []  # the first read's miss sizes the part
     big.pages = {p: FilePage(0x1000 * (p + 1), 8 * p) for p in (0, 1, 5)}
     assert core.up_front_pages(big) == [0, 1, 5]
+    scattered = range(0, 4 * core.UP_FRONT_RUNS, 2)
+    big.pages = {p: FilePage(0x1000 * (p + 1), 8 * p) for p in scattered}
+    big.info = _info(4 * core.UP_FRONT_RUNS * PAGE_SIZE)
+    assert core.up_front_pages(big) == list(scattered)[: core.UP_FRONT_RUNS]  # 16 runs at most
     assert core.up_front_pages(_cfile(memory, 0)) == []
