@@ -128,6 +128,11 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         while self._retiring:  # a close joined above may still be retiring its file
             await next(iter(self._retiring.values())).wait()
         self._release_retained(self.retained.clear())
+        for fs in self.filesystems:  # a barrier: the FsCloses posted before it are done
+            try:
+                await self.endpoint.call(fs, FsStatFs(), FsVolume)
+            except OSError as exc:  # a file system that is gone has nothing left to close
+                self.log.warning("no barrier before unmount", fs=fs, error=str(exc))
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -396,9 +401,11 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         """``FsClose``; posted for a file nobody changed, whose close has nothing to fail.
 
         The file system handles its messages in order, so a later open of the
-        same file finds the handle closed. A file that was written, holds a
-        reservation or whose name was unlinked waits for the answer: freeing
-        clusters can fail, and that error is the closer's.
+        same file finds the handle closed, and ``teardown``'s last call to it
+        comes after every posted one (the handle's close may still free what
+        another handle reserved before the volume is unmounted). A file that
+        was written, holds a reservation or whose name was unlinked waits for
+        the answer: freeing clusters can fail, and that error is the closer's.
         """
         request = FsClose(cfile.fs_handle)
         if cfile.modified or cfile.reserved or not cfile.retain:
