@@ -126,8 +126,13 @@ async def test_kept_pages_are_the_files_current_bytes_after_a_write_through_anot
             f.seek(5000)
             await f.write(b"NEW BYTES")
         expected = BIG[:5000] + b"NEW BYTES" + BIG[5009:]
+        assert retained(system, "w.bin") is not None  # kept after a written file's close, too
+        before = counts(system)
         other = await system.spawn("q")
         assert await other.read_file("/w.bin") == expected
+        await settle(system)
+        moved = delta(counts(system), before)
+        assert moved["CachePart"] == moved["MapRange"] == moved["CacheRead"] == 0
     assert mtype(image, "/w.bin") == expected
     fsck_ok(image)
 
