@@ -98,6 +98,27 @@ class PageGeometry:
                 pages.extend(range(first, last + 1, spp))
         return pages
 
+    def page_runs(self, extents: Iterable[Extent]) -> list[tuple[int, int]]:
+        """The pages covering the extents as sorted, disjoint runs ``(first page, count)``."""
+        spans: list[tuple[int, int]] = []
+        for extent in extents:
+            self.check(extent)
+            spans.append((self.page_of(extent.lba), self.page_of(extent.lba + extent.count - 1)))
+        spans.sort()
+        spp = self.spp
+        out: list[tuple[int, int]] = []
+        for first, last in spans:  # merged where they overlap or touch
+            if out and first <= out[-1][0] + out[-1][1] * spp:
+                end = max(out[-1][0] + out[-1][1] * spp, last + spp)
+                out[-1] = (out[-1][0], (end - out[-1][0]) // spp)
+            else:
+                out.append((first, (last - first) // spp + 1))
+        return out
+
+    def runs_for(self, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``(sector, pages)`` spans as page runs: ``pages`` pages from the page holding ``sector``."""
+        return [(self.page_of(lba), n) for lba, n in spans if n > 0]
+
     def check(self, extent: Extent) -> None:
         """Refuse an empty, negative or past-the-end extent (ERANGE/EINVAL at the boundary)."""
         if extent.count <= 0 or extent.lba < 0:
@@ -146,6 +167,15 @@ class PageGeometry:
             return Segment(phys, PAGE_SIZE)
         span = self.span(page_lba)
         return Segment(phys + span.offset, span.count * self.sector_size)
+
+    def run_command(self, first: int, count: int, phys: int) -> tuple[int, int, list[Segment]]:
+        """One command for ``count`` consecutive pages from ``first`` in consecutive frames from
+        ``phys``: (first sector, sectors, one segment; clipped at the disk's edges)."""
+        spp = self.spp
+        lba = max(first, 0)
+        end = min(first + count * spp, self.total_sectors)
+        start = phys + (lba - first) * self.sector_size
+        return lba, max(end - lba, 0), [Segment(start, (end - lba) * self.sector_size)]
 
     def commands(self, pages: Sequence[tuple[int, int]], max_pages: int) -> list[Command]:
         """Merge ``(page_lba, phys)`` pairs into as few commands as contiguity and limits allow.

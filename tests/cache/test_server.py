@@ -71,8 +71,9 @@ async def test_concurrent_requests_for_the_same_pages_cause_one_disk_read(tmp_pa
 
 async def test_contiguous_pages_are_merged_into_one_command(tmp_path: Path) -> None:
     async with booted(tmp_path) as s:
-        await s.read(0, 128)  # 16 contiguous pages
-        assert [(r.lba, r.count, len(r.sg)) for r in s.reads] == [(0, 128, 16)]
+        ready = await s.read(0, 128)  # 16 contiguous pages into one run of frames
+        assert [(r.lba, r.count, len(r.sg)) for r in s.reads] == [(0, 128, 1)]
+        assert [(r.lba, r.count) for r in ready.runs] == [(0, 16)]  # one record, not 16
         await s.read(256, 8)
         await s.read(192, 128)  # 192..319: page 256 is present, so two runs around it
         assert [(r.lba, r.count) for r in s.reads[2:]] == [(192, 64), (264, 56)]
@@ -227,7 +228,7 @@ async def test_writeback_writes_whole_pages_merged_without_partial_sectors(
             s.memory.view(p.phys, 8)[:] = b"W%07d" % p.lba
         await s.fs.send("cache", MarkDirty("disk", [p.lba for p in pages]))
         await s.call(Writeback("disk"))
-        assert [(w.lba, w.count, len(w.sg)) for w in s.writes] == [(64, 128, 16)]
+        assert [(w.lba, w.count, len(w.sg)) for w in s.writes] == [(64, 128, 1)]  # one frame run
         assert s.router.counters.partial_sector_writes == 0
         assert all(s.disk_sector(p.lba)[:8] == b"W%07d" % p.lba for p in pages)
         stats: CacheStats = await s.call(GetCacheStats(), CacheStats)
@@ -261,7 +262,8 @@ async def test_alignment_offset_head_and_tail_pages(tmp_path: Path) -> None:
         ready = await s.read(0, 10)
         assert [p.lba for p in ready.pages] == [-7, 1, 9]
         assert [(r.lba, r.count) for r in s.reads] == [(0, 17)]
-        assert s.reads[0].sg[0] == Segment(ready.pages[0].phys + 7 * 512, 512)
+        # one segment from the head page's only on-disk sector through the run's frames
+        assert s.reads[0].sg == [Segment(ready.pages[0].phys + 7 * 512, 17 * 512)]
         assert all(s.frame(p.phys) == s.expected_page(p.lba) for p in ready.pages)
         tail = await s.read(995, 5)
         assert [p.lba for p in tail.pages] == [993]
