@@ -177,6 +177,20 @@ class PageGeometry:
         start = phys + (lba - first) * self.sector_size
         return lba, max(end - lba, 0), [Segment(start, (end - lba) * self.sector_size)]
 
+    def parts_command(
+        self, parts: Sequence[tuple[int, int, int]]
+    ) -> tuple[int, int, list[Segment]]:
+        """One command for frame runs ``(first page, count, first frame)`` that follow each
+        other on the disk: one segment per run."""
+        first = self.run_command(*parts[0])
+        sg = list(first[2])
+        lba, end = first[0], first[0] + first[1]
+        for part in parts[1:]:
+            plba, count, segments = self.run_command(*part)
+            sg += segments
+            end = plba + count
+        return lba, end - lba, sg
+
     def commands(self, pages: Sequence[tuple[int, int]], max_pages: int) -> list[Command]:
         """Merge ``(page_lba, phys)`` pairs into as few commands as contiguity and limits allow.
 

@@ -305,12 +305,19 @@ class Load:
 
 @dataclass(frozen=True, slots=True)
 class Store:
-    """Pages being written by one driver command: ``count`` pages from ``lba``, frames from ``phys``."""
+    """Pages being written by one driver command: consecutive on the disk, ``parts`` are
+    their frame runs ``(first page, count, first frame)`` (one scatter/gather segment each)."""
 
     device: str
-    lba: int
-    count: int
-    phys: int
+    parts: tuple[tuple[int, int, int], ...]
+
+    @property
+    def lba(self) -> int:
+        return self.parts[0][0]
+
+    @property
+    def count(self) -> int:
+        return sum(n for _, n, _ in self.parts)
 
 
 @dataclass(slots=True)
@@ -804,22 +811,34 @@ class PageCache:
     ) -> list[Store]:
         """Take the dirty ``PRESENT`` pages among ``runs`` (all when None) into ``WRITING``.
 
-        One :class:`Store` per driver command: consecutive on the disk and in
-        frames, at most ``max_pages`` pages.
+        One :class:`Store` per driver command: consecutive on the disk, at most
+        ``max_pages`` pages, one segment per run of consecutive frames.
         """
         spp = self.table(device).spp
-        out: list[Store] = []
+        pieces: list[tuple[int, int, int]] = []
         states = self._state
         for lba, m, phys in self._chosen(device, runs):
             s = self._slot(phys, m)
             for hit in _ONES.finditer(states[s : s + m].translate(_TO_WRITE)):
                 a, b = hit.span()
-                for c in range(a, b, max_pages):
-                    e = min(b, c + max_pages)
-                    fire(states, s + c, e - c, Event.WRITE, lba + c * spp)
-                    states[s + c : s + e] = states[s + c : s + e].translate(_CLEAR_DIRTY)
-                    out.append(Store(device, lba + c * spp, e - c, phys + c * PAGE))
-        out.sort(key=lambda store: store.lba)
+                fire(states, s + a, b - a, Event.WRITE, lba + a * spp)
+                states[s + a : s + b] = states[s + a : s + b].translate(_CLEAR_DIRTY)
+                pieces.append((lba + a * spp, b - a, phys + a * PAGE))
+        pieces.sort()
+        out: list[Store] = []
+        parts: list[tuple[int, int, int]] = []
+        size = 0
+        for lba, m, phys in pieces:
+            while m:
+                if parts and (parts[-1][0] + parts[-1][1] * spp != lba or size == max_pages):
+                    out.append(Store(device, tuple(parts)))
+                    parts, size = [], 0
+                take = min(m, max_pages - size)
+                parts.append((lba, take, phys))
+                size += take
+                lba, m, phys = lba + take * spp, m - take, phys + take * PAGE
+        if parts:
+            out.append(Store(device, tuple(parts)))
         return out
 
     def in_flight_writes(self, device: str, runs: Iterable[tuple[int, int]] | None = None) -> int:
@@ -840,16 +859,15 @@ class PageCache:
         return False
 
     def written(self, store: Store) -> None:
-        fire(self._state, self._slot(store.phys, store.count), store.count, Event.WRITTEN,
-             store.lba)
+        for lba, n, phys in store.parts:
+            fire(self._state, self._slot(phys, n), n, Event.WRITTEN, lba)
 
     def write_failed(self, store: Store) -> None:
         """The bytes did not reach the disk: the pages stay resident and dirty."""
-        s = self._slot(store.phys, store.count)
-        fire(self._state, s, store.count, Event.WRITE_FAILED, store.lba)
-        self._state[s : s + store.count] = self._state[s : s + store.count].translate(
-            _SET_DIRTY_REF
-        )
+        for lba, n, phys in store.parts:
+            s = self._slot(phys, n)
+            fire(self._state, s, n, Event.WRITE_FAILED, lba)
+            self._state[s : s + n] = self._state[s : s + n].translate(_SET_DIRTY_REF)
 
     def dirty_pages(self, device: str) -> list[int]:
         spp = self.table(device).spp
@@ -901,7 +919,7 @@ class PageCache:
                 s = self._slot(phys, m)
                 for hit in _ONES.finditer(self._state[s : s + m].translate(_IS_WRITING)):
                     a, b = hit.span()
-                    self.write_failed(Store(device, lba + a * table.spp, b - a, phys + a * PAGE))
+                    self.write_failed(Store(device, ((lba + a * table.spp, b - a, phys + a * PAGE),)))
         return out
 
     def census(self) -> Census:

@@ -555,7 +555,7 @@ class CacheServer(Server):
             raise DeviceError(f"writing {device.name}: {errors[0]}", _errno_of(errors[0])[0])
 
     async def _store(self, device: CachedDevice, store: Store, errors: list[OSError]) -> None:
-        lba, count, sg = device.pages.run_command(store.lba, store.count, store.phys)
+        lba, count, sg = device.pages.parts_command(store.parts)
         try:
             await self._command(device, Write(lba, count, sg))
         except OSError as exc:

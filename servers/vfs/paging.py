@@ -286,8 +286,7 @@ class Pager:
                 if fp.cache_lba is None:
                     self.memory.release([fp.phys])
             raise
-        for page in pages[max(0, cfile.info.size // PAGE_SIZE - pages[0]):]:
-            self.zero_past_eof(cfile, page)
+        self._zero_past_eof_runs(cfile, pages[max(0, cfile.info.size // PAGE_SIZE - pages[0]):])
         extra = [
             PageSpan(run.lba + a * spp, b - a)
             for run, marks in zip(ready.runs, used, strict=True)
@@ -367,6 +366,27 @@ class Pager:
         fp = cfile.pages.get(page)
         if tail < PAGE_SIZE and fp is not None and page not in cfile.handed:
             self.memory.view(fp.phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
+
+    def _zero_past_eof_runs(self, cfile: CentralFile, pages: list[int]) -> None:
+        """``zero_past_eof`` for new pages, one store per run of pages wholly past the size
+        in consecutive frames (a reservation being written is thousands of such pages)."""
+        whole_from = -(-cfile.info.size // PAGE_SIZE)
+        run_phys, run_len = 0, 0
+        for page in pages:
+            fp = cfile.pages.get(page)
+            if page < whole_from or fp is None or page in cfile.handed:
+                self.zero_past_eof(cfile, page)
+                continue
+            if run_len and fp.phys == run_phys + run_len * PAGE_SIZE:
+                run_len += 1
+                continue
+            self._zero_frames(run_phys, run_len)
+            run_phys, run_len = fp.phys, 1
+        self._zero_frames(run_phys, run_len)
+
+    def _zero_frames(self, phys: int, count: int) -> None:
+        if count:
+            self.memory.view(phys, count * PAGE_SIZE)[:] = bytes(count * PAGE_SIZE)
 
     # ------------------------------------------------------------------- parts
     def map_into(self, window: Window, pages: list[int]) -> None:

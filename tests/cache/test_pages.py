@@ -167,13 +167,25 @@ def test_dirty_pages_are_written_as_runs_split_where_they_differ() -> None:
     core.loaded(adm.to_read[0])
     core.mark_dirty_runs("d", [(0, 3), (32, 4)])  # pages 0-2 and 4-7: page 3 stays clean
     stores = core.start_write("d", None, max_pages=3)
-    assert [(s.lba, s.count, s.phys) for s in stores] == [
-        (0, 3, FRAME), (32, 3, FRAME + 4 * 4096), (56, 1, FRAME + 7 * 4096)
+    assert [s.parts for s in stores] == [
+        ((0, 3, FRAME),), ((32, 3, FRAME + 4 * 4096),), ((56, 1, FRAME + 7 * 4096),)
     ]
     assert core.in_flight_writes("d") == 7 and not core.has_dirty("d")
     for store in stores:
         core.written(store)
     assert core.in_flight_writes("d") == 0
+
+
+def test_pages_following_on_the_disk_are_one_write_over_scattered_frames() -> None:
+    core = cache()
+    adm = core.admit_runs("d", [(0, 3)], set(), [FRAME, 0x300000, 0x300000 + 4096])
+    for load in adm.to_read:
+        core.loaded(load)
+    core.mark_dirty_runs("d", [(0, 3)])
+    (store,) = core.start_write("d")
+    assert store.parts == ((0, 1, FRAME), (8, 2, 0x300000)) and store.count == 3
+    core.written(store)
+    assert not core.has_dirty("d") and core.in_flight_writes("d") == 0
 
 
 def test_release_and_mark_dirty_refuse_unknown_pages() -> None:
