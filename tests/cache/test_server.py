@@ -21,6 +21,7 @@ from servers.cache.protocol import (
     GetCacheStats,
     Invalidate,
     MarkDirty,
+    PageSpan,
     Release,
     Writeback,
 )
@@ -153,6 +154,17 @@ async def test_a_file_four_times_the_cache_reads_correctly(tmp_path: Path) -> No
             await s.holder.release("disk", [p.lba for p in ready.pages])
         assert s.router.counters.cache_evictions >= 48
         assert not s.holder.give_backs
+
+
+async def test_freed_frames_come_back_as_one_run_per_command(tmp_path: Path) -> None:
+    async with booted(tmp_path, capacity_pages=16) as s:
+        first = await s.read(0, 128)  # 16 pages: the whole cache
+        await s.holder.release("disk", [p.lba for p in first.pages])
+        await s.call(Invalidate("disk", [], [PageSpan(0, 16)]))  # all 16 frames freed
+        again = await s.read(512, 128)  # the freed frames, recently freed first
+        assert {p.phys for p in again.pages} == {p.phys for p in first.pages}
+        assert [(r.count, len(r.sg)) for r in s.reads[1:]] == [(128, 1)]  # one run, one segment
+        assert len(again.runs) == 1
 
 
 async def test_pinned_pages_are_never_evicted(tmp_path: Path) -> None:
