@@ -138,6 +138,7 @@ _IS_RESIDENT: Final = _map_table(lambda b: int(b & STATE_MASK in (State.PRESENT,
 _IS_DIRTY: Final = _map_table(lambda b: int(bool(b & DIRTY)))
 _TO_WRITE: Final = _map_table(lambda b: int(b & (STATE_MASK | DIRTY) == State.PRESENT | DIRTY))
 _IS_IDLE: Final = _map_table(lambda b: int(b & STATE_MASK == State.PRESENT))
+_IS_ZERO: Final = _map_table(lambda b: int(b == 0))
 _HAS_ZOA: Final = _map_table(lambda b: int(bool(b & ZERO_ON_ARRIVAL)))
 # Pin counts: one byte each; 255 means "see the spill dict" (exact counts beyond 254).
 _SPILL: Final = 255
@@ -787,10 +788,11 @@ class PageCache:
                     continue
                 s = self._slot(phys, m)
                 self._state[s : s + m] = self._state[s : s + m].translate(_CLEAN)
-                idle = bytes(
-                    int(self._state[k] & STATE_MASK == State.PRESENT and not self._pins[k])
-                    for k in range(s, s + m)
-                )
+                present = self._state[s : s + m].translate(_IS_IDLE)
+                unpinned = self._pins[s : s + m].translate(_IS_ZERO)
+                idle = (  # both masks at once, as one big integer each
+                    int.from_bytes(present, "little") & int.from_bytes(unpinned, "little")
+                ).to_bytes(m, "little")
                 for hit in _ONES.finditer(idle):
                     a, b = hit.span()
                     fire(self._state, s + a, b - a, Event.DISCARD, plba + a * table.spp)
