@@ -569,9 +569,12 @@ class PageCache:
         k = 0
         while k < n:  # runs of pages to read, and of pages to zero-fill
             z = bool(zero) and zero[k]
-            e = k + 1
-            while e < n and (bool(zero) and zero[e]) == z and (z or e - k < max_pages):
-                e += 1
+            if zero:
+                e = k + 1
+                while e < n and zero[e] == z and (z or e - k < max_pages):
+                    e += 1
+            else:  # nothing to zero-fill: loads of max_pages, no look at each page
+                e = min(n, k + max_pages)
             first, count, frame = lba + k * spp, e - k, phys + k * PAGE
             self._state[s + k : s + e] = bytes([filled if z else reading]) * count
             if z:
