@@ -139,12 +139,18 @@ _IS_DIRTY: Final = _map_table(lambda b: int(bool(b & DIRTY)))
 _TO_WRITE: Final = _map_table(lambda b: int(b & (STATE_MASK | DIRTY) == State.PRESENT | DIRTY))
 _IS_IDLE: Final = _map_table(lambda b: int(b & STATE_MASK == State.PRESENT))
 _IS_ZERO: Final = _map_table(lambda b: int(b == 0))
+_HAS_REF: Final = _map_table(lambda b: int(bool(b & REFERENCED)))
 _HAS_ZOA: Final = _map_table(lambda b: int(bool(b & ZERO_ON_ARRIVAL)))
 # Pin counts: one byte each; 255 means "see the spill dict" (exact counts beyond 254).
 _SPILL: Final = 255
 _INC: Final = _map_table(lambda b: min(b + 1, 255))
 _DEC: Final = _map_table(lambda b: max(b - 1, 0))
 _ONES: Final = re.compile(b"\x01+")
+
+
+def _mask(column: bytes | bytearray, table: bytes) -> int:
+    """One 0/1 byte per slot (``table`` says which bytes count), as one integer for ``&``."""
+    return int.from_bytes(column.translate(table), "little")
 
 
 def fire(states: bytearray, start: int, count: int, event: Event, first_lba: int) -> None:
@@ -885,31 +891,77 @@ class PageCache:
 
     # ------------------------------------------------------------- replacement
     def sweep(self, want: int) -> Sweep:
-        """Second chance: evict up to ``want`` unpinned clean pages, at most two turns of the clock."""
+        """Second chance: evict up to ``want`` unpinned clean pages, at most two turns of the clock.
+
+        The hand passes the frames in order; a stretch of frames is judged at
+        once with byte masks (unpinned ``PRESENT`` pages: referenced ones lose
+        their bit, dirty ones are reported, clean ones go), exactly as a hand
+        moving one frame at a time would, stopping right after the ``want``-th
+        eviction.
+        """
         out = Sweep()
         seen_dirty: set[int] = set()
-        states, pins, devs = self._state, self._pins, self._dev
-        size = len(states)
-        for _ in range(2 * size):
-            if len(out.evicted) >= want:
-                break
-            s = self._hand
-            self._hand = (s + 1) % size
-            byte = states[s]
-            if not devs[s] or byte & STATE_MASK != State.PRESENT or pins[s]:
-                continue
-            if byte & REFERENCED:
-                states[s] = byte & ~REFERENCED
-            elif byte & DIRTY:
-                if s not in seen_dirty:
-                    seen_dirty.add(s)
-                    out.dirty.setdefault(self._devices[devs[s] - 1], []).append(self._lba[s])
-            else:
-                device, lba = self._devices[devs[s] - 1], self._lba[s]
-                phys = self.runs[device].find(lba)
-                fire(states, s, 1, Event.EVICT, lba)
-                out.evicted += self._drop(device, lba, 1, phys)
+        size = len(self._state)
+        budget = 2 * size
+        while budget > 0 and len(out.evicted) < want:
+            start = self._hand
+            n = min(size - start, budget)
+            used = self._sweep_stretch(start, n, want - len(out.evicted), out, seen_dirty)
+            budget -= used
+            self._hand = (start + used) % size
         return out
+
+    def _sweep_stretch(
+        self, h: int, n: int, need: int, out: Sweep, seen_dirty: set[int]
+    ) -> int:
+        """One pass of the hand over slots ``h .. h+n``; returns how many slots it passed."""
+        states = self._state
+        segment = states[h : h + n]
+        idle = _mask(segment, _IS_IDLE) & _mask(self._pins[h : h + n], _IS_ZERO)
+        referenced = _mask(segment, _HAS_REF) & idle
+        dirty = _mask(segment, _IS_DIRTY) & idle & ~referenced
+        evict = idle & ~referenced & ~dirty
+        used = n
+        if evict:
+            evicting = evict.to_bytes(n, "little")
+            if evicting.count(1) >= need:  # the hand stops right after the need-th eviction
+                for hit in _ONES.finditer(evicting):
+                    if hit.end() - hit.start() >= need:
+                        used = hit.start() + need
+                        break
+                    need -= hit.end() - hit.start()
+                keep = (1 << (8 * used)) - 1
+                referenced, dirty, evict = referenced & keep, dirty & keep, evict & keep
+        if referenced:  # each such byte has the bit: subtracting clears exactly it
+            cleared = int.from_bytes(segment, "little") - referenced * REFERENCED
+            states[h : h + n] = cleared.to_bytes(n, "little")
+        if dirty:
+            for hit in _ONES.finditer(dirty.to_bytes(n, "little")):
+                for s in range(h + hit.start(), h + hit.end()):
+                    if s not in seen_dirty:
+                        seen_dirty.add(s)
+                        device = self._devices[self._dev[s] - 1]
+                        out.dirty.setdefault(device, []).append(self._lba[s])
+        if evict:
+            for hit in _ONES.finditer(evict.to_bytes(n, "little")):
+                self._evict_slots(h + hit.start(), h + hit.end(), out)
+        return used
+
+    def _evict_slots(self, a: int, b: int, out: Sweep) -> None:
+        """Evict the pages of slots ``a .. b`` (all unpinned, clean, ``PRESENT``), a run at a time."""
+        lbas, devs = self._lba, self._dev
+        k = a
+        while k < b:
+            dev, first = devs[k], lbas[k]
+            device = self._devices[dev - 1]
+            spp = self.runs[device].spp
+            e = k + 1
+            while e < b and devs[e] == dev and lbas[e] == lbas[e - 1] + spp:
+                e += 1
+            for lba, m, phys in self.runs[device].pieces(first, e - k):
+                fire(self._state, self._slot(phys, m), m, Event.EVICT, lba)
+                out.evicted += self._drop(device, lba, m, phys)
+            k = e
 
     # ---------------------------------------------------------------- recovery
     def abort_io(self, err: int, message: str) -> Outcome:

@@ -23,6 +23,7 @@ from servers.cache.pages import (
     PageCache,
     RunTable,
     State,
+    Sweep,
     fire,
 )
 
@@ -258,3 +259,62 @@ def test_heap_per_cached_page_is_a_few_bytes() -> None:
         core.loaded(load)
     assert core.heap_bytes() / n <= 64
     assert core.heap_bytes() < sys.getsizeof(bytes(n)) * 32
+
+
+def _sweep_one_frame_at_a_time(core: PageCache, want: int) -> Sweep:
+    """The clock as a hand moving one frame at a time: what ``sweep`` must match."""
+    out = Sweep()
+    seen: set[int] = set()
+    states, size = core._state, len(core._state)
+    for _ in range(2 * size):
+        if len(out.evicted) >= want:
+            break
+        s = core._hand
+        core._hand = (s + 1) % size
+        byte = states[s]
+        if byte & STATE_MASK != State.PRESENT or core._pins[s]:
+            continue
+        if byte & REFERENCED:
+            states[s] = byte & ~REFERENCED
+        elif byte & DIRTY:
+            if s not in seen:
+                seen.add(s)
+                out.dirty.setdefault("d", []).append(core._lba[s])
+        else:
+            lba = core._lba[s]
+            phys = core.runs["d"].find(lba)
+            fire(states, s, 1, Event.EVICT, lba)
+            out.evicted += core._drop("d", lba, 1, phys)
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.sampled_from(["plain", "pinned", "dirty", "unreferenced", "reading"]),
+             min_size=1, max_size=40),
+    st.lists(st.integers(0, 50), min_size=1, max_size=4),
+    st.integers(0, 39),
+)
+def test_sweep_judges_stretches_as_one_frame_at_a_time_would(
+    kinds: list[str], wants: list[int], hand: int
+) -> None:
+    cores = [cache(), cache()]
+    for core in cores:
+        n = len(kinds)
+        adm = core.admit_runs("d", [(0, n)], set(), frames(n), max_pages=1)
+        for k, kind in enumerate(kinds):
+            if kind != "reading":
+                core.loaded(adm.to_read[k])
+            if kind != "pinned":
+                core.release_runs("d", [(8 * k, 1)])
+            if kind == "dirty":
+                core.mark_dirty_runs("d", [(8 * k, 1)])
+            if kind == "unreferenced":
+                core._state[k] &= ~REFERENCED
+        core._hand = hand % n
+    fast, slow = cores
+    for want in wants:
+        a, b = fast.sweep(want), _sweep_one_frame_at_a_time(slow, want)
+        assert (a.evicted, a.dirty) == (b.evicted, b.dirty)
+        assert (fast._state, fast._hand, list(fast.runs["d"])) == (
+            slow._state, slow._hand, list(slow.runs["d"]))
