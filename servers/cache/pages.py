@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import operator
 import re
 import sys
 from array import array
@@ -166,13 +167,25 @@ def fire(states: bytearray, start: int, count: int, event: Event, first_lba: int
 
 
 def page_runs(pages: Iterable[int], spp: int) -> list[tuple[int, int]]:
-    """Distinct page numbers as sorted runs ``(first page, count)`` of consecutive pages."""
+    """Distinct page numbers as sorted runs ``(first page, count)`` of consecutive pages.
+
+    The steps between neighbours are compared at C speed (``map``); Python only
+    sees the breaks between runs, so a list naming a few long runs costs little.
+    """
+    ordered = list(pages)
+    if not all(map(operator.lt, ordered, itertools.islice(ordered, 1, None))):
+        ordered = sorted(set(ordered))
+    if not ordered:
+        return []
+    steps = bytes(map(spp.__eq__, map(operator.sub, itertools.islice(ordered, 1, None), ordered)))
     out: list[tuple[int, int]] = []
-    for lba in sorted(set(pages)):
-        if out and out[-1][0] + out[-1][1] * spp == lba:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((lba, 1))
+    start = 0
+    brk = steps.find(0)
+    while brk >= 0:
+        out.append((ordered[start], brk + 1 - start))
+        start = brk + 1
+        brk = steps.find(0, start)
+    out.append((ordered[start], len(ordered) - start))
     return out
 
 
