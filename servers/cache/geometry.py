@@ -43,16 +43,6 @@ class Span:
 
 
 @dataclass(frozen=True, slots=True)
-class Command:
-    """One planned driver command: sectors ``lba .. lba+count`` through ``sg``, for these pages."""
-
-    lba: int
-    count: int
-    sg: list[Segment]
-    pages: list[int]
-
-
-@dataclass(frozen=True, slots=True)
 class PageGeometry:
     """Maps logical sectors to cache pages for one device."""
 
@@ -81,22 +71,6 @@ class PageGeometry:
         """``page_of`` for each sector, in order."""
         origin, spp = self.origin, self.spp
         return [origin + ((lba - origin) // spp) * spp for lba in lbas]
-
-    def pages_of(self, extents: Iterable[Extent]) -> list[int]:
-        """Sorted distinct pages covering the extents; out-of-range extents are refused."""
-        ranges: list[tuple[int, int]] = []
-        for extent in extents:
-            self.check(extent)
-            ranges.append((self.page_of(extent.lba), self.page_of(extent.lba + extent.count - 1)))
-        ranges.sort()
-        spp = self.spp
-        pages: list[int] = []
-        for first, last in ranges:  # page runs, merged where they overlap
-            if pages and first <= pages[-1]:
-                first = pages[-1] + spp
-            if first <= last:
-                pages.extend(range(first, last + 1, spp))
-        return pages
 
     def page_runs(self, extents: Iterable[Extent]) -> list[tuple[int, int]]:
         """The pages covering the extents as sorted, disjoint runs ``(first page, count)``."""
@@ -162,12 +136,6 @@ class PageGeometry:
         return whole
 
     # ---------------------------------------------------------------- commands
-    def segment(self, page_lba: int, phys: int) -> Segment:
-        if not self.is_partial(page_lba):
-            return Segment(phys, PAGE_SIZE)
-        span = self.span(page_lba)
-        return Segment(phys + span.offset, span.count * self.sector_size)
-
     def run_command(self, first: int, count: int, phys: int) -> tuple[int, int, list[Segment]]:
         """One command for ``count`` consecutive pages from ``first`` in consecutive frames from
         ``phys``: (first sector, sectors, one segment; clipped at the disk's edges)."""
@@ -190,47 +158,6 @@ class PageGeometry:
             sg += segments
             end = plba + count
         return lba, end - lba, sg
-
-    def commands(self, pages: Sequence[tuple[int, int]], max_pages: int) -> list[Command]:
-        """Merge ``(page_lba, phys)`` pairs into as few commands as contiguity and limits allow.
-
-        Pages are contiguous on the disk when their page numbers follow each
-        other; a run is cut every ``max_pages`` pages (the driver's transfer and
-        segment limits). The frames need not be contiguous: that is what the
-        scatter/gather list is for.
-        """
-        ordered = sorted(pages)
-        lbas = [page for page, _ in ordered]
-        frames = [phys for _, phys in ordered]
-        spp, n = self.spp, len(ordered)
-        out: list[Command] = []
-        start = 0
-        while start < n:
-            end = min(start + max_pages, n)
-            first = lbas[start]
-            if lbas[start:end] != list(range(first, first + (end - start) * spp, spp)):
-                end = start + 1  # the run breaks inside this window: find where
-                while end < n and end - start < max_pages and lbas[end] == lbas[end - 1] + spp:
-                    end += 1
-            out.append(self._command(lbas[start:end], frames[start:end]))
-            start = end
-        return out
-
-    def _command(self, run: list[int], frames: list[int]) -> Command:
-        """One command for consecutive pages: only the disk's edge pages need a clipped segment."""
-        sg = [Segment(phys, PAGE_SIZE) for phys in frames]
-        # Clipped pages (before sector 0, past the end) can only open or close a run.
-        i = 0
-        while i < len(run) and run[i] < 0:
-            sg[i] = self.segment(run[i], frames[i])
-            i += 1
-        j = len(run) - 1
-        while j >= i and run[j] + self.spp > self.total_sectors:
-            sg[j] = self.segment(run[j], frames[j])
-            j -= 1
-        lba = max(run[0], 0)
-        end = min(run[-1] + self.spp, self.total_sectors)
-        return Command(lba, max(end - lba, 0), sg, run)
 
 
 def _merged(extents: Iterable[Extent]) -> list[tuple[int, int]]:

@@ -2,7 +2,7 @@
 
 It owns up to ``capacity_pages`` physical frames (allocated lazily, from the
 zone each device can DMA into), asks the drivers to DMA sectors straight into
-them, and hands ``(sector, physical address)`` pairs to whoever waits: the
+them, and hands runs of pages (first sector, count, first frame) to whoever waits: the
 kernel file driver for ``CacheRead`` (``SectorsReady`` goes to the *notify*
 port, docs/architecture.md §4), the caller for ``CacheMap``. No file data ever crosses a
 message or is copied here.
