@@ -189,6 +189,19 @@ def page_runs(pages: Iterable[int], spp: int) -> list[tuple[int, int]]:
     return out
 
 
+def merge_runs(runs: Iterable[tuple[int, int]], spp: int) -> list[tuple[int, int]]:
+    """Page runs in any order, overlapping or not, as sorted disjoint maximal runs."""
+    out: list[tuple[int, int]] = []
+    for lba, n in sorted(runs):
+        end = lba + n * spp
+        if out and lba <= out[-1][0] + out[-1][1] * spp:
+            first = out[-1][0]
+            out[-1] = (first, (max(end, first + out[-1][1] * spp) - first) // spp)
+        elif n > 0:
+            out.append((lba, n))
+    return out
+
+
 class RunTable:
     """One device's resident pages: sorted runs (first page, count, first frame).
 

@@ -31,7 +31,16 @@ from microkernel.memory import PAGE_SIZE, OutOfFrames, PhysicalMemory, QuotaExce
 from microkernel.server import Server, handles
 from servers.cache.errors import CacheError, CacheFull, DeviceError, NoSuchDevice, NotPinHolder
 from servers.cache.geometry import PageGeometry, max_pages_per_command
-from servers.cache.pages import Admission, Load, PageCache, Store, Sweep, Waiter, page_runs
+from servers.cache.pages import (
+    Admission,
+    Load,
+    PageCache,
+    Store,
+    Sweep,
+    Waiter,
+    merge_runs,
+    page_runs,
+)
 from servers.cache.protocol import (
     CacheFailed,
     CacheMap,
@@ -517,10 +526,8 @@ class CacheServer(Server):
     @handles(Writeback)
     async def on_writeback(self, env: Envelope, msg: Writeback) -> None:
         device = self._device(msg.device)
-        runs = self._runs(msg.device, msg.pages, msg.runs)
-        await self._writeback(device, page_runs(
-            (lba + k * device.pages.spp for lba, n in runs for k in range(n)), device.pages.spp
-        ) if runs else None)
+        runs = merge_runs(self._runs(msg.device, msg.pages, msg.runs), device.pages.spp)
+        await self._writeback(device, runs or None)
         if msg.flush:
             await self._command(device, Flush())
 

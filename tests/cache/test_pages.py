@@ -25,6 +25,8 @@ from servers.cache.pages import (
     State,
     Sweep,
     fire,
+    merge_runs,
+    page_runs,
 )
 
 FRAME = 0x100000
@@ -318,3 +320,12 @@ def test_sweep_judges_stretches_as_one_frame_at_a_time_would(
         assert (a.evicted, a.dirty) == (b.evicted, b.dirty)
         assert (fast._state, fast._hand, list(fast.runs["d"])) == (
             slow._state, slow._hand, list(slow.runs["d"]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(-1, 30), st.integers(0, 5)), max_size=8),
+       st.sampled_from([1, 8]))
+def test_runs_merge_as_their_pages_do(runs: list[tuple[int, int]], spp: int) -> None:
+    named = [(lba * spp, n) for lba, n in runs]
+    pages = [lba + k * spp for lba, n in named for k in range(n)]
+    assert merge_runs(named, spp) == page_runs(pages, spp) == page_runs(reversed(pages), spp)
