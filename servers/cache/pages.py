@@ -326,14 +326,21 @@ class Waiter:
 
 @dataclass(eq=False, slots=True)
 class Load:
-    """Pages being read by one driver command: ``count`` pages from ``lba`` into frames from ``phys``."""
+    """Pages being read by one driver command: consecutive on the disk, ``parts`` are their
+    frame runs ``(first page, count, first frame)`` (one scatter/gather segment each)."""
 
     id: int
     device: str
-    lba: int
-    count: int
-    phys: int
+    parts: tuple[tuple[int, int, int], ...]
     waiters: list[Waiter]
+
+    @property
+    def lba(self) -> int:
+        return self.parts[0][0]
+
+    @property
+    def count(self) -> int:
+        return sum(n for _, n, _ in self.parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,16 +574,42 @@ class PageCache:
         result: Admission,
         max_pages: int,
     ) -> None:
-        """Absent pages from ``lba``: into the table on the given frames, then loaded or zeroed."""
+        """Absent pages from ``lba``: into the table on the given frames, then loaded or zeroed.
+
+        Pages to read that follow each other on the disk make one load of at most
+        ``max_pages`` pages, whatever frame runs they landed in.
+        """
         spp = self.runs[device].spp
+        reads: list[tuple[int, int, int]] = []
         i, n = 0, len(frames)
         while i < n:
             first = frames[i]
             j = n if frames[i:] == list(range(first, first + (n - i) * PAGE, PAGE)) else i + 1
             while j < n and frames[j] == frames[j - 1] + PAGE:
                 j += 1
-            self._new_run(device, lba + i * spp, j - i, first, whole_zero, result, max_pages)
+            reads += self._new_run(device, lba + i * spp, j - i, first, whole_zero, result)
             i = j
+        parts: list[tuple[int, int, int]] = []
+        size = 0
+        for first, m, phys in reads:
+            while m:
+                if parts and (parts[-1][0] + parts[-1][1] * spp != first or size == max_pages):
+                    self._new_load(device, parts, result)
+                    parts, size = [], 0
+                take = min(m, max_pages - size)
+                parts.append((first, take, phys))
+                size += take
+                first, m, phys = first + take * spp, m - take, phys + take * PAGE
+        if parts:
+            self._new_load(device, parts, result)
+
+    def _new_load(
+        self, device: str, parts: list[tuple[int, int, int]], result: Admission
+    ) -> None:
+        load = Load(next(self._load_ids), device, tuple(parts), [result.waiter])
+        self._loads[load.id] = load
+        result.waiter.missing.add(load.id)
+        result.to_read.append(load)
 
     def _new_run(
         self,
@@ -586,8 +619,8 @@ class PageCache:
         phys: int,
         whole_zero: set[int],
         result: Admission,
-        max_pages: int,
-    ) -> None:
+    ) -> list[tuple[int, int, int]]:
+        """Pages on one frame run into the table; returns the pieces to read."""
         geometry = self.geometry[device]
         spp, total = geometry.spp, geometry.total_sectors
         self.runs[device].add(lba, n, phys)
@@ -598,28 +631,27 @@ class PageCache:
         zero = [whole_zero.__contains__(lba + k * spp) for k in range(n)] if whole_zero else []
         reading = EVENT_TABLES[Event.LOAD][REFERENCED]
         filled = EVENT_TABLES[Event.ZERO_FILL][REFERENCED] | DIRTY
+        reads: list[tuple[int, int, int]] = []
         k = 0
         while k < n:  # runs of pages to read, and of pages to zero-fill
             z = bool(zero) and zero[k]
             if zero:
                 e = k + 1
-                while e < n and zero[e] == z and (z or e - k < max_pages):
+                while e < n and zero[e] == z:
                     e += 1
-            else:  # nothing to zero-fill: loads of max_pages, no look at each page
-                e = min(n, k + max_pages)
+            else:  # nothing to zero-fill: one piece, no look at each page
+                e = n
             first, count, frame = lba + k * spp, e - k, phys + k * PAGE
             self._state[s + k : s + e] = bytes([filled if z else reading]) * count
             if z:
                 result.zero.extend(range(frame, frame + count * PAGE, PAGE))
             else:
-                load = Load(next(self._load_ids), device, first, count, frame, [result.waiter])
-                self._loads[load.id] = load
-                result.waiter.missing.add(load.id)
-                result.to_read.append(load)
+                reads.append((first, count, frame))
                 for edge in {first, first + (count - 1) * spp}:  # bytes past the disk's edges
                     if edge < 0 or edge + spp > total:
                         result.zero.append(frame + (edge - first) // spp * PAGE)
             k = e
+        return reads
 
     def _admit_hit(
         self, device: str, lba: int, n: int, phys: int, whole_zero: set[int], result: Admission
@@ -655,18 +687,30 @@ class PageCache:
                     states[s + k] = byte | ZERO_ON_ARRIVAL
 
     # ------------------------------------------------------------ read results
+    def _fire_parts(self, parts: Iterable[tuple[int, int, int]], event: Event) -> None:
+        """``fire`` on several frame runs, all or nothing."""
+        parts = list(parts)
+        table = EVENT_TABLES[event]
+        for lba, n, phys in parts:
+            s = self._slot(phys, n)
+            if self._state[s : s + n].translate(table).find(ILLEGAL) >= 0:
+                fire(self._state, s, n, event, lba)  # raises, naming the page
+        for lba, n, phys in parts:
+            fire(self._state, self._slot(phys, n), n, event, lba)
+
     def loaded(self, load: Load) -> Outcome:
         """The driver filled the load's frames: wake the waiters whose last load this was."""
         out = Outcome()
-        s, n = self._slot(load.phys, load.count), load.count
-        fire(self._state, s, n, Event.LOADED, load.lba)
+        self._fire_parts(load.parts, Event.LOADED)
         self._loads.pop(load.id, None)
         states = self._state
-        if states[s : s + n].translate(_HAS_ZOA).find(1) >= 0:
-            for k in range(n):
-                if states[s + k] & ZERO_ON_ARRIVAL:
-                    states[s + k] = (states[s + k] & ~ZERO_ON_ARRIVAL) | DIRTY
-                    out.zero.append(load.phys + k * PAGE)
+        for _, n, phys in load.parts:
+            s = self._slot(phys, n)
+            if states[s : s + n].translate(_HAS_ZOA).find(1) >= 0:
+                for k in range(n):
+                    if states[s + k] & ZERO_ON_ARRIVAL:
+                        states[s + k] = (states[s + k] & ~ZERO_ON_ARRIVAL) | DIRTY
+                        out.zero.append(phys + k * PAGE)
         for waiter in load.waiters:
             waiter.missing.discard(load.id)
             if not waiter.missing and waiter.error is None:  # done, and did not fail
@@ -677,10 +721,10 @@ class PageCache:
     def load_failed(self, load: Load, err: int, message: str) -> Outcome:
         """The read failed: its pages become ABSENT again and every request waiting on them fails."""
         out = Outcome()
-        s = self._slot(load.phys, load.count)
-        fire(self._state, s, load.count, Event.LOAD_FAILED, load.lba)
+        self._fire_parts(load.parts, Event.LOAD_FAILED)
         self._loads.pop(load.id, None)
-        out.free = self._drop(load.device, load.lba, load.count, load.phys)
+        for lba, n, phys in load.parts:
+            out.free += self._drop(load.device, lba, n, phys)
         for waiter in load.waiters:
             if waiter.error is None:
                 waiter.error = (err, message)
@@ -896,14 +940,13 @@ class PageCache:
         return False
 
     def written(self, store: Store) -> None:
-        for lba, n, phys in store.parts:
-            fire(self._state, self._slot(phys, n), n, Event.WRITTEN, lba)
+        self._fire_parts(store.parts, Event.WRITTEN)
 
     def write_failed(self, store: Store) -> None:
         """The bytes did not reach the disk: the pages stay resident and dirty."""
-        for lba, n, phys in store.parts:
+        self._fire_parts(store.parts, Event.WRITE_FAILED)
+        for _, n, phys in store.parts:
             s = self._slot(phys, n)
-            fire(self._state, s, n, Event.WRITE_FAILED, lba)
             self._state[s : s + n] = self._state[s : s + n].translate(_SET_DIRTY_REF)
 
     def dirty_pages(self, device: str) -> list[int]:

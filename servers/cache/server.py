@@ -289,9 +289,9 @@ class CacheServer(Server):
         return waiter
 
     async def _load(self, device: CachedDevice, load: Load) -> None:
-        """One driver ``Read`` into one frame run; its outcome moves the pages on and wakes
-        whoever completes."""
-        lba, count, sg = device.pages.run_command(load.lba, load.count, load.phys)
+        """One driver ``Read`` (one segment per frame run); its outcome moves the pages on and
+        wakes whoever completes."""
+        lba, count, sg = device.pages.parts_command(load.parts)
         try:
             await self._command(device, Read(lba, count, sg))
         except OSError as exc:

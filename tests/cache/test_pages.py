@@ -95,12 +95,13 @@ def test_run_table_matches_a_dict_of_pages(ops: list[tuple[bool, int, int]]) -> 
 def test_contiguous_pages_are_one_run_and_one_load() -> None:
     core = cache()
     adm = core.admit_runs("d", [(0, 4)], set(), frames(4), max_pages=256)
-    assert [(ld.lba, ld.count, ld.phys) for ld in adm.to_read] == [(0, 4, FRAME)]
+    assert [ld.parts for ld in adm.to_read] == [((0, 4, FRAME),)]
     assert list(core.runs["d"]) == [(0, 4, FRAME)]
     split = core.admit_runs("d", [(32, 4)], set(), frames(4, 0x200000), max_pages=3)
     assert [(ld.lba, ld.count) for ld in split.to_read] == [(32, 3), (56, 1)]
     scattered = core.admit_runs("d", [(64, 2)], set(), [0x300000, 0x500000])
-    assert [(ld.lba, ld.phys) for ld in scattered.to_read] == [(64, 0x300000), (72, 0x500000)]
+    # on the disk they follow each other: one load, one segment per frame run
+    assert [ld.parts for ld in scattered.to_read] == [((64, 1, 0x300000), (72, 1, 0x500000))]
 
 
 def test_second_request_joins_the_load_instead_of_reading_again() -> None:
