@@ -265,7 +265,19 @@ class Pager:
                     if a >= b or (run.lba - lba0) % spp:
                         continue
                     k = (lba0 - run.lba) // spp + (a - first)
-                    for j in range(b - a):
+                    n = b - a
+                    if wanted.find(0, a - lo, b - lo) < 0:  # the usual case: all of it, at once
+                        phys, lba = run.phys + k * PAGE_SIZE, run.lba + k * spp
+                        cfile.pages.update(zip(range(a, b), map(
+                            FilePage,
+                            range(phys, phys + n * PAGE_SIZE, PAGE_SIZE),
+                            range(lba, lba + n * spp, spp),
+                        ), strict=True))
+                        installed.extend(range(a, b))
+                        used[i][k : k + n] = b"\1" * n
+                        wanted[a - lo : b - lo] = bytes(n)
+                        continue
+                    for j in range(n):
                         page = a + j
                         if wanted[page - lo]:
                             cfile.pages[page] = FilePage(
@@ -397,7 +409,7 @@ class Pager:
             self._back_dirty_map(window, run)
             frames = [window.file.pages[p].phys for p in run]
             window.space.map(DATA_OFFSET + run[0] * PAGE_SIZE, frames, writable=window.writable)
-            zero_copy = sum(1 for p in run if window.file.pages[p].cache_lba is not None)
+            zero_copy = len(run) - [window.file.pages[p].cache_lba for p in run].count(None)
             self.router.counters.bytes_zero_copy += zero_copy * PAGE_SIZE
             core.record_mapping(window, run, self._insert_part(window, run))
 
