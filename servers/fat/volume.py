@@ -186,6 +186,7 @@ class FatVolume:
         self.read_only = read_only
         self.problems: list[str] = []  # what mount found and tolerated (or repaired)
         self._chains: dict[int, tuple[int, list[int]]] = {}  # start -> (FAT version, chain)
+        self._chain_runs: dict[int, tuple[int, list[tuple[int, int]]]] = {}  # same, as runs
         # Parsed directories by key, least recently used first. Every change to a directory
         # goes through its _Dir (entries written through, listing re-parsed in place), so a
         # parsed copy stays true across metadata writes; a directory whose clusters are freed
@@ -1364,6 +1365,19 @@ class FatVolume:
         self._chains[start] = (self.fat.version, chain)
         return chain
 
+    def _runs_of(self, start: int) -> list[tuple[int, int]]:
+        """``fat.runs`` of ``_walk(start)``, cached alike (a MapRange per part of a big file
+        must not merge the whole chain again)."""
+        chain = self._walk(start)
+        hit = self._chain_runs.get(start)
+        if hit is not None and hit[0] == self.fat.version:
+            return hit[1]
+        runs = self.fat.runs(chain)
+        if len(self._chain_runs) > 256:
+            self._chain_runs.clear()
+        self._chain_runs[start] = (self.fat.version, runs)
+        return runs
+
     def _new_extents(self, clusters: list[int], file_offset: int) -> list[Extent]:
         out = []
         for first, n in self._cluster_sectors(clusters):
@@ -1412,10 +1426,13 @@ class FatVolume:
         if offset >= end:
             return []
         need = -(-end // cs)
-        chain = self._chain(node, -(-node.entry.size // cs))[:need]
+        if not self._chain(node, -(-node.entry.size // cs)):  # checks it against the size
+            return []
         out: list[Extent] = []
         index = 0  # file cluster index of the run's first cluster
-        for first, count in self.fat.runs(chain):
+        for first, count in self._runs_of(node.entry.cluster):
+            if index >= need:
+                break
             lo, hi = max(offset, index * cs), min(end, (index + count) * cs)
             index += count
             if lo >= hi:
