@@ -251,7 +251,7 @@ class FatVolume:
             return
 
     async def _set_dirty(self, dirty: bool) -> None:
-        await self._barrier()  # clean: only after everything else is on the disk
+        await self._write_out()  # clean: only after everything else is on the disk
         self.fat.set_clean(not dirty)
         await self._flush_fat()
         raw = set_boot_dirty(self._boot_raw, self.boot.fat_type == 32, dirty)
@@ -279,7 +279,7 @@ class FatVolume:
     async def _write_fsinfo(self) -> None:
         info = FsInfo(self.fat.free_count, self.fat.next_free)
         raw = pack_fsinfo(info, self.boot.bytes_per_sector)
-        await self._barrier()
+        await self._write_out()
         old = await self._read(self.boot.fsinfo_sector, 1)
         # Keep any bytes between the FSInfo fields (reserved, normally zero) intact.
         merged = raw[:4] + old[4:484] + raw[484:496] + old[496:508] + raw[508:]
@@ -322,6 +322,11 @@ class FatVolume:
         return [(self.boot.cluster_to_sector(c), n * spc) for c, n in self.fat.runs(clusters)]
 
     def _writable(self) -> None:
+        """Check the volume may change; a new operation starts (``SectorIO.begin``)."""
+        if self.io.write_failure is not None and self.write_error is None:
+            self.write_error = self.io.write_failure
+            self.problems.append(f"metadata write failed, volume stopped writing: "
+                                 f"{self.write_error}")
         if self.read_only:
             raise ReadOnlyVolume("volume is mounted read-only")
         if not self._mounted:
@@ -329,6 +334,20 @@ class FatVolume:
         if self.write_error is not None:
             raise FatError(f"volume stopped writing after a metadata write error "
                            f"({self.write_error}); remount to repair", errno.EIO)
+        self.io.begin()
+        self.reclaim_if_durable()
+
+    def reclaim_if_durable(self) -> None:
+        """Clusters freed in quarantine become allocatable once no FAT change waits."""
+        if self.fat.held and not self.io.pending_writes and not self.fat.has_unwritten:
+            self.fat.release_held()
+
+    async def _room(self, count: int) -> None:
+        """Enough allocatable clusters for ``count``, writing out frees held back if need be."""
+        if self.fat.held and count > self.fat.available:
+            await self._flush_fat()
+            await self._write_out()
+            self.fat.release_held()
 
     async def _barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
         """``io.barrier``; a failure stops all further writing (like ext4's errors=remount-ro).
@@ -343,8 +362,24 @@ class FatVolume:
         try:
             await self.io.barrier(data)
         except OSError as exc:
+            self._stop_writing(exc)
+            raise
+
+    def _stop_writing(self, exc: OSError) -> None:
+        if self.write_error is None:
             self.write_error = exc.strerror or str(exc)
             self.problems.append(f"metadata write failed, volume stopped writing: {exc}")
+
+    async def _write_out(self) -> None:
+        """Everything written so far is durable (a barrier that waits for all of it)."""
+        if self.write_error is not None:
+            raise FatError(f"volume stopped writing after a metadata write error "
+                           f"({self.write_error})", errno.EIO)
+        try:
+            await self.io.barrier()
+            await self.io.flush()
+        except OSError as exc:
+            self._stop_writing(exc)
             raise
 
     # ================================================================ directories
@@ -391,12 +426,22 @@ class FatVolume:
         d.listing = parse_directory(d.data)
         return d
 
-    async def _write_entries(self, d: _Dir, first: int, count: int) -> None:
-        """Write back the sectors holding entries first..first+count-1."""
+    async def _write_entries(self, d: _Dir, first: int, count: int, *,
+                             refs: bool = True) -> None:
+        """Write back the sectors holding entries first..first+count-1.
+
+        ``refs``: the entries may name clusters (a first cluster, a size), so
+        they go after every FAT change still unwritten, whichever operation made
+        it (a lazy SectorIO orders only within an operation otherwise). Only a
+        deletion names nothing.
+        """
         ss = self.boot.bytes_per_sector
         lo = first * ENTRY_SIZE // ss
         hi = ((first + count) * ENTRY_SIZE - 1) // ss
         await self._barrier()  # the FAT (or the entry) this one depends on goes first
+        if refs:
+            self.io.order_after(self.boot.fat_start * self._scale,
+                                self.boot.num_fats * self.boot.fat_size * self._scale)
         run_start = lo
         for s in range(lo, hi + 1):
             if s == hi or d.sectors[s + 1] != d.sectors[s] + 1:
@@ -555,6 +600,7 @@ class FatVolume:
 
     async def _grow_dir(self, d: _Dir, extra: int) -> None:
         """Add ``extra`` zeroed clusters to a cluster-chained directory (zeros before FAT)."""
+        await self._room(extra)
         new = self.fat.allocate(extra, after=d.clusters[-1], link=False)
         zeros = bytes(self.boot.cluster_size)
         for first, n in self._cluster_sectors(new):
@@ -568,7 +614,8 @@ class FatVolume:
         self._forget_id((self._cluster_to_key(d.key), slot.index))
         for i in range(slot.first_index, slot.index + 1):
             d.data[i * ENTRY_SIZE] = DELETED_MARK
-        await self._write_entries(d, slot.first_index, slot.index - slot.first_index + 1)
+        await self._write_entries(d, slot.first_index, slot.index - slot.first_index + 1,
+                                  refs=False)
         d.listing = parse_directory(d.data)
 
     async def _rewrite_entry(self, node: _Node) -> None:
@@ -814,6 +861,7 @@ class FatVolume:
 
     async def close(self, handle: int) -> None:
         node = self._handle(handle)
+        self.io.begin()
         del self._handles[handle]
         node.opens -= 1
         if node.opens:
@@ -898,8 +946,9 @@ class FatVolume:
         template = _new_entry(ATTR_DIRECTORY)
         entries = self._name_entries(parent, found.leaf, template)
         _, extra = self._growth(parent, len(entries))
-        if 1 + extra > self.fat.free_count:
-            raise NoSpace(f"mkdir needs {1 + extra} clusters, {self.fat.free_count} free")
+        await self._room(1 + extra)
+        if 1 + extra > self.fat.available:
+            raise NoSpace(f"mkdir needs {1 + extra} clusters, {self.fat.available} free")
         cluster = self.fat.allocate(1)[0]
         await self._write_dir_cluster(cluster, template, parent.key)
         await self._flush_fat()
@@ -1205,6 +1254,7 @@ class FatVolume:
                     zero_fill: bool, written: tuple[int, int] | None) -> list[int]:
         """Allocate, zero and link the clusters a file needs beyond ``chain``."""
         cs = self.boot.cluster_size
+        await self._room(want - len(chain))
         new = self.fat.allocate(want - len(chain), after=chain[-1] if chain else None,
                                 link=False)
         try:  # zero the new clusters before any on-disk structure points at them
