@@ -87,6 +87,7 @@ class CacheSectorIO:
         self._since: set[int] = set()  # lazy: pages this operation changed since its barrier
         self._follow: set[int] = set()  # lazy: pages this operation's next changes follow
         self._lock = anyio.Lock()  # a write-out and a change never interleave
+        self._copies: list[tuple[int, int]] = []  # device lba, count of each FAT copy
 
     async def _map(self, lba: int, count: int, *, zero_fill: bool) -> list[PageRef]:
         if lba < 0 or count < 0 or lba + count > self.total_sectors:
@@ -175,8 +176,26 @@ class CacheSectorIO:
                                     src[(lo - start) * ss:(hi - start) * ss])
             page += self._per_page
 
-    async def _change_page(self, page: int, lba: int, data: memoryview) -> None:
+    def set_fat_copies(self, copies: Sequence[tuple[int, int]]) -> None:
+        """The (volume lba, count) of each FAT copy: a FAT page's change follows earlier
+        FAT changes of its own copy only (each copy is a whole FAT; copies that differ
+        after a cut are repaired, one copy never needs another first)."""
+        self._copies = [(self.partition_start + lba, count) for lba, count in copies]
+
+    def _copies_of(self, page: int) -> set[int]:
+        end = page + self._per_page
+        return {n for n, (start, count) in enumerate(self._copies)
+                if start < end and page < start + count}
+
+    def _follow_for(self, page: int) -> list[int]:
         follow = [p for p in self._follow if p in self._order]
+        mine = self._copies_of(page) if self._copies else set()
+        if not mine:
+            return follow
+        return [q for q in follow if not self._copies_of(q) or self._copies_of(q) & mine]
+
+    async def _change_page(self, page: int, lba: int, data: memoryview) -> None:
+        follow = self._follow_for(page)
         first = self._order.needs_first(page, follow)
         if first:  # a cycle: those pages go out now, before this change touches the page
             self.forced += 1
@@ -258,13 +277,17 @@ class CacheSectorIO:
         Without it the cache writes dirty pages back in any order. ``data`` adds
         (volume lba, count) runs of file data to write first as well. Nothing to
         do when nothing was written since the last barrier (or flush). Lazy: only
-        recorded; the operation's later changes follow these pages.
+        recorded (the data pages are written, not flushed, so a write error reaches
+        the caller now); the operation's later changes follow these pages.
         """
         extra: set[int] = set()
         for lba, count in data:
             start = self.partition_start + lba
             extra.update(range(self._page_of(start), start + count, self._per_page))
         if self.lazy:
+            if extra:  # the data goes to the device now (no flush): its error is the writer's
+                await self.endpoint.call(self.cache, Writeback(self.device, sorted(extra)), Ok,
+                                         timeout=120)
             for page in extra:
                 self._order.foreign(page)  # no-op for a page of ours already pending
             self._follow |= self._since | extra
@@ -294,5 +317,7 @@ class CacheSectorIO:
             first += self._per_page
         pages = [p for p in range(first, start + count - self._per_page + 1, self._per_page)
                  if p not in self._frames]  # a held page is written with its group instead
-        if pages:
+        if pages and self.lazy:  # nothing can reuse the clusters before the free is durable,
+            await self.endpoint.send(self.cache, Invalidate(self.device, pages))  # so no wait
+        elif pages:
             await self.endpoint.call(self.cache, Invalidate(self.device, pages), Ok)

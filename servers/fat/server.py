@@ -116,6 +116,9 @@ class FatServer(Server):
             # driver dirties at will), so held metadata pages can wait for their order.
             io.lazy = True
             self._volume.fat.quarantine = True
+            boot, scale = self._volume.boot, self._volume.boot.bytes_per_sector // io.sector_size
+            io.set_fat_copies([((boot.fat_start + n * boot.fat_size) * scale,
+                                boot.fat_size * scale) for n in range(boot.num_fats)])
         for problem in self._volume.problems:
             self.log.warning("volume problem", problem=problem)
         self.router.counters.volume_repairs += self._volume.repairs
@@ -125,7 +128,7 @@ class FatServer(Server):
         if self.write_interval is None:
             return
         while True:
-            await anyio.sleep(self.write_interval)
+            await anyio.sleep(max(self.write_interval, 0.005))  # 0: often, never a spin
             vol = self._volume
             if vol is None or not vol.io.pending_writes or vol.write_error is not None:
                 continue
@@ -248,11 +251,16 @@ class FatServer(Server):
             for e in await vol.extents(msg.handle, msg.offset, msg.length)
         ]
         size = (await vol.stat(msg.handle)).size
+        # Reserved clusters past the size nobody wrote hold stale bytes the kernel file
+        # driver would zero anyway: the cache zero-fills their pages without a disk read.
+        cs = vol.boot.cluster_size
+        unwritten = 0 <= max(msg.zero_from, -(-size // cs) * cs) <= msg.offset
         if extents:
             await self.endpoint.send(
                 self.cache,
                 CacheRead(
-                    self.device, [Extent(e.lba, e.count) for e in extents], msg.notify, msg.tag
+                    self.device, [Extent(e.lba, e.count) for e in extents], msg.notify, msg.tag,
+                    unwritten and msg.zero_from >= 0,
                 ),
             )
         return Mapped(msg.tag, size, extents)

@@ -1311,16 +1311,27 @@ class FatVolume:
         """
         if keep:
             self.fat.set(chain[keep - 1], self.fat.eoc)
-            self.fat.truncate_chain(chain, keep)
-            if self._fat_changes_atomic():
+            if not self._entries_in_one_page(chain[keep - 1:]):
+                # The end mark goes alone first; the tail stays linked till then (and the
+                # part of it in the end mark's own page may join that page's write).
                 await self._flush_fat()
-                return
-            links = [*chain[keep + 1:], self.fat.eoc]
-            for c, nxt in zip(chain[keep:], links, strict=True):  # not one page: the end
-                self.fat.set(c, nxt)  # mark goes alone first, the tail stays linked till then
-            await self._flush_fat()
         self.fat.truncate_chain(chain, keep)
         await self._flush_fat()
+
+    def _entries_in_one_page(self, clusters: list[int]) -> bool:
+        """Do these clusters' FAT entries (and any other unwritten change) lie in one
+        4 KiB page of each FAT copy? Then one write per copy changes them all at once."""
+        bps = self.boot.bytes_per_sector
+        width = {12: 2, 16: 2, 32: 4}[self.boot.fat_type]  # bytes an entry touches
+        offsets = [c * 3 // 2 if self.boot.fat_type == 12 else c * width for c in clusters]
+        sectors = {o // bps for o in offsets} | {(o + width - 1) // bps for o in offsets}
+        sectors |= {s for first, data in self.fat.dirty_runs()
+                    for s in range(first, first + len(data) // bps)}
+        for n in range(self.boot.num_fats):
+            base = self.io.partition_offset + (self.boot.fat_start + n * self.boot.fat_size) * bps
+            if len({(base + s * bps) // PAGE_BYTES for s in sectors}) > 1:
+                return False
+        return True
 
     def _unallocate(self, chain: list[int], new: list[int]) -> None:
         """Undo an in-memory allocation whose zero fill failed: the disk never saw it."""

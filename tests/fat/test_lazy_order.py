@@ -93,3 +93,25 @@ def test_freed_clusters_are_held_until_the_free_is_durable() -> None:
     table.release_held()
     assert table.held == set() and table.available == table.free_count
     assert table.allocate(1, after=first[0] - 1) == [first[0]]
+
+
+async def test_a_new_files_reserved_pages_come_as_zeros_without_a_disk_read(
+        tmp_path: Path) -> None:
+    """``MapRange.zero_from``: reserved clusters nobody wrote are not read (stale bytes)."""
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=16 * 2**20, fat=16)
+    async with microkernel.boot(config=_quiet(image)) as system:
+        proc = await system.spawn("p")
+        stale = bytes([0xA5]) * 3 * 4096
+        await proc.write_file("/old.bin", stale)  # clusters with bytes on the disk ...
+        async with await proc.open("/old.bin", "rb") as f:
+            await f.fsync()
+        await proc.unlink("/old.bin")  # ... freed, and (after a write-out) reused
+        before = system.statistics()
+        for i in range(4):
+            async with await proc.open(f"/new{i}.bin", "wb") as f:
+                await f.write(b"n" * 100)
+        assert system.statistics().delta(before).disk_read_bytes == 0
+        for i in range(4):
+            async with await proc.open(f"/new{i}.bin", "rb") as f:
+                assert await f.read() == b"n" * 100
