@@ -88,6 +88,7 @@ class CacheSectorIO:
         self._follow: set[int] = set()  # lazy: pages this operation's next changes follow
         self._lock = anyio.Lock()  # a write-out and a change never interleave
         self._copies: list[tuple[int, int]] = []  # device lba, count of each FAT copy
+        self._data_start = 0  # first device page that file data may share (set_layout)
 
     async def _map(self, lba: int, count: int, *, zero_fill: bool) -> list[PageRef]:
         if lba < 0 or count < 0 or lba + count > self.total_sectors:
@@ -176,11 +177,16 @@ class CacheSectorIO:
                                     src[(lo - start) * ss:(hi - start) * ss])
             page += self._per_page
 
-    def set_fat_copies(self, copies: Sequence[tuple[int, int]]) -> None:
-        """The (volume lba, count) of each FAT copy: a FAT page's change follows earlier
-        FAT changes of its own copy only (each copy is a whole FAT; copies that differ
-        after a cut are repaired, one copy never needs another first)."""
+    def set_layout(self, copies: Sequence[tuple[int, int]], data_start: int) -> None:
+        """The (volume lba, count) of each FAT copy, and where file data may start.
+
+        A FAT page's change follows earlier FAT changes of its own copy only (each
+        copy is a whole FAT; copies that differ after a cut are repaired, one copy
+        never needs another first). Pages from ``data_start`` on may have been
+        dirtied by the kernel file driver (a cluster's former file).
+        """
         self._copies = [(self.partition_start + lba, count) for lba, count in copies]
+        self._data_start = self._page_of(self.partition_start + data_start)
 
     def _copies_of(self, page: int) -> set[int]:
         end = page + self._per_page
@@ -189,10 +195,15 @@ class CacheSectorIO:
 
     def _follow_for(self, page: int) -> list[int]:
         follow = [p for p in self._follow if p in self._order]
-        mine = self._copies_of(page) if self._copies else set()
-        if not mine:
+        if not self._copies or not self._fat_only(page):  # a shared page follows everything
             return follow
-        return [q for q in follow if not self._copies_of(q) or self._copies_of(q) & mine]
+        mine = self._copies_of(page)
+        return [q for q in follow if not self._fat_only(q) or self._copies_of(q) & mine]
+
+    def _fat_only(self, page: int) -> bool:
+        """Does the page hold nothing but FAT sectors (no boot, root directory, data)?"""
+        first, last = min(s for s, _ in self._copies), max(s + n for s, n in self._copies)
+        return first <= page and page + self._per_page <= last
 
     async def _change_page(self, page: int, lba: int, data: memoryview) -> None:
         follow = self._follow_for(page)
@@ -207,6 +218,12 @@ class CacheSectorIO:
             self._frames[page] = refs[0].phys
             if len(refs) > 1:  # pragma: no cover - one page asked for, one page given
                 await self._release(refs[1:])
+            if page >= self._data_start:
+                # A data-region page (a directory cluster, a zero fill) may still be dirty
+                # from a file that held the cluster before: written now, it holds no stale
+                # dirt the cache could write behind this change's order.
+                await self.endpoint.call(self.cache, Writeback(self.device, [page]), Ok,
+                                         timeout=120)
         for offset, view in self._pieces([PageRef(page, self._frames[page])], lba, count):
             view[:] = data[offset : offset + len(view)]
         self._order.change(page, follow)

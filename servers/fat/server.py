@@ -117,8 +117,9 @@ class FatServer(Server):
             io.lazy = True
             self._volume.fat.quarantine = True
             boot, scale = self._volume.boot, self._volume.boot.bytes_per_sector // io.sector_size
-            io.set_fat_copies([((boot.fat_start + n * boot.fat_size) * scale,
-                                boot.fat_size * scale) for n in range(boot.num_fats)])
+            io.set_layout([((boot.fat_start + n * boot.fat_size) * scale,
+                            boot.fat_size * scale) for n in range(boot.num_fats)],
+                          boot.data_start * scale)
         for problem in self._volume.problems:
             self.log.warning("volume problem", problem=problem)
         self.router.counters.volume_repairs += self._volume.repairs

@@ -888,10 +888,25 @@ class FatVolume:
             if not want:
                 node.entry = node.entry.with_(cluster=0)
                 await self._rewrite_entry(node)
+                self._after_pending_entries()  # a pending old name may still hold the chain
             await self._cut_chain(chain, want)
+
+    def _after_pending_entries(self) -> None:
+        """What frees clusters next follows every directory change still unwritten.
+
+        Whichever operation made it: an entry naming the clusters may be gone
+        only in a pending page (an unlink, a rename's removal of the old name, a
+        shrink). Eager barriers leave nothing pending; the lazy order needs this
+        (docs/fat.md). Reservation tails past the size are freed without it: no
+        entry's size covers them.
+        """
+        fat_end = (self.boot.fat_start + self.boot.num_fats * self.boot.fat_size) * self._scale
+        self.io.order_after(0, self.boot.fat_start * self._scale)
+        self.io.order_after(fat_end, self.io.total_sectors - fat_end)
 
     def _free_chain(self, cluster: int, name: str) -> None:
         """Free a chain; a damaged chain is left allocated (fsck reclaims it) and reported."""
+        self._after_pending_entries()
         try:
             self.fat.free_chain(cluster)
         except BadChain as exc:
@@ -1241,6 +1256,8 @@ class FatVolume:
                                       mtime=tm, adate=date)
         await self._rewrite_entry(node)
         if trim:
+            if size < old_size:
+                self._after_pending_entries()
             await self._cut_chain(chain, want)
         return self._new_extents(new, len(chain) * cs)
 
