@@ -1076,6 +1076,10 @@ class FatVolume:
         if replaced is not None and same_dir and replaced.index == src_slot.index:
             replaced = None
         removed = False  # the old entry went in the same write as the new one
+        # The new name goes after the old entry's last change (a published size still
+        # pending, lazy order): a cut between the two shows two equal entries.
+        at = src_slot.index * ENTRY_SIZE // self.boot.bytes_per_sector
+        self.io.order_after(s.parent.sectors[at] * self._scale, self._scale)
         if replaced is not None and not replaced.entry.is_dir and replaced.name == d.leaf:
             first, index, entry = await self._take_over(target, replaced, src_slot.entry)
         else:
