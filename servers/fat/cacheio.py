@@ -87,6 +87,7 @@ class CacheSectorIO:
         self._since: set[int] = set()  # lazy: pages this operation changed since its barrier
         self._follow: set[int] = set()  # lazy: pages this operation's next changes follow
         self._lock = anyio.Lock()  # a write-out and a change never interleave
+        self._sealed = False  # unmount queued its last writes (seal)
         self._copies: list[tuple[int, int]] = []  # device lba, count of each FAT copy
         self._data_start = 0  # first device page that file data may share (set_layout)
 
@@ -143,6 +144,8 @@ class CacheSectorIO:
                 n = min(step, count - i)
                 await self.write(lba + i, bytes(view[i * self.sector_size : (i + n) * self.sector_size]))
             return
+        if self._sealed:
+            raise OSError(5, "the volume is unmounted: its last writes are queued")
         if self.lazy:
             async with self._lock:
                 await self._write_held(lba, data)
@@ -228,6 +231,10 @@ class CacheSectorIO:
             view[:] = data[offset : offset + len(view)]
         self._order.change(page, follow)
         self._since.add(page)
+
+    def seal(self) -> None:
+        """Unmount queued its last writes (the clean flag): later writes are refused."""
+        self._sealed = True
 
     def begin(self) -> None:
         """A new operation: what it writes follows nothing written before (lazy)."""

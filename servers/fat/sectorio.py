@@ -73,6 +73,10 @@ class SectorIO(Protocol):
         """Pages changed but not yet durable in their order (0: everything written out)."""
         ...
 
+    def seal(self) -> None:
+        """Unmount queued its last writes: any later write is refused (EIO)."""
+        ...
+
 
 class FileSectorIO:
     """SectorIO over an image file (or block device), optionally at a partition offset.
@@ -137,6 +141,9 @@ class FileSectorIO:
     @property
     def pending_writes(self) -> int:
         return 0
+
+    def seal(self) -> None:
+        """Writes here land in program order: nothing can pass the clean flag."""
 
     def _check(self, lba: int, count: int) -> None:
         if lba < 0 or count < 0 or lba + count > self.total_sectors:

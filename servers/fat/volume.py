@@ -252,6 +252,7 @@ class FatVolume:
 
     async def _set_dirty(self, dirty: bool) -> None:
         await self._write_out()  # clean: only after everything else is on the disk
+        self._after_everything()
         self.fat.set_clean(not dirty)
         await self._flush_fat()
         raw = set_boot_dirty(self._boot_raw, self.boot.fat_type == 32, dirty)
@@ -269,17 +270,19 @@ class FatVolume:
             except FatError:
                 if self.write_error is None:
                     raise
+        self._mounted = False  # no new operation; one still in flight may write below
         if not self.read_only and self.write_error is None:
             if self.boot.fat_type == 32:
                 await self._write_fsinfo()
             await self._set_dirty(False)
+            self.io.seal()  # an operation still in flight cannot write past the clean flag
             await self.io.flush()
-        self._mounted = False
 
     async def _write_fsinfo(self) -> None:
         info = FsInfo(self.fat.free_count, self.fat.next_free)
         raw = pack_fsinfo(info, self.boot.bytes_per_sector)
         await self._write_out()
+        self._after_everything()
         old = await self._read(self.boot.fsinfo_sector, 1)
         # Keep any bytes between the FSInfo fields (reserved, normally zero) intact.
         merged = raw[:4] + old[4:484] + raw[484:496] + old[496:508] + raw[508:]
@@ -890,6 +893,11 @@ class FatVolume:
                 await self._rewrite_entry(node)
                 self._after_pending_entries()  # a pending old name may still hold the chain
             await self._cut_chain(chain, want)
+
+    def _after_everything(self) -> None:
+        """What is written next follows everything still unwritten (lazy order)."""
+        self.io.begin()
+        self.io.order_after(0, self.io.total_sectors)
 
     def _after_pending_entries(self) -> None:
         """What frees clusters next follows every directory change still unwritten.

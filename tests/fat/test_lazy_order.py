@@ -115,3 +115,22 @@ async def test_a_new_files_reserved_pages_come_as_zeros_without_a_disk_read(
         for i in range(4):
             async with await proc.open(f"/new{i}.bin", "rb") as f:
                 assert await f.read() == b"n" * 100
+
+
+async def test_unmount_refuses_writes_that_would_pass_the_clean_flag(tmp_path: Path) -> None:
+    """An operation still in flight at unmount cannot queue a change after the clean flag."""
+    require_tool("fsck.fat")
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=16 * 2**20, fat=16)
+    async with microkernel.boot(config=_quiet(image)) as system:
+        proc = await system.spawn("p")
+        await proc.write_file("/a.bin", b"a" * 5000)
+        fat = system.server("fat0")
+        assert isinstance(fat, FatServer)
+        io = _io(system)
+        await fat.volume.unmount()
+        assert io.pending_writes == 0
+        with pytest.raises(OSError):
+            await io.write(fat.volume.boot.fat_start, bytes(512))
+    done = fsck_fat(image)
+    assert done.returncode == 0, done.stdout.decode()
