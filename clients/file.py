@@ -119,6 +119,7 @@ class File:
         # Without MAP_FIXED (stitched mode) a view may not span frames: no window-wide view.
         self._data = space.export(DATA_OFFSET, WINDOW_DATA) if space.mode == "map-fixed" else None
         self._last = _NO_PART
+        self._viewed = False  # a view was handed out: close waits until it reads zeros
 
     # ---------------------------------------------------------------- context
     async def __aenter__(self) -> File:
@@ -339,6 +340,7 @@ class File:
                 self._note_read(index)
                 pos += avail
             if self._covered(offset, end):  # no await since: nothing was evicted meanwhile
+                self._viewed = True
                 return self._space.export(DATA_OFFSET + offset, end - offset)
         raise OSError(errno.EIO, f"{self.name}: {offset}..{end} cannot stay mapped at once")
 
@@ -433,12 +435,25 @@ class File:
         await self._call(Fsync(self.handle), None)
 
     async def close(self) -> None:
+        """Close the handle; a read-only one without waiting for the answer.
+
+        A handle that cannot write has no error to report at close (nothing of
+        it is written back), so its ``Close`` is posted and the kernel tears the
+        window down after this returns. A writable handle waits: close raises
+        the error of its final writeback, as Python's files do. So do a handle
+        that handed out a view (once close returns, a view kept past it reads
+        zeros) and one on the copy path (its private frames, charged to this
+        process, are back when close returns).
+        """
         if self.closed:
             return
         self.closed = True
         self._publish()
         self._release_views()
-        await self.proc.syscall(Close(self.handle), None)
+        if self.flags & OpenFlags.WRITE or self._viewed or not self.zero_copy:
+            await self.proc.syscall(Close(self.handle), None)
+        else:
+            await self.proc.post(Close(self.handle))
 
     def _release_views(self) -> None:
         """Drop every view onto the window so the address space can unmap it at close."""

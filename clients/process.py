@@ -92,6 +92,19 @@ class UserProcess:
         )
         return result
 
+    async def post(self, request: msgspec.Struct) -> None:
+        """A system call that needs no answer (a read-only close): sent, not waited for.
+
+        The kernel file driver handles it in order with the process's later
+        calls (an open of the same file waits for the close to finish there).
+        """
+        counters = self.system.counters
+        counters.syscalls += 1
+        self.syscalls += 1
+        counters.syscalls_by_type[type(request).__name__] += 1
+        endpoint = self.kernel.endpoint
+        await endpoint.send("vfs", request, corr=endpoint.router.next_id())
+
     async def open(self, path: str, mode: str = "rb") -> File:
         flags = parse_mode(mode)
         opened: Opened = await self.syscall(Open(path, int(flags)), Opened)

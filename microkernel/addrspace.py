@@ -60,6 +60,32 @@ def _mmap(addr: int | None, length: int, prot: int, flags: int, fd: int, offset:
     return int(result)
 
 
+def _contiguous_runs(frames: Sequence[int]) -> list[tuple[int, int]]:
+    """(first, end) index ranges of physically contiguous frames (one ``mmap`` each).
+
+    Physically contiguous frames of one zone are contiguous in the memfd too. A
+    whole contiguous list (the common case for a warm file) is recognised at C speed.
+    """
+    n = len(frames)
+    if not n:
+        return []
+    first = frames[0]
+    if frames[-1] - first == (n - 1) * PAGE_SIZE and list(frames) == list(
+        range(first, first + n * PAGE_SIZE, PAGE_SIZE)
+    ):
+        return [(0, n)]
+    out = []
+    i = 0
+    while i < n:
+        base = frames[i]
+        j = i + 1
+        while j < n and frames[j] == base + (j - i) * PAGE_SIZE:
+            j += 1
+        out.append((i, j))
+        i = j
+    return out
+
+
 class _DeferredUnmap:
     """Unmaps a closed range once the last view exported from it is garbage."""
 
@@ -114,14 +140,8 @@ class AddressSpace:
         self._check(offset, len(frames) * PAGE_SIZE)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         mem = self.memory
-        i = 0
-        while i < len(frames):
+        for i, j in _contiguous_runs(frames):
             start = mem.index_of(frames[i])
-            base = frames[i]
-            j = i + 1
-            # Physically contiguous frames of one zone are contiguous in the memfd too.
-            while j < len(frames) and frames[j] == base + (j - i) * PAGE_SIZE:
-                j += 1
             mem.index_of(frames[j - 1])  # the run's last frame must be RAM as well
             _mmap(
                 self.base + offset + i * PAGE_SIZE,
@@ -131,9 +151,8 @@ class AddressSpace:
                 mem.fd,
                 start * PAGE_SIZE,
             )
-            i = j
-        for k, phys in enumerate(frames):
-            self._frames[offset + k * PAGE_SIZE] = phys
+        offsets = range(offset, offset + len(frames) * PAGE_SIZE, PAGE_SIZE)
+        self._frames.update(zip(offsets, frames, strict=True))
 
     def unmap(self, offset: int, npages: int, *, discard: bool = False) -> list[int]:
         """Remove the mapping of ``npages`` pages; returns the frames that were mapped there.

@@ -95,6 +95,10 @@ class Server:
             tp: getattr(self, attr) for tp, attr in self._handler_table.items()
         }
         self._stopped = anyio.Event()
+        # A sequential server's handler and its teardown take turns: a teardown (a file
+        # system's unmount: FSInfo, clean flag) beside an operation still in flight would
+        # write the clean flag over an operation's half-done changes.
+        self._turn = anyio.Lock()
         self._running = False
         self._handled = self._errors = self._malformed = self._crashes = 0
         self.log = log.bind(server=name)
@@ -155,14 +159,20 @@ class Server:
             else:
                 async for env in inbox:
                     current_corr.set(env.corr)
-                    await self._dispatch(env)
+                    async with self._turn:
+                        await self._dispatch(env)
             outer.cancel_scope.cancel()
 
     async def stop(self) -> None:
-        """Run ``teardown``, close the inbox, wait for the loop to drain, unregister."""
+        """Run ``teardown``, close the inbox, wait for the loop to drain, unregister.
+
+        A sequential server's ``teardown`` waits for the handler in flight (bounded by
+        that handler's own call timeouts) and runs before the next one.
+        """
         if self._running:
             try:
-                await self.teardown()
+                async with self._turn:
+                    await self.teardown()
             finally:
                 port = self.router.ports.get(self.name)
                 if port is not None and port.outbox is not None:

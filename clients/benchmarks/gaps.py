@@ -76,6 +76,9 @@ async def cold_big(ctx: Context) -> BenchResult:
     result.ratio("microkernel", "mtype")
     result.ratio("microkernel", "host preadv")
     _per_mib(result, size)
+    heap = result.side("microkernel").counters.get("cache_heap_per_page")
+    if heap is not None:
+        result.figures["microkernel: cache heap bytes per cached page"] = heap
     result.notes.append("microkernel: open+readinto+close after a fresh boot; mtype: whole process")
     return result
 

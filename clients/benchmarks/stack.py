@@ -101,11 +101,23 @@ async def cold_read(
         boot_s = boot_clock()
         count: list[int] = []
         sample = await measured(system, lambda: _collect(reader(proc, path, sink), count))
+        heap = cache_heap_per_page(system)
     if count[0] != len(expected) or (verify and sink != expected):
         raise WrongData(
             f"{image.path}::{path} read back {count[0]} bytes that differ from the file"
         )
-    return Sample(sample.seconds, {**sample.counters, "boot_s": boot_s})
+    extra = {} if heap is None else {"cache_heap_per_page": heap}
+    return Sample(sample.seconds, {**sample.counters, "boot_s": boot_s, **extra})
+
+
+def cache_heap_per_page(system: System) -> float | None:
+    """Bytes of Python heap the disc cache's table takes per cached page (None: no cache)."""
+    try:
+        core = system.server("cache").core  # type: ignore[attr-defined]
+    except (KeyError, LookupError):
+        return None
+    pages = core.census().frames
+    return core.heap_bytes() / pages if pages else None
 
 
 async def _collect(read: Awaitable[int], out: list[int]) -> None:

@@ -88,6 +88,7 @@ async def warm_reread(image: Image, path: str, repetitions: int) -> list[Sample]
     samples: list[Sample] = []
     try:
         async with booted(image.path) as (system, proc):
+            await anyio.to_thread.run_sync(system.memory.wait_populated)  # boot's cost, not a read's
             await _read_once(proc, path, sink)
             for _ in range(repetitions):
                 samples.append(await measured(system, lambda: _read_once(proc, path, sink)))
@@ -115,6 +116,7 @@ async def _writable(image: Path, body: Callable[[System, UserProcess], Awaitable
     """
     async with microkernel.boot(image=image, driver="nvme") as system:
         proc = await system.spawn("bench")
+        await anyio.to_thread.run_sync(system.memory.wait_populated)  # boot's cost, not the workload's
         before = system.statistics()
         elapsed = stopwatch()
         await body(system, proc)

@@ -43,16 +43,6 @@ class Span:
 
 
 @dataclass(frozen=True, slots=True)
-class Command:
-    """One planned driver command: sectors ``lba .. lba+count`` through ``sg``, for these pages."""
-
-    lba: int
-    count: int
-    sg: list[Segment]
-    pages: list[int]
-
-
-@dataclass(frozen=True, slots=True)
 class PageGeometry:
     """Maps logical sectors to cache pages for one device."""
 
@@ -82,21 +72,26 @@ class PageGeometry:
         origin, spp = self.origin, self.spp
         return [origin + ((lba - origin) // spp) * spp for lba in lbas]
 
-    def pages_of(self, extents: Iterable[Extent]) -> list[int]:
-        """Sorted distinct pages covering the extents; out-of-range extents are refused."""
-        ranges: list[tuple[int, int]] = []
+    def page_runs(self, extents: Iterable[Extent]) -> list[tuple[int, int]]:
+        """The pages covering the extents as sorted, disjoint runs ``(first page, count)``."""
+        spans: list[tuple[int, int]] = []
         for extent in extents:
             self.check(extent)
-            ranges.append((self.page_of(extent.lba), self.page_of(extent.lba + extent.count - 1)))
-        ranges.sort()
+            spans.append((self.page_of(extent.lba), self.page_of(extent.lba + extent.count - 1)))
+        spans.sort()
         spp = self.spp
-        pages: list[int] = []
-        for first, last in ranges:  # page runs, merged where they overlap
-            if pages and first <= pages[-1]:
-                first = pages[-1] + spp
-            if first <= last:
-                pages.extend(range(first, last + 1, spp))
-        return pages
+        out: list[tuple[int, int]] = []
+        for first, last in spans:  # merged where they overlap or touch
+            if out and first <= out[-1][0] + out[-1][1] * spp:
+                end = max(out[-1][0] + out[-1][1] * spp, last + spp)
+                out[-1] = (out[-1][0], (end - out[-1][0]) // spp)
+            else:
+                out.append((first, (last - first) // spp + 1))
+        return out
+
+    def runs_for(self, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``(sector, pages)`` spans as page runs: ``pages`` pages from the page holding ``sector``."""
+        return [(self.page_of(lba), n) for lba, n in spans if n > 0]
 
     def check(self, extent: Extent) -> None:
         """Refuse an empty, negative or past-the-end extent (ERANGE/EINVAL at the boundary)."""
@@ -141,52 +136,28 @@ class PageGeometry:
         return whole
 
     # ---------------------------------------------------------------- commands
-    def segment(self, page_lba: int, phys: int) -> Segment:
-        if not self.is_partial(page_lba):
-            return Segment(phys, PAGE_SIZE)
-        span = self.span(page_lba)
-        return Segment(phys + span.offset, span.count * self.sector_size)
+    def run_command(self, first: int, count: int, phys: int) -> tuple[int, int, list[Segment]]:
+        """One command for ``count`` consecutive pages from ``first`` in consecutive frames from
+        ``phys``: (first sector, sectors, one segment; clipped at the disk's edges)."""
+        spp = self.spp
+        lba = max(first, 0)
+        end = min(first + count * spp, self.total_sectors)
+        start = phys + (lba - first) * self.sector_size
+        return lba, max(end - lba, 0), [Segment(start, (end - lba) * self.sector_size)]
 
-    def commands(self, pages: Sequence[tuple[int, int]], max_pages: int) -> list[Command]:
-        """Merge ``(page_lba, phys)`` pairs into as few commands as contiguity and limits allow.
-
-        Pages are contiguous on the disk when their page numbers follow each
-        other; a run is cut every ``max_pages`` pages (the driver's transfer and
-        segment limits). The frames need not be contiguous: that is what the
-        scatter/gather list is for.
-        """
-        ordered = sorted(pages)
-        lbas = [page for page, _ in ordered]
-        frames = [phys for _, phys in ordered]
-        spp, n = self.spp, len(ordered)
-        out: list[Command] = []
-        start = 0
-        while start < n:
-            end = min(start + max_pages, n)
-            first = lbas[start]
-            if lbas[start:end] != list(range(first, first + (end - start) * spp, spp)):
-                end = start + 1  # the run breaks inside this window: find where
-                while end < n and end - start < max_pages and lbas[end] == lbas[end - 1] + spp:
-                    end += 1
-            out.append(self._command(lbas[start:end], frames[start:end]))
-            start = end
-        return out
-
-    def _command(self, run: list[int], frames: list[int]) -> Command:
-        """One command for consecutive pages: only the disk's edge pages need a clipped segment."""
-        sg = [Segment(phys, PAGE_SIZE) for phys in frames]
-        # Clipped pages (before sector 0, past the end) can only open or close a run.
-        i = 0
-        while i < len(run) and run[i] < 0:
-            sg[i] = self.segment(run[i], frames[i])
-            i += 1
-        j = len(run) - 1
-        while j >= i and run[j] + self.spp > self.total_sectors:
-            sg[j] = self.segment(run[j], frames[j])
-            j -= 1
-        lba = max(run[0], 0)
-        end = min(run[-1] + self.spp, self.total_sectors)
-        return Command(lba, max(end - lba, 0), sg, run)
+    def parts_command(
+        self, parts: Sequence[tuple[int, int, int]]
+    ) -> tuple[int, int, list[Segment]]:
+        """One command for frame runs ``(first page, count, first frame)`` that follow each
+        other on the disk: one segment per run."""
+        first = self.run_command(*parts[0])
+        sg = list(first[2])
+        lba, end = first[0], first[0] + first[1]
+        for part in parts[1:]:
+            plba, count, segments = self.run_command(*part)
+            sg += segments
+            end = plba + count
+        return lba, end - lba, sg
 
 
 def _merged(extents: Iterable[Extent]) -> list[tuple[int, int]]:

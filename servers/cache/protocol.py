@@ -11,6 +11,8 @@ Flow of a read miss (docs/architecture.md §4): the file system sends ``CacheRea
 sends ``SectorsReady`` (or ``CacheFailed``) **to the notify port**, not back to
 the file system. Each page listed in ``SectorsReady`` or ``Pages`` carries one
 pin for the receiver, dropped with ``Release``; a pinned page is never evicted.
+``SectorsReady`` names pages as runs (``PageRun``); ``Release``, ``MarkDirty``,
+``Invalidate`` and ``Writeback`` take single pages, runs (``PageSpan``), or both.
 """
 
 from __future__ import annotations
@@ -30,6 +32,29 @@ class PageRef(msgspec.Struct, frozen=True, gc=False, array_like=True):
 
     lba: int
     phys: int
+
+
+class PageRun(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """``count`` consecutive cache pages from page ``lba`` in consecutive frames from ``phys``.
+
+    Page ``k`` of the run starts at logical sector ``lba + k * spp`` and lives in
+    frame ``phys + k * 4096``: one record, one mapping and one driver command per run.
+    """
+
+    lba: int
+    count: int
+    phys: int
+
+    def refs(self, spp: int) -> list[PageRef]:
+        """The run's pages one by one."""
+        return [PageRef(self.lba + k * spp, self.phys + k * 4096) for k in range(self.count)]
+
+
+class PageSpan(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """``count`` consecutive cache pages from the page holding sector ``lba``."""
+
+    lba: int
+    count: int
 
 
 # ------------------------------------------------------------------ requests
@@ -60,6 +85,7 @@ class Release(msgspec.Struct, frozen=True, gc=False, tag=True):
 
     device: str
     pages: list[int]
+    runs: list[PageSpan] = msgspec.field(default_factory=list)  # and these page runs
 
 
 class MarkDirty(msgspec.Struct, frozen=True, gc=False, tag=True):
@@ -67,10 +93,11 @@ class MarkDirty(msgspec.Struct, frozen=True, gc=False, tag=True):
 
     device: str
     pages: list[int]
+    runs: list[PageSpan] = msgspec.field(default_factory=list)  # and these page runs
 
 
 class Writeback(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """Write the given dirty pages (all dirty pages of the device when empty) as whole pages.
+    """Write the given dirty pages (all dirty pages of the device when both lists are empty).
 
     ``flush``: then flush the device, so the reply means the pages are durable.
     A file system uses this as a write barrier: what it dirties after the reply
@@ -80,6 +107,7 @@ class Writeback(msgspec.Struct, frozen=True, gc=False, tag=True):
     device: str
     pages: list[int] = msgspec.field(default_factory=list)
     flush: bool = False
+    runs: list[PageSpan] = msgspec.field(default_factory=list)  # and these page runs
 
 
 class FlushDevice(msgspec.Struct, frozen=True, gc=False, tag=True):
@@ -93,6 +121,7 @@ class Invalidate(msgspec.Struct, frozen=True, gc=False, tag=True):
 
     device: str
     pages: list[int]
+    runs: list[PageSpan] = msgspec.field(default_factory=list)  # and these page runs
 
 
 class GetCacheStats(msgspec.Struct, frozen=True, gc=False, tag=True):
@@ -124,11 +153,15 @@ CacheRequest = (
 
 # ------------------------------------------------------- replies and notifications
 class SectorsReady(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """To the notify port: every page of ``tag`` is present (each pinned once for the receiver)."""
+    """To the notify port: every page of ``tag`` is present (each pinned once for the receiver).
+
+    The pages come as runs of consecutive pages in consecutive frames: a few
+    records per MiB, not one per page.
+    """
 
     tag: int
     device: str
-    pages: list[PageRef]
+    runs: list[PageRun]
 
 
 class CacheFailed(msgspec.Struct, frozen=True, gc=False, tag=True):

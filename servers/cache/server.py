@@ -2,7 +2,7 @@
 
 It owns up to ``capacity_pages`` physical frames (allocated lazily, from the
 zone each device can DMA into), asks the drivers to DMA sectors straight into
-them, and hands ``(sector, physical address)`` pairs to whoever waits: the
+them, and hands runs of pages (first sector, count, first frame) to whoever waits: the
 kernel file driver for ``CacheRead`` (``SectorsReady`` goes to the *notify*
 port, docs/architecture.md §4), the caller for ``CacheMap``. No file data ever crosses a
 message or is copied here.
@@ -27,11 +27,20 @@ import anyio
 from drivers.protocol import Flush, Geometry, Identify, IoDone, Read, Write
 from microkernel.errors import CapabilityDenied, PortNotFound, ServerStopped
 from microkernel.ipc import Envelope, Router
-from microkernel.memory import OutOfFrames, PhysicalMemory, QuotaExceeded, Zone
+from microkernel.memory import PAGE_SIZE, OutOfFrames, PhysicalMemory, QuotaExceeded, Zone
 from microkernel.server import Server, handles
 from servers.cache.errors import CacheError, CacheFull, DeviceError, NoSuchDevice, NotPinHolder
-from servers.cache.geometry import Command, PageGeometry, max_pages_per_command
-from servers.cache.pages import Admission, PageCache, Sweep, Waiter
+from servers.cache.geometry import PageGeometry, max_pages_per_command
+from servers.cache.pages import (
+    Admission,
+    Load,
+    PageCache,
+    Store,
+    Sweep,
+    Waiter,
+    merge_runs,
+    page_runs,
+)
 from servers.cache.protocol import (
     CacheFailed,
     CacheMap,
@@ -46,7 +55,9 @@ from servers.cache.protocol import (
     Invalidate,
     MarkDirty,
     PageRef,
+    PageRun,
     Pages,
+    PageSpan,
     Release,
     SectorsReady,
     Writeback,
@@ -124,7 +135,7 @@ class CacheServer(Server):
         self.memory = memory
         self.capacity = capacity_pages
         self.low_share = low_share
-        self.core = PageCache()
+        self.core = PageCache(memory.index_of)
         self.devices: dict[str, CachedDevice] = {}
         self._ports = dict(devices)
         self._low = math.ceil(low_water * capacity_pages)
@@ -202,7 +213,7 @@ class CacheServer(Server):
         for waiter in list(self._waiting):
             if waiter.error is None:
                 waiter.error = (errno.EIO, why)
-                self.core.release(waiter.device, waiter.pages, waiter.holder)
+                self.core.release_runs(waiter.device, waiter.runs, waiter.holder)
         self._wake(list(self._waiting))
         self._round = None
         reads, self._open_reads = self._open_reads, {}
@@ -227,15 +238,20 @@ class CacheServer(Server):
             await self._notify(msg.notify, CacheFailed(msg.tag, msg.device, err, message))
             return
         del self._open_reads[key]
-        refs = list(itertools.starmap(PageRef, self.core.refs(waiter)))
+        refs = list(itertools.starmap(PageRun, self.core.refs(waiter)))
         if not await self._notify(msg.notify, SectorsReady(msg.tag, msg.device, refs)):
             # nobody will ever release these pins
-            self.core.release(msg.device, waiter.pages, waiter.holder)
+            self.core.release_runs(msg.device, waiter.runs, waiter.holder)
 
     @handles(CacheMap)
     async def on_map(self, env: Envelope, msg: CacheMap) -> Pages:
         waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill, env.src)
-        return Pages(list(itertools.starmap(PageRef, self.core.refs(waiter))))
+        spp = self._device(msg.device).pages.spp
+        return Pages([
+            PageRef(lba + k * spp, phys + k * PAGE_SIZE)
+            for lba, n, phys in self.core.refs(waiter)
+            for k in range(n)
+        ])
 
     async def _notify(self, port: str, msg: SectorsReady | CacheFailed) -> bool:
         try:
@@ -251,39 +267,39 @@ class CacheServer(Server):
         """Admit a request, load what is missing, wait for what others load; return it pinned
         for ``holder``."""
         device = self._device(name)
-        pages = device.pages.pages_of(extents)
-        if len(pages) > self.capacity:
-            raise CacheFull(f"request for {len(pages)} pages exceeds the cache of {self.capacity}")
+        runs = device.pages.page_runs(extents)
+        total = sum(n for _, n in runs)
+        if total > self.capacity:
+            raise CacheFull(f"request for {total} pages exceeds the cache of {self.capacity}")
         whole = device.pages.whole_pages(extents) if zero_fill else set()
-        admission = await self._admit(device, pages, whole, holder)
+        admission = await self._admit(device, runs, whole, holder)
         waiter = admission.waiter
         self.memory.zero(admission.zero)
-        self._count(hits=admission.hits, misses=len(admission.to_read))
+        self._count(hits=admission.hits, misses=sum(load.count for load in admission.to_read))
         done = self._waiting[waiter] = anyio.Event()
         if waiter.done:
             self._wake([waiter])
         if admission.to_read:
-            commands = device.pages.commands(
-                [(p.lba, p.phys) for p in admission.to_read], device.max_pages
-            )
             async with anyio.create_task_group() as tg:
-                for command in commands:
-                    tg.start_soon(self._load, device, command)
+                for load in admission.to_read:
+                    tg.start_soon(self._load, device, load)
         await done.wait()
         if waiter.error is not None:
             raise DeviceError(f"reading {name}: {waiter.error[1]}", waiter.error[0])
         return waiter
 
-    async def _load(self, device: CachedDevice, command: Command) -> None:
-        """One driver ``Read``; its outcome moves the pages on and wakes whoever completes."""
+    async def _load(self, device: CachedDevice, load: Load) -> None:
+        """One driver ``Read`` (one segment per frame run); its outcome moves the pages on and
+        wakes whoever completes."""
+        lba, count, sg = device.pages.parts_command(load.parts)
         try:
-            await self._command(device, Read(command.lba, command.count, command.sg))
+            await self._command(device, Read(lba, count, sg))
         except OSError as exc:
-            outcome = self.core.load_failed(device.name, command.pages, *_errno_of(exc))
+            outcome = self.core.load_failed(load, *_errno_of(exc))
             self._free(outcome.free)
         else:
-            self._read_bytes += command.count * device.pages.sector_size
-            outcome = self.core.loaded(device.name, command.pages)
+            self._read_bytes += count * device.pages.sector_size
+            outcome = self.core.loaded(load)
             self.memory.zero(outcome.zero)
         self._wake(outcome.finished)
 
@@ -300,19 +316,22 @@ class CacheServer(Server):
 
     # -------------------------------------------------------------- admission
     async def _admit(
-        self, device: CachedDevice, pages: list[int], whole: set[int], holder: str
+        self, device: CachedDevice, runs: list[tuple[int, int]], whole: set[int], holder: str
     ) -> Admission:
         """Find frames for the absent pages, reclaiming as needed, then admit without awaiting."""
         for _ in range(_ADMIT_ATTEMPTS):
-            need = self.core.absent(device.name, pages)
+            need = self.core.absent_runs(device.name, runs)
             frames = self._allocate(device, need)
             if frames is not None:
-                admission = self.core.admit(device.name, pages, whole, frames, holder)
+                admission = self.core.admit_runs(
+                    device.name, runs, whole, frames, holder, device.max_pages
+                )
                 if self._free_count() < self._low:
                     self._kick()
                 return admission
             await self._reclaim(need)
-        raise CacheFull(f"no frames for {len(pages)} pages of {device.name} after repeated reclaim")
+        raise CacheFull(f"no frames for {sum(n for _, n in runs)} pages of {device.name} "
+                        "after repeated reclaim")
 
     def _allocate(self, device: CachedDevice, need: int) -> list[int] | None:
         if need > self._free_count():
@@ -322,14 +341,19 @@ class CacheServer(Server):
         except (OutOfFrames, QuotaExceeded):
             return None
         self._frames += need
+        # Frames other owners freed lately (a driver's PRP list pages) come first off the free
+        # stack; in ascending order they join the run after them instead of splitting it.
+        frames.sort()
         return frames
 
     def _free_count(self) -> int:
         return self.capacity - self._frames
 
     def _free(self, frames: list[int]) -> None:
+        """Give frames back, highest first: the free stack then hands them out again lowest
+        first, as ascending runs (one driver command and one mapping per run)."""
         if frames:
-            self.memory.release(frames)
+            self.memory.release(sorted(frames, reverse=True))
             self._frames -= len(frames)
 
     def _count(self, *, hits: int = 0, misses: int = 0, evictions: int = 0) -> None:
@@ -385,7 +409,7 @@ class CacheServer(Server):
     async def _write_candidates(self, dirty: dict[str, list[int]]) -> None:
         for name, lbas in dirty.items():
             try:
-                await self._write(self.devices[name], lbas)
+                await self._write(self.devices[name], page_runs(lbas, self.devices[name].pages.spp))
             except OSError as exc:
                 self.log.warning("writeback before eviction failed", device=name, error=str(exc))
 
@@ -399,7 +423,7 @@ class CacheServer(Server):
             await self._pressure.wait()
             self._pressure = anyio.Event()
             backlog, self._backlog = self._backlog, {}
-            await self._write_candidates({name: sorted(lbas) for name, lbas in backlog.items()})
+            await self._write_candidates({name: list(lbas) for name, lbas in backlog.items()})
             if self._free_count() < self._low:
                 self._sweep(self._high - self._free_count())
 
@@ -459,9 +483,9 @@ class CacheServer(Server):
     @handles(Release)
     async def on_release(self, env: Envelope, msg: Release) -> None:
         """Drop the sender's own pins; pins it does not hold are refused, counted, left alone."""
-        pages = self._pages(msg.device, msg.pages)
+        runs = self._runs(msg.device, msg.pages, msg.runs)
         try:
-            self._released += self.core.release(msg.device, pages, env.src)
+            self._released += self.core.release_runs(msg.device, runs, env.src)
         except CacheError as exc:
             self._released += exc.released
             if isinstance(exc, NotPinHolder):
@@ -475,15 +499,22 @@ class CacheServer(Server):
 
     @handles(MarkDirty)
     async def on_mark_dirty(self, env: Envelope, msg: MarkDirty) -> None:
-        self.core.mark_dirty(msg.device, self._pages(msg.device, msg.pages))
+        self.core.mark_dirty_runs(msg.device, self._runs(msg.device, msg.pages, msg.runs))
 
     @handles(Invalidate)
     async def on_invalidate(self, env: Envelope, msg: Invalidate) -> None:
-        self._free(self.core.invalidate(msg.device, self._pages(msg.device, msg.pages)))
+        self._free(self.core.invalidate_runs(msg.device, self._runs(msg.device, msg.pages, msg.runs)))
 
-    def _pages(self, name: str, lbas: Iterable[int]) -> list[int]:
-        """Page numbers for sector numbers (a holder may name any sector inside a page)."""
-        return self._device(name).pages.pages_for(lbas)
+    def _runs(self, name: str, lbas: list[int], spans: list[PageSpan]) -> list[tuple[int, int]]:
+        """Page runs for sector numbers and spans (a holder may name any sector inside a page).
+
+        A page named twice stays named twice (a ``Release`` drops one pin per mention)."""
+        grid = self._device(name).pages
+        pages = grid.pages_for(lbas)
+        runs = page_runs(pages, grid.spp) if len(set(pages)) == len(pages) else [
+            (p, 1) for p in pages
+        ]
+        return runs + grid.runs_for((s.lba, s.count) for s in spans)
 
     def _device(self, name: str) -> CachedDevice:
         device = self.devices.get(name)
@@ -495,7 +526,8 @@ class CacheServer(Server):
     @handles(Writeback)
     async def on_writeback(self, env: Envelope, msg: Writeback) -> None:
         device = self._device(msg.device)
-        await self._writeback(device, sorted(set(self._pages(msg.device, msg.pages))) or None)
+        runs = merge_runs(self._runs(msg.device, msg.pages, msg.runs), device.pages.spp)
+        await self._writeback(device, runs or None)
         if msg.flush:
             await self._command(device, Flush())
 
@@ -505,44 +537,40 @@ class CacheServer(Server):
         await self._writeback(device, None)
         await self._command(device, Flush())
 
-    async def _writeback(self, device: CachedDevice, lbas: list[int] | None) -> None:
+    async def _writeback(self, device: CachedDevice, runs: list[tuple[int, int]] | None) -> None:
         """Write the pages until none of them is dirty or in flight (writes by others included)."""
         for _ in range(_WRITEBACK_ROUNDS):
-            await self._write(device, lbas)
-            if self.core.in_flight_writes(device.name, lbas):
+            await self._write(device, runs)
+            if self.core.in_flight_writes(device.name, runs):
                 await self._settled()
-            elif not self._dirty_among(device, lbas):
+            elif not self.core.has_dirty(device.name, runs):
                 return
 
-    def _dirty_among(self, device: CachedDevice, lbas: list[int] | None) -> bool:
-        dirty = self.core.dirty_pages(device.name)
-        return bool(dirty) if lbas is None else not set(dirty).isdisjoint(lbas)
-
-    async def _write(self, device: CachedDevice, lbas: Iterable[int] | None) -> None:
-        """Write the dirty resident pages among ``lbas`` as whole pages, runs merged per command."""
-        pages = self.core.start_write(device.name, lbas)
-        if not pages:
+    async def _write(self, device: CachedDevice, runs: list[tuple[int, int]] | None) -> None:
+        """Write the dirty present pages among ``runs`` as whole pages, one command per frame run."""
+        stores = self.core.start_write(device.name, runs, device.max_pages)
+        if not stores:
             return
-        commands = device.pages.commands([(p.lba, p.phys) for p in pages], device.max_pages)
         errors: list[OSError] = []
         try:
             async with anyio.create_task_group() as tg:
-                for command in commands:
-                    tg.start_soon(self._store, device, command, errors)
+                for store in stores:
+                    tg.start_soon(self._store, device, store, errors)
         finally:
             self._signal_settled()
         if errors:
             raise DeviceError(f"writing {device.name}: {errors[0]}", _errno_of(errors[0])[0])
 
-    async def _store(self, device: CachedDevice, command: Command, errors: list[OSError]) -> None:
+    async def _store(self, device: CachedDevice, store: Store, errors: list[OSError]) -> None:
+        lba, count, sg = device.pages.parts_command(store.parts)
         try:
-            await self._command(device, Write(command.lba, command.count, command.sg))
+            await self._command(device, Write(lba, count, sg))
         except OSError as exc:
-            self.core.write_failed(device.name, command.pages)
+            self.core.write_failed(store)
             errors.append(exc)
         else:
-            self._write_bytes += command.count * device.pages.sector_size
-            self.core.written(device.name, command.pages)
+            self._write_bytes += count * device.pages.sector_size
+            self.core.written(store)
 
     async def _settled(self) -> None:
         """Wait until some write batch completes."""

@@ -84,6 +84,11 @@ PAGE_BYTES = 4096  # the unit a power cut keeps or loses whole (a cache page)
 ROOT_KEY = -1  # key of the root directory in node locations, whatever its cluster
 ROOT_ID = ROOT_FILE_ID  # file id of the root directory; entries get ids from 2 on
 MAX_DIR_DEPTH = 4096  # bound on the '..' links walked to find a directory's ancestors
+# A bit of the short entry's NT byte that no FAT implementation uses (Windows NT uses
+# 0x08 and 0x10 for lower-case names; fsck.fat and mtools ignore the rest): set on a
+# rename's old entry before its new entry is written, so that a cut between the two
+# writes tells mount repair which of the two names is the old one (docs/fat.md).
+NT_RENAMED_FROM = 0x80
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,15 @@ class _Node:
 
 
 @dataclass(slots=True)
+class _Named:
+    """A name mount repair met for a cluster: its path, directory and entry."""
+
+    path: str
+    dir_key: int
+    slot: DirSlot
+
+
+@dataclass(slots=True)
 class _Found:
     parent: _Dir
     slot: DirSlot | None  # None: the path names the root directory
@@ -172,6 +186,7 @@ class FatVolume:
         self.read_only = read_only
         self.problems: list[str] = []  # what mount found and tolerated (or repaired)
         self._chains: dict[int, tuple[int, list[int]]] = {}  # start -> (FAT version, chain)
+        self._chain_runs: dict[int, tuple[int, list[tuple[int, int]]]] = {}  # same, as runs
         # Parsed directories by key, least recently used first. Every change to a directory
         # goes through its _Dir (entries written through, listing re-parsed in place), so a
         # parsed copy stays true across metadata writes; a directory whose clusters are freed
@@ -180,6 +195,10 @@ class FatVolume:
         self.was_dirty = False
         self.repairs = 0  # what mount repair changed on a volume left dirty (see _repair)
         self.write_error: str | None = None  # set when a barrier failed: no more writes
+        # Set when an I/O call failed (a lost reply, EIO): the operation it belonged to
+        # stopped part-way, its in-memory changes (a cluster allocated, an entry) half on
+        # disk; unmount then keeps the dirty flag, and the next mount repairs.
+        self.io_error: str | None = None
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
         # File identity: an id per directory-entry location, moved by rename, dropped by
@@ -261,20 +280,28 @@ class FatVolume:
             await self._write(0, raw)
 
     async def unmount(self) -> None:
-        """Flush everything, write FSInfo, clear the dirty flag. Closes open handles."""
+        """Flush everything, write FSInfo, clear the dirty flag. Closes open handles.
+
+        The flag is cleared only if every operation finished: after an I/O error
+        stopped one part-way (``io_error``), the FAT may hold a cluster allocated
+        for an entry never written; the flag stays set and the next mount repairs.
+        """
         if not self._mounted:
             return
         for handle in list(self._handles):
             try:
                 await self.close(handle)
-            except FatError:
-                if self.write_error is None:
+            except OSError:
+                if self.write_error is None and self.io_error is None:
                     raise
         self._mounted = False  # no new operation; one still in flight may write below
         if not self.read_only and self.write_error is None:
             if self.boot.fat_type == 32:
                 await self._write_fsinfo()
-            await self._set_dirty(False)
+            if self.io_error is None:
+                await self._set_dirty(False)
+            else:
+                await self._flush_fat()
             self.io.seal()  # an operation still in flight cannot write past the clean flag
             await self.io.flush()
 
@@ -292,10 +319,25 @@ class FatVolume:
 
     # ================================================================ low-level I/O
     async def _read(self, sector: int, count: int) -> bytes:
-        return await self.io.read(sector * self._scale, count * self._scale)
+        try:
+            return await self.io.read(sector * self._scale, count * self._scale)
+        except OSError as exc:
+            self._io_failed(exc)
+            raise
 
     async def _write(self, sector: int, data: bytes) -> None:
-        await self.io.write(sector * self._scale, data)
+        try:
+            await self.io.write(sector * self._scale, data)
+        except OSError as exc:
+            self._io_failed(exc)
+            raise
+
+    def _io_failed(self, exc: OSError) -> None:
+        """Remember that an operation stopped part-way (see ``io_error``): not clean."""
+        if self.io_error is None:
+            self.io_error = exc.strerror or str(exc)
+            self.problems.append(f"an I/O error stopped an operation part-way ({exc}); "
+                                 f"the dirty flag stays set for the next mount to repair")
 
     async def _flush_fat(self) -> None:
         """Write the dirty FAT sectors, in contiguous runs, to every (mirrored) FAT copy."""
@@ -369,6 +411,7 @@ class FatVolume:
             raise
 
     def _stop_writing(self, exc: OSError) -> None:
+        self._io_failed(exc)
         if self.write_error is None:
             self.write_error = exc.strerror or str(exc)
             self.problems.append(f"metadata write failed, volume stopped writing: {exc}")
@@ -564,6 +607,8 @@ class FatVolume:
                 d.data[i * ENTRY_SIZE] = DELETED_MARK
             await self._write_entries(d, lo, hi - lo + 1)
         else:
+            if replacing is not None:  # two writes: the old name is marked before the new
+                await self._mark_renamed_from(d, replacing)
             await self._write_entries(d, at, count)
         if replacing is None and self._listed_in_place(d, at, need, old_end):
             return at, together
@@ -1072,7 +1117,8 @@ class FatVolume:
 
     async def _move(self, s: _Found, src_slot: DirSlot, target: _Dir, d: _Found,
                     same_dir: bool) -> None:
-        """New name first, then the old name goes, then the replaced file's clusters.
+        """Old name marked, new name written, a moved directory's ``..``, then the old name
+        goes, then the replaced file's clusters.
 
         A file replacing a file of exactly the new name takes over the replaced
         short entry in place: one sector write swaps what the name means, so no
@@ -1084,10 +1130,10 @@ class FatVolume:
         if replaced is not None and same_dir and replaced.index == src_slot.index:
             replaced = None
         removed = False  # the old entry went in the same write as the new one
-        # The new name goes after the old entry's last change (a published size still
-        # pending, lazy order): a cut between the two shows two equal entries.
-        at = src_slot.index * ENTRY_SIZE // self.boot.bytes_per_sector
-        self.io.order_after(s.parent.sectors[at] * self._scale, self._scale)
+        # Marking the old entry also orders the new name after that page's pending
+        # changes (a published size, lazy order): a cut shows two equal entries.
+        if not (same_dir and replaced is None):  # else _insert: one write, or marks first
+            await self._mark_renamed_from(target if same_dir else s.parent, src_slot)
         if replaced is not None and not replaced.entry.is_dir and replaced.name == d.leaf:
             first, index, entry = await self._take_over(target, replaced, src_slot.entry)
         else:
@@ -1106,11 +1152,25 @@ class FatVolume:
                 await self._remove_file(target, replaced)
         old_dir = target if same_dir else s.parent
         self._rekey((old_dir.key, src_slot.index), (target.key, first, index), d.leaf, entry)
+        if src_slot.entry.is_dir and not same_dir:  # before the old name goes: a cut after
+            await self._fix_dotdot(src_slot.entry.cluster, target.key)  # it leaves no stale '..'
         if not removed:
             await self._delete_slot(old_dir, src_slot)
-        if src_slot.entry.is_dir and not same_dir:
-            await self._fix_dotdot(src_slot.entry.cluster, target.key)
         await self._flush_fat()
+
+    async def _mark_renamed_from(self, d: _Dir, slot: DirSlot) -> None:
+        """Mark a rename's old short entry (``NT_RENAMED_FROM``) before the new one is written.
+
+        Until the old entry is removed both names share the file's clusters;
+        the mark tells mount repair which name the rename was leaving, so it
+        completes the rename whatever order its walk finds the two names in.
+        The new entry is built from the unmarked entry, so it never carries the mark.
+        """
+        at = slot.index * ENTRY_SIZE
+        entry = ShortEntry.unpack(bytes(d.data[at:at + ENTRY_SIZE]))
+        d.data[at:at + ENTRY_SIZE] = entry.with_(
+            nt_flags=entry.nt_flags | NT_RENAMED_FROM).pack()
+        await self._write_entries(d, slot.index, 1)
 
     async def _take_over(self, d: _Dir, replaced: DirSlot,
                          entry: ShortEntry) -> tuple[int, int, ShortEntry]:
@@ -1119,7 +1179,8 @@ class FatVolume:
         The replaced file's clusters are freed at the caller's FAT flush, after
         the entry is on disk, or at its last close if it is open.
         """
-        entry = entry.with_(name=replaced.entry.name, nt_flags=replaced.entry.nt_flags)
+        entry = entry.with_(name=replaced.entry.name,
+                            nt_flags=replaced.entry.nt_flags & ~NT_RENAMED_FROM)
         at = replaced.index * ENTRY_SIZE
         d.data[at:at + ENTRY_SIZE] = entry.pack()
         await self._write_entries(d, replaced.index, 1)
@@ -1392,6 +1453,19 @@ class FatVolume:
         self._chains[start] = (self.fat.version, chain)
         return chain
 
+    def _runs_of(self, start: int) -> list[tuple[int, int]]:
+        """``fat.runs`` of ``_walk(start)``, cached alike (a MapRange per part of a big file
+        must not merge the whole chain again)."""
+        chain = self._walk(start)
+        hit = self._chain_runs.get(start)
+        if hit is not None and hit[0] == self.fat.version:
+            return hit[1]
+        runs = self.fat.runs(chain)
+        if len(self._chain_runs) > 256:
+            self._chain_runs.clear()
+        self._chain_runs[start] = (self.fat.version, runs)
+        return runs
+
     def _new_extents(self, clusters: list[int], file_offset: int) -> list[Extent]:
         out = []
         for first, n in self._cluster_sectors(clusters):
@@ -1440,10 +1514,13 @@ class FatVolume:
         if offset >= end:
             return []
         need = -(-end // cs)
-        chain = self._chain(node, -(-node.entry.size // cs))[:need]
+        if not self._chain(node, -(-node.entry.size // cs)):  # checks it against the size
+            return []
         out: list[Extent] = []
         index = 0  # file cluster index of the run's first cluster
-        for first, count in self.fat.runs(chain):
+        for first, count in self._runs_of(node.entry.cluster):
+            if index >= need:
+                break
             lo, hi = max(offset, index * cs), min(end, (index + count) * cs)
             index += count
             if lo >= hi:
@@ -1585,18 +1662,23 @@ class FatVolume:
 
         Runs at a read-write mount of a volume whose dirty flag was set, before
         anything is served. Two names for one chain (a rename cut between its
-        two entry writes) keep the first name found; a file whose chain is longer
-        than its size loses the tail, one whose chain is shorter (or cut by a
-        free cluster) is shrunk to the chain; allocated clusters no entry reaches
-        (an allocation or a free cut short) are freed. Each repair is a problem
-        entry and counts in ``repairs``. Damage no write order explains (cycles,
-        directory loops, cross-links inside chains) is left for ``check`` and EIO.
+        two entry writes) keep the new name: the old one carries the
+        ``NT_RENAMED_FROM`` mark (without a mark on exactly one of them, the first
+        name found stays); a directory's ``..`` is made to name the parent its
+        kept name is in; a mark left on a single name (a cut before the new name
+        was written) is cleared. A file whose chain is longer than its size loses
+        the tail, one whose chain is shorter (or cut by a free cluster) is shrunk
+        to the chain; allocated clusters no entry reaches (an allocation or a free
+        cut short) are freed. Each repair is a problem entry and counts in
+        ``repairs``. Damage no write order explains (cycles, directory loops,
+        cross-links inside chains) is left for ``check`` and EIO.
         """
         root = self._root_cluster
         claimed: set[int] = set()
-        starts: dict[int, str] = {}
+        names: dict[int, _Named] = {}  # first cluster -> the name kept for it so far
         stack: list[tuple[int, str, frozenset[int]]] = [(root, "", frozenset({root}))]
         seen: set[int] = set()
+        queued = {root}  # a directory kept under its second name is queued once
         doubtful = False  # damage we do not understand: then no cluster is called lost
         while stack:
             key, path, ancestors = stack.pop()
@@ -1614,25 +1696,68 @@ class FatVolume:
                 if slot.entry.is_dot or slot.entry.is_label:
                     continue
                 child, cl = f"{path}/{slot.name}", slot.entry.cluster
-                if cl and cl in starts:
-                    await self._delete_slot(d, slot)
-                    self._repaired(f"{child}: second name of {starts[cl]} (a rename cut "
-                                   "between its entries) removed")
-                    continue
-                if cl:
-                    starts[cl] = child
+                named = _Named(child, d.key, slot)
+                if cl and cl in names:
+                    if not await self._keep_one_name(names[cl], named):
+                        continue
+                    names[cl] = named  # the new name was found second
+                elif cl:
+                    names[cl] = named
                 if slot.entry.is_dir:
                     if cl in ancestors or cl == root or not cl:
                         doubtful = True
-                    else:
+                    elif cl not in queued:
+                        queued.add(cl)
                         stack.append((cl, child, ancestors | {cl}))
                 else:
                     chain, ok = await self._repair_file(d, slot, child)
                     claimed.update(chain)
                     doubtful = doubtful or not ok
+        for cl, named in names.items():
+            await self._repair_rename_leftovers(cl, named, cl in seen)
         if not doubtful:
             self._free_lost(claimed)
         await self._flush_fat()
+
+    async def _keep_one_name(self, first: _Named, second: _Named) -> bool:
+        """Two names start at one cluster (a rename cut between its entries): delete one.
+
+        Returns whether the second name is the one kept. The old name is the
+        one marked ``NT_RENAMED_FROM`` (the rename completes); with no mark to
+        go by, the first name found stays.
+        """
+        first_marked = bool(first.slot.entry.nt_flags & NT_RENAMED_FROM)
+        second_marked = bool(second.slot.entry.nt_flags & NT_RENAMED_FROM)
+        loser, winner = (first, second) if first_marked and not second_marked else (
+            second, first)
+        d = await self._load_dir(loser.dir_key)
+        await self._delete_slot(d, loser.slot)
+        self._repaired(f"{loser.path}: old name of {winner.path} (a rename cut "
+                       "between its entries) removed")
+        return winner is second
+
+    async def _repair_rename_leftovers(self, cluster: int, named: _Named, walked: bool) -> None:
+        """The kept name loses a rename mark; a kept directory the walk entered (``walked``)
+        gets a ``..`` naming its parent."""
+        d = await self._load_dir(named.dir_key)
+        at = named.slot.index * ENTRY_SIZE
+        entry = ShortEntry.unpack(bytes(d.data[at:at + ENTRY_SIZE]))  # as repaired so far
+        if entry.nt_flags & NT_RENAMED_FROM:
+            await self._fix_entry(d, named.slot, entry.with_(
+                nt_flags=entry.nt_flags & ~NT_RENAMED_FROM))
+            self._repaired(f"{named.path}: mark of a rename cut before its new name cleared")
+        if not entry.is_dir or not walked:
+            return
+        try:
+            sub = await self._load_dir(cluster)
+        except BadChain:  # damage no write order explains: left for check() and EIO
+            return
+        up = ShortEntry.unpack(bytes(sub.data[ENTRY_SIZE:2 * ENTRY_SIZE]))
+        parent = named.dir_key
+        if up.name == DOTDOT_NAME and (up.cluster or self._root_cluster) != parent:
+            await self._fix_dotdot(cluster, named.dir_key)
+            self._repaired(f"{named.path}: '..' set to its parent (a move cut before "
+                           "'..' was rewritten)")
 
     def _repaired(self, what: str) -> None:
         self.problems.append(f"repaired: {what}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import errno
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
@@ -42,6 +43,11 @@ from servers.vfs.pages import FileState, FileStatePage, ProcessFilePage
 from servers.vfs.protocol import OpenFlags
 
 MAX_PART_PAGES: Final = 1024  # one part maps at most 4 MiB
+UP_FRONT_PAGES: Final = 4096  # an open maps at most 16 MiB of pages it already has
+SMALL_FILE_PAGES: Final = 16  # an open of a file this small (64 KiB) fetches it at once
+UP_FRONT_RUNS: Final = 16  # and maps at most this many runs (FileMap parts) at once
+RETAIN_FILES: Final = 256  # closed files whose pages stay known (docs/architecture.md §6)
+RETAIN_PAGES: Final = 16384  # and at most this many pages (64 MiB) in all
 MAX_OFFSET: Final = (1 << 63) - 1
 
 
@@ -85,6 +91,7 @@ class CentralFile:
     reserved: int = 0  # bytes a writer had the file system allocate (FsSetSize allocate_only)
     handed: set[int] = field(default_factory=set)  # pages past the size on disk whose bytes
     # went to the cache (a store racing its publish): what the cache holds of them is data
+    retain: bool = True  # keep its clean pages after the last close (False: its name was unlinked)
 
     @property
     def fs(self) -> str:
@@ -130,7 +137,8 @@ class Window:
     ops: int = 0  # operations admitted and not yet finished
     dirty_frames: dict[int, int] = field(default_factory=dict)  # dirty-map page -> frame
     mapped: set[int] = field(default_factory=set)  # file pages linked into a FileMap part
-    generation: dict[int, int] = field(default_factory=dict)  # page -> times it was mapped
+    generation: dict[int, int] = field(default_factory=dict)  # page -> serial of its mapping
+    serial: int = 0  # mappings made into this window so far
     parts: dict[int, tuple[int, int]] = field(default_factory=dict)  # part -> (first page, n)
     ages: dict[int, int] = field(default_factory=dict)
 
@@ -142,6 +150,131 @@ class Window:
     def frames(self) -> list[int]:
         """Every frame the window owns (control pages and dirty map)."""
         return [self.filemap_frame, self.procpage_frame, *self.dirty_frames.values()]
+
+
+@dataclass(eq=False, slots=True)
+class RetainedFile:
+    """A closed file's clean cache pages, still pinned by the kernel file driver.
+
+    Kept after the last close so that a new open of the same file (the same
+    file-system identity, size and native facts) maps them at once, without a
+    message to the cache. The frames are the cache's own pages for those
+    sectors, pinned once for the driver: every write through the cache lands in
+    them, and the cache neither evicts nor replaces a pinned page, so they stay
+    the file's current bytes until a GiveBack (or the LRU) releases them.
+    """
+
+    key: tuple[str, int]
+    name: str
+    size: int
+    native: dict[str, str | int]
+    pages: dict[int, FilePage]
+
+    def matches(self, info: FsInfo) -> bool:
+        """The file the file system opened is still the one whose pages these are."""
+        return info.size == self.size and info.native == self.native and not info.is_dir
+
+
+class RetainedFiles:
+    """The LRU of closed files' page records, keyed by (file system, file id).
+
+    Bounded by file count and by pages: putting a record in returns the records
+    pushed out, whose pins the caller releases.
+    """
+
+    def __init__(self, max_files: int = RETAIN_FILES, max_pages: int = RETAIN_PAGES) -> None:
+        self.max_files = max_files
+        self.max_pages = max_pages
+        self.records: OrderedDict[tuple[str, int], RetainedFile] = OrderedDict()
+        self.pages = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def put(self, record: RetainedFile) -> list[RetainedFile]:
+        """Remember ``record`` (newest); returns what no longer fits (oldest first)."""
+        out = [old] if (old := self.take(record.key)) is not None else []
+        if not record.pages or len(record.pages) > self.max_pages:
+            return [*out, record]
+        self.records[record.key] = record
+        self.pages += len(record.pages)
+        while len(self.records) > self.max_files or self.pages > self.max_pages:
+            out.append(self._pop_oldest())
+        return out
+
+    def take(self, key: tuple[str, int]) -> RetainedFile | None:
+        """Remove and return the record of ``key`` (an open adopts it, or drops it)."""
+        record = self.records.pop(key, None)
+        if record is not None:
+            self.pages -= len(record.pages)
+        return record
+
+    def refresh(self, key: tuple[str, int], info: FsInfo) -> bool:
+        """The size is published: the record of ``key`` takes the file's final facts.
+
+        False when the record is gone meanwhile (a GiveBack took it).
+        """
+        record = self.records.get(key)
+        if record is None or record.size != info.size:
+            return False
+        record.name, record.native = info.name, info.native
+        return True
+
+    def oldest(self, pages: int) -> list[RetainedFile]:
+        """Remove the least recently closed records until they hold ``pages`` pages."""
+        out: list[RetainedFile] = []
+        freed = 0
+        while self.records and freed < pages:
+            out.append(self._pop_oldest())
+            freed += len(out[-1].pages)
+        return out
+
+    def named(self, fs: str, name: str) -> list[RetainedFile]:
+        """Remove the records of ``fs`` whose file had this name (an unlink or a rename)."""
+        folded = name.casefold()
+        keys = [k for k, r in self.records.items() if k[0] == fs and r.name.casefold() == folded]
+        return [r for k in keys if (r := self.take(k)) is not None]
+
+    def clear(self) -> list[RetainedFile]:
+        return self.oldest(self.pages + 1)
+
+    def _pop_oldest(self) -> RetainedFile:
+        _, record = self.records.popitem(last=False)
+        self.pages -= len(record.pages)
+        return record
+
+
+def retain_plan(cfile: CentralFile) -> dict[int, FilePage]:
+    """The pages of a closing file worth keeping: clean cache pages inside the size.
+
+    Private frames of the copy path are not kept (they are charged to a
+    process); pages past the size held a reservation the last close frees.
+    """
+    end = pages_of(cfile.size)
+    return {
+        p: fp
+        for p, fp in cfile.pages.items()
+        if p < end and fp.cache_lba is not None and not fp.dirty
+    }
+
+
+def up_front_pages(cfile: CentralFile, limit: int = UP_FRONT_PAGES) -> list[int]:
+    """What an open maps before it replies: the cached pages from the start of the file.
+
+    The cached pages below the size, up to ``limit`` pages and ``UP_FRONT_RUNS``
+    runs (scattered pages are left to misses: each run is a FileMap part); a
+    small file whole, fetched by the open itself where not cached.
+    """
+    end = min(pages_of(cfile.size), limit, WINDOW_DATA // PAGE_SIZE)
+    if end <= SMALL_FILE_PAGES:
+        return list(range(end))
+    pages = cfile.pages
+    out = [p for p in range(end) if p in pages] if pages else []
+    if out and out[-1] - out[0] != len(out) - 1:  # more than one run: keep the first few
+        breaks = [i for i in range(1, len(out)) if out[i] != out[i - 1] + 1]
+        if len(breaks) >= UP_FRONT_RUNS:
+            out = out[: breaks[UP_FRONT_RUNS - 1]]
+    return out
 
 
 # ------------------------------------------------------------------ window lifetime
@@ -218,7 +351,8 @@ def missing_pages(cfile: CentralFile, pages: Iterable[int]) -> list[int]:
 
 def unmapped_runs(window: Window, pages: Iterable[int]) -> list[list[int]]:
     """Runs of the pages not yet linked into the window."""
-    return runs([p for p in pages if p not in window.mapped])
+    mapped = window.mapped
+    return runs([p for p in pages if p not in mapped] if mapped else pages)
 
 
 def dirty_map_pages_needed(window: Window, run: list[int]) -> list[int]:
@@ -229,8 +363,8 @@ def dirty_map_pages_needed(window: Window, run: list[int]) -> list[int]:
 def record_mapping(window: Window, run: list[int], index: int) -> None:
     """A run of pages is mapped and linked as FileMap part ``index``."""
     window.mapped.update(run)
-    for p in run:
-        window.generation[p] = window.generation.get(p, 0) + 1
+    window.serial += 1  # one new serial for the whole run: a page mapped again differs
+    window.generation.update(dict.fromkeys(run, window.serial))
     window.parts[index] = (run[0], len(run))
 
 
@@ -309,6 +443,8 @@ def writeback_plan(cfile: CentralFile) -> tuple[list[int], list[FilePage]]:
     """
     marked: list[int] = []
     private: list[FilePage] = []
+    if not cfile.modified:  # ``mark_dirty`` sets it with any dirty flag: nothing to take
+        return marked, private
     for p, fp in cfile.pages.items():
         if not fp.dirty:
             continue
@@ -352,8 +488,15 @@ def round_up(nbytes: int) -> int:
 
 def runs(pages: Iterable[int]) -> list[list[int]]:
     """Split page numbers into sorted runs of consecutive pages."""
+    ordered = sorted(pages)
+    if ordered and ordered[-1] - ordered[0] == len(ordered) - 1:  # one run (no duplicates)
+        return [ordered] if len(set(ordered)) == len(ordered) else _runs_of(ordered)
+    return _runs_of(ordered)
+
+
+def _runs_of(ordered: list[int]) -> list[list[int]]:
     out: list[list[int]] = []
-    for p in sorted(pages):
+    for p in ordered:
         if out and out[-1][-1] == p - 1:
             out[-1].append(p)
         else:

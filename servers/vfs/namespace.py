@@ -72,6 +72,9 @@ class NamespaceMixin:
     volumes: dict[str, FsVolume]
     filesystems: list[str]
 
+    def _forget_name(self, fs: str, name: str) -> None:
+        """An entry named ``name`` goes: the server stops keeping its file's pages."""
+
     # ------------------------------------------------------------------- nodes
     def node_of(self, fs: str, file_id: int) -> int:
         return self.filesystems.index(fs) << NODE_SHIFT | file_id
@@ -148,6 +151,7 @@ class NamespaceMixin:
     @handles(Unlink)
     async def on_unlink(self, env: Envelope, msg: Unlink) -> None:
         fs, path = self.mounts.route(msg.path)
+        self._forget_name(fs, path)
         await self.endpoint.call(fs, FsUnlink(path), Ok)
 
     @handles(Rename)
@@ -156,6 +160,7 @@ class NamespaceMixin:
         dst_fs, dst = self.mounts.route(msg.dst)
         if dst_fs != fs:
             raise OSError(18, f"{msg.src} -> {msg.dst}: rename across volumes")  # EXDEV
+        self._forget_name(fs, dst)
         await self.endpoint.call(fs, FsRename(src, dst), Ok)
 
     # ------------------------------------------------- namespace changes by directory node
@@ -184,6 +189,7 @@ class NamespaceMixin:
     @handles(UnlinkAt)
     async def on_unlink_at(self, env: Envelope, msg: UnlinkAt) -> None:
         fs, directory = self._entry_at(msg.directory, msg.name, errno.EBUSY)
+        self._forget_name(fs, msg.name)
         await self.endpoint.call(fs, FsUnlinkAt(directory, msg.name), Ok)
 
     @handles(RenameAt)
@@ -192,6 +198,7 @@ class NamespaceMixin:
         dst_fs, dst = self._entry_at(msg.dst_directory, msg.dst_name, errno.EBUSY)
         if dst_fs != fs:
             raise OSError(errno.EXDEV, f"{msg.src_name} -> {msg.dst_name}: rename across volumes")
+        self._forget_name(fs, msg.dst_name)
         await self.endpoint.call(fs, FsRenameAt(src, msg.src_name, dst, msg.dst_name), Ok)
 
     @handles(Forget)

@@ -33,7 +33,7 @@ import anyio
 from microkernel.ipc import Endpoint, Envelope, Router
 from microkernel.memory import PhysicalMemory
 from microkernel.trace import current_corr, log
-from servers.cache.protocol import CacheFailed, Release, SectorsReady
+from servers.cache.protocol import CacheFailed, PageSpan, Release, SectorsReady
 from servers.fs.protocol import FileExtent, FsVolume, Mapped, MapRange
 from servers.vfs import core
 from servers.vfs.abi import DATA_OFFSET, DIRTY_OFFSET, PAGE_SIZE
@@ -173,9 +173,7 @@ class Pager:
         if not fetch.installed and fetch.error is None:
             fetch.error = OSError(errno.EINTR, f"{fetch.cfile.info.name}: read abandoned")
         if fetch.ready is not None and not fetch.installed:  # pins we will not use
-            self.endpoint.send_nowait(
-                self.cache, Release(fetch.ready.device, [p.lba for p in fetch.ready.pages])
-            )
+            self.endpoint.send_nowait(self.cache, _release_runs(fetch.ready))
         elif not fetch.arrived.is_set():  # the cache may still answer: return those pins
             self.abandoned[fetch.tag] = None
             while len(self.abandoned) > ABANDONED_MAX:
@@ -233,7 +231,7 @@ class Pager:
             fetch.arrived.set()
         elif msg.tag in self.abandoned:  # the requester gave up: return the pins
             del self.abandoned[msg.tag]
-            self.endpoint.send_nowait(self.cache, Release(msg.device, [p.lba for p in msg.pages]))
+            self.endpoint.send_nowait(self.cache, _release_runs(msg))
         else:
             log.warning("SectorsReady ignored: unknown or answered tag", tag=msg.tag)
 
@@ -257,35 +255,66 @@ class Pager:
         ready: SectorsReady,
         owner: str,
     ) -> None:
-        """Turn the delivered cache pages into file pages: mapped as is, or copied when not aligned."""
+        """Turn the delivered cache page runs into file pages: mapped as is, or copied when not
+        aligned. Works a run at a time: an aligned extent meets a delivered run in one
+        interval of file pages, each of which *is* the cache page (no lookup per page)."""
         volume = self.volumes[cfile.fs]
         ss = volume.logical_sector_size
-        frames = {p.lba: p.phys for p in ready.pages}
-        used: set[int] = set()
-        wanted = set(pages)
+        spp = PAGE_SIZE // ss
+        lo, hi = pages[0], pages[-1] + 1  # a fetch is one run of consecutive file pages
+        used = [bytearray(run.count) for run in ready.runs]
+        wanted = bytearray(b"\1") * (hi - lo)
         installed: list[int] = []
         try:
-            for page, lba in core.direct_pages(extents, ss, volume.alignment_offset):
-                phys = frames.get(lba)
-                if page in wanted and phys is not None:
-                    cfile.pages[page] = FilePage(phys, lba)
+            for first, end, lba0 in _direct_spans(extents, ss, volume.alignment_offset):
+                for i, run in enumerate(ready.runs):
+                    # file page p <-> cache page lba0 + (p - first) * spp <-> run page k
+                    a = max(first, lo, first + -(-(run.lba - lba0) // spp))
+                    b = min(end, hi, first + (run.lba + run.count * spp - lba0) // spp)
+                    if a >= b or (run.lba - lba0) % spp:
+                        continue
+                    k = (lba0 - run.lba) // spp + (a - first)
+                    n = b - a
+                    if wanted.find(0, a - lo, b - lo) < 0:  # the usual case: all of it, at once
+                        phys, lba = run.phys + k * PAGE_SIZE, run.lba + k * spp
+                        cfile.pages.update(zip(range(a, b), map(
+                            FilePage,
+                            range(phys, phys + n * PAGE_SIZE, PAGE_SIZE),
+                            range(lba, lba + n * spp, spp),
+                        ), strict=True))
+                        installed.extend(range(a, b))
+                        used[i][k : k + n] = b"\1" * n
+                        wanted[a - lo : b - lo] = bytes(n)
+                        continue
+                    for j in range(n):
+                        page = a + j
+                        if wanted[page - lo]:
+                            cfile.pages[page] = FilePage(
+                                run.phys + (k + j) * PAGE_SIZE, run.lba + (k + j) * spp
+                            )
+                            installed.append(page)
+                            used[i][k + j] = 1
+                            wanted[page - lo] = 0
+            rest = [lo + i for i, w in enumerate(wanted) if w]
+            if rest:
+                frames = {ref.lba: ref.phys for run in ready.runs for ref in run.refs(spp)}
+                for page in rest:
+                    cfile.pages[page] = self._copy_page(cfile, page, extents, frames, ss, owner)
                     installed.append(page)
-                    used.add(lba)
-                    wanted.discard(page)
-            for page in sorted(wanted):
-                cfile.pages[page] = self._copy_page(cfile, page, extents, frames, ss, owner)
-                installed.append(page)
         except OSError:  # the owner's quota: undo; the fetch gives every pin back
             for page in installed:
                 fp = cfile.pages.pop(page)
                 if fp.cache_lba is None:
                     self.memory.release([fp.phys])
             raise
-        for page in pages[max(0, cfile.info.size // PAGE_SIZE - pages[0]):]:
-            self.zero_past_eof(cfile, page)
-        extra = [lba for lba in frames if lba not in used]
+        self._zero_past_eof_runs(cfile, pages[max(0, cfile.info.size // PAGE_SIZE - pages[0]):])
+        extra = [
+            PageSpan(run.lba + a * spp, b - a)
+            for run, marks in zip(ready.runs, used, strict=True)
+            for a, b in _zero_spans(marks)
+        ]
         if extra:
-            self.endpoint.send_nowait(self.cache, Release(ready.device, extra))
+            self.endpoint.send_nowait(self.cache, Release(ready.device, [], extra))
 
     def _copy_page(
         self,
@@ -359,6 +388,27 @@ class Pager:
         if tail < PAGE_SIZE and fp is not None and page not in cfile.handed:
             self.memory.view(fp.phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
 
+    def _zero_past_eof_runs(self, cfile: CentralFile, pages: list[int]) -> None:
+        """``zero_past_eof`` for new pages, one store per run of pages wholly past the size
+        in consecutive frames (a reservation being written is thousands of such pages)."""
+        whole_from = -(-cfile.info.size // PAGE_SIZE)
+        run_phys, run_len = 0, 0
+        for page in pages:
+            fp = cfile.pages.get(page)
+            if page < whole_from or fp is None or page in cfile.handed:
+                self.zero_past_eof(cfile, page)
+                continue
+            if run_len and fp.phys == run_phys + run_len * PAGE_SIZE:
+                run_len += 1
+                continue
+            self._zero_frames(run_phys, run_len)
+            run_phys, run_len = fp.phys, 1
+        self._zero_frames(run_phys, run_len)
+
+    def _zero_frames(self, phys: int, count: int) -> None:
+        if count:
+            self.memory.view(phys, count * PAGE_SIZE)[:] = bytes(count * PAGE_SIZE)
+
     # ------------------------------------------------------------------- parts
     def map_into(self, window: Window, pages: list[int]) -> None:
         """Map the file pages into the window and publish them as FileMap parts."""
@@ -368,7 +418,7 @@ class Pager:
             self._back_dirty_map(window, run)
             frames = [window.file.pages[p].phys for p in run]
             window.space.map(DATA_OFFSET + run[0] * PAGE_SIZE, frames, writable=window.writable)
-            zero_copy = sum(1 for p in run if window.file.pages[p].cache_lba is not None)
+            zero_copy = len(run) - [window.file.pages[p].cache_lba for p in run].count(None)
             self.router.counters.bytes_zero_copy += zero_copy * PAGE_SIZE
             core.record_mapping(window, run, self._insert_part(window, run))
 
@@ -450,3 +500,41 @@ class Pager:
                 done.set()
 
         self.spawn(retire)
+
+
+def _direct_spans(
+    extents: list[FileExtent], ss: int, align: int
+) -> list[tuple[int, int, int]]:
+    """``(first file page, end, its cache page)`` of each extent's pages that *are* cache pages.
+
+    The spans of ``core.direct_pages``: within one extent either every file page
+    starts on a cache page boundary or none does.
+    """
+    out: list[tuple[int, int, int]] = []
+    for e in extents:
+        first = -(-e.file_offset // PAGE_SIZE)
+        end = (e.file_offset + e.count * ss) // PAGE_SIZE
+        if first >= end or (first * PAGE_SIZE - e.file_offset) % ss:
+            continue
+        lba0 = e.lba + (first * PAGE_SIZE - e.file_offset) // ss
+        if core.page_lba(lba0, ss, align) == lba0:
+            out.append((first, end, lba0))
+    return out
+
+
+def _release_runs(ready: SectorsReady) -> Release:
+    """Give back every pin of a delivery, a run at a time."""
+    return Release(ready.device, [], [PageSpan(run.lba, run.count) for run in ready.runs])
+
+
+def _zero_spans(marks: bytearray) -> list[tuple[int, int]]:
+    """``[a, b)`` index ranges where ``marks`` is 0 (pages of a run nobody used)."""
+    out: list[tuple[int, int]] = []
+    start = marks.find(0)
+    while start >= 0:
+        end = marks.find(1, start)
+        end = len(marks) if end < 0 else end
+        out.append((start, end))
+        start = marks.find(0, end)
+    return out
+

@@ -26,7 +26,7 @@ from microkernel.memory import PhysicalMemory
 from microkernel.process import Process, ProcessTable
 from microkernel.protocol import Ok
 from microkernel.server import Server, handles
-from servers.cache.protocol import CacheFailed, GiveBack, GiveBackDone, SectorsReady
+from servers.cache.protocol import CacheFailed, GiveBack, GiveBackDone, Release, SectorsReady
 from servers.fs.protocol import (
     FsClose,
     FsFsync,
@@ -40,7 +40,7 @@ from servers.fs.protocol import (
 )
 from servers.vfs import core
 from servers.vfs.abi import FILEMAP_OFFSET, PAGE_SIZE, PROCPAGE_OFFSET, STATE_OFFSET, WINDOW_SIZE
-from servers.vfs.core import BadHandle, CentralFile, Window
+from servers.vfs.core import BadHandle, CentralFile, RetainedFile, RetainedFiles, Window
 from servers.vfs.filemap_writer import FileMapWriter
 from servers.vfs.legacy import LegacyMixin
 from servers.vfs.mounts import MountTable
@@ -103,6 +103,8 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         self.volumes: dict[str, FsVolume] = {}
         self.files: dict[tuple[str, int], CentralFile] = {}
         self.windows: dict[int, Window] = {}
+        # Closed files' pages, still pinned (docs/architecture.md §6): at most an eighth of RAM.
+        self.retained = RetainedFiles(max_pages=min(core.RETAIN_PAGES, memory.frames_total // 8))
         self._handles = itertools.count(1)
         self._open_lock = anyio.Lock()
         self._exited: weakref.WeakSet[Process] = weakref.WeakSet()  # sent Exit
@@ -123,6 +125,14 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
     async def teardown(self) -> None:
         for window in list(self.windows.values()):
             await self._close(window)
+        while self._retiring:  # a close joined above may still be retiring its file
+            await next(iter(self._retiring.values())).wait()
+        self._release_retained(self.retained.clear())
+        for fs in self.filesystems:  # a barrier: the FsCloses posted before it are done
+            try:
+                await self.endpoint.call(fs, FsStatFs(), FsVolume)
+            except OSError as exc:  # a file system that is gone has nothing left to close
+                self.log.warning("no barrier before unmount", fs=fs, error=str(exc))
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -211,6 +221,8 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                     await self.endpoint.call(fs, FsClose(surplus), Ok)
                 if flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
                     await self.flusher.set_size(cfile, 0)
+                elif flags & OpenFlags.READ:
+                    await self._map_up_front(window)
             if not proc.alive or proc in self._exited:  # it exited while we opened
                 raise BadHandle(f"{label}: process {env.src} exited during its open")
         except BaseException:
@@ -241,9 +253,33 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         self.memory.zero([frame])
         state = FileStatePage(self.memory.view(frame), writable=True)
         cfile = CentralFile(key, opened.handle, opened.info, frame, state)
+        record = self.retained.take(key)
+        if record is not None and record.matches(opened.info):
+            cfile.pages = record.pages  # the pins pass to the central file
+        elif record is not None:
+            self._release_retained([record])
         cfile.publish()
         self.files[key] = cfile
         return cfile, 0
+
+    async def _map_up_front(self, window: Window) -> None:
+        """Map what the first reads will want before the open replies: no miss for them.
+
+        The pages the file already has (kept from its last close, or another
+        opener's), each contiguous run as one part, and a small file whole
+        (fetched here, so its open, read and close cost no ``CachePart``). An
+        error here is the first read's to report, not the open's.
+        """
+        cfile = window.file
+        pages = core.up_front_pages(cfile)
+        if not pages:
+            return
+        try:
+            if len(pages) <= core.SMALL_FILE_PAGES and any(p not in cfile.pages for p in pages):
+                await self.pager.ensure_pages(cfile, pages, window)
+            self.pager.map_into(window, pages)
+        except OSError as exc:
+            self.log.debug("nothing mapped at open", file=cfile.info.name, error=str(exc))
 
     def _new_window(self, proc: Process, cfile: CentralFile, flags: OpenFlags) -> Window:
         fm_frame, pp_frame = self.memory.alloc("vfs", 2)
@@ -344,18 +380,89 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         try:
             await self.pager.cancel_fetches(cfile)
             try:
-                await self.flusher.write_back(cfile, then_drop=lambda c: list(c.pages))
+                kept = False
+                await self.flusher.write_back(cfile, then_drop=self._retain)
                 await self.flusher.stamp_mtime(cfile)
+                kept = self.retained.refresh(cfile.key, cfile.info)
             finally:  # a write error is the closer's to see; nothing stays held for it
+                if not kept and (record := self.retained.take(cfile.key)) is not None:
+                    self._release_retained([record])
                 self.flusher.drop_pages(cfile, list(cfile.pages))
                 self.flusher.forget(cfile)
                 self.memory.release([cfile.state_frame])
                 with anyio.CancelScope(shield=True):
-                    await self.endpoint.call(cfile.fs, FsClose(cfile.fs_handle), Ok)
+                    await self._fs_close(cfile)
         finally:
             if self._retiring.get(cfile.key) is done:
                 del self._retiring[cfile.key]
             done.set()
+
+    async def _fs_close(self, cfile: CentralFile) -> None:
+        """``FsClose``; posted for a file nobody changed, whose close has nothing to fail.
+
+        The file system handles its messages in order, so a later open of the
+        same file finds the handle closed, and ``teardown``'s last call to it
+        comes after every posted one (the handle's close may still free what
+        another handle reserved before the volume is unmounted). A file that
+        was written, holds a reservation or whose name was unlinked waits for
+        the answer: freeing clusters can fail, and that error is the closer's.
+        """
+        request = FsClose(cfile.fs_handle)
+        if cfile.modified or cfile.reserved or not cfile.retain:
+            await self.endpoint.call(cfile.fs, request, Ok)
+        else:
+            await self.endpoint.send(cfile.fs, request)
+
+    def _retain(self, cfile: CentralFile) -> list[int]:
+        """Keep the clean cache pages of a file at its last close; returns the pages to drop.
+
+        Called once the dirty pages are in the cache, before the size is
+        published: the record goes into the LRU at once, so a GiveBack the
+        publish causes (the file system needs frames) can take its pins back.
+        The tail of the last page past the size is zeroed (as a fetch would): a
+        new open maps exactly what a cold read would show.
+        """
+        keep = core.retain_plan(cfile) if cfile.retain else {}
+        if keep:
+            if len(keep) == len(cfile.pages):
+                cfile.pages = {}
+            else:
+                for p in keep:
+                    del cfile.pages[p]
+            last = (cfile.size - 1) // PAGE_SIZE
+            tail = cfile.size - last * PAGE_SIZE
+            if last in keep and tail < PAGE_SIZE:
+                self.memory.view(keep[last].phys + tail, PAGE_SIZE - tail)[:] = bytes(
+                    PAGE_SIZE - tail
+                )
+            info = cfile.info
+            record = RetainedFile(cfile.key, info.name, cfile.size, info.native, keep)
+            self._release_retained(self.retained.put(record))
+        return list(cfile.pages)
+
+    def _release_retained(self, records: list[RetainedFile]) -> int:
+        """Give the pins of retained records back to the cache; returns how many."""
+        by_device: dict[str, list[int]] = {}
+        for record in records:
+            lbas = by_device.setdefault(self.volumes[record.key[0]].device, [])
+            lbas.extend(fp.cache_lba for fp in record.pages.values() if fp.cache_lba is not None)
+        for device, lbas in by_device.items():
+            if lbas:
+                self.endpoint.send_nowait(self.cache, Release(device, lbas))
+        return sum(len(lbas) for lbas in by_device.values())
+
+    def _forget_name(self, fs: str, name: str) -> None:
+        """An unlink or a rename onto ``name``: its file's pages are kept no longer.
+
+        By name, without asking the file system: what it drops may be more than
+        needed, never less than an exact match; a file still open is marked not
+        to be kept at its last close (its clusters are freed then).
+        """
+        base = name.rstrip("/").rsplit("/", 1)[-1].casefold()
+        self._release_retained(self.retained.named(fs, base))
+        for cfile in self.files.values():
+            if cfile.fs == fs and cfile.info.name.casefold() == base:
+                cfile.retain = False
 
     # ------------------------------------------------------------------ CachePart
     @handles(CachePart)
@@ -449,5 +556,8 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         """The cache is short of frames: unmap parts and release their pins (cache only)."""
         if env.src != self.cache:
             raise PermissionError(1, f"GiveBack is the cache's to send, not {env.src}'s")
-        released = await self.flusher.give_back(list(self.files.values()), msg.pages)
+        released = self._release_retained(self.retained.oldest(msg.pages))
+        if released < msg.pages:
+            files = list(self.files.values())
+            released += await self.flusher.give_back(files, msg.pages - released)
         await self.endpoint.send(self.cache, GiveBackDone(msg.request, released))

@@ -33,11 +33,23 @@ from servers.cache.protocol import (
     GiveBack,
     GiveBackDone,
     PageRef,
+    PageRun,
     Pages,
     Release,
     SectorsReady,
 )
 from servers.cache.server import CacheServer
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A ``SectorsReady`` as the holder saw it, with its runs also expanded page by page."""
+
+    tag: int
+    device: str
+    runs: list[PageRun]
+    pages: list[PageRef]
+
 
 # A hang guard, not a timing assertion: a broken cache fails the test instead of hanging it.
 GUARD_S = 20.0
@@ -97,7 +109,8 @@ class Holder(Server):
     def __init__(self, name: str, router: Router, cache: str = "cache") -> None:
         super().__init__(name, router)
         self.cache = cache
-        self.results: dict[int, SectorsReady | CacheFailed] = {}
+        self.results: dict[int, Ready | CacheFailed] = {}
+        self.spp = 8  # pages per sector of the device (set by booted())
         self.held: dict[str, list[int]] = {}
         self.give_backs: list[GiveBack] = []
         self.policy = "release"  # "release": give back every pin; "refuse": answer 0
@@ -113,8 +126,9 @@ class Holder(Server):
 
     @handles(SectorsReady)
     async def on_ready(self, env: Envelope, msg: SectorsReady) -> None:
-        self.results[msg.tag] = msg
-        self.held.setdefault(msg.device, []).extend(p.lba for p in msg.pages)
+        pages = [ref for run in msg.runs for ref in run.refs(self.spp)]
+        self.results[msg.tag] = Ready(msg.tag, msg.device, msg.runs, pages)
+        self.held.setdefault(msg.device, []).extend(p.lba for p in pages)
         self._signal()
 
     @handles(CacheFailed)
@@ -133,16 +147,16 @@ class Holder(Server):
             self.held.clear()
         await self.endpoint.send(self.cache, GiveBackDone(msg.request, released))
 
-    async def result(self, tag: int) -> SectorsReady | CacheFailed:
+    async def result(self, tag: int) -> Ready | CacheFailed:
         with anyio.fail_after(GUARD_S):
             while tag not in self.results:
                 assert self._arrived is not None
                 await self._arrived.wait()
         return self.results[tag]
 
-    async def ready(self, tag: int) -> SectorsReady:
+    async def ready(self, tag: int) -> Ready:
         result = await self.result(tag)
-        assert isinstance(result, SectorsReady), result
+        assert isinstance(result, Ready), result
         return result
 
     async def release(self, device: str, pages: list[int]) -> None:
@@ -185,7 +199,7 @@ class System:
         await self.fs.send("cache", CacheRead("disk", [Extent(lba, count)], "vfs", tag, zero_fill))
         return tag
 
-    async def read(self, lba: int, count: int, *, zero_fill: bool = False) -> SectorsReady:
+    async def read(self, lba: int, count: int, *, zero_fill: bool = False) -> Ready:
         return await self.holder.ready(await self.request(lba, count, zero_fill=zero_fill))
 
     async def call(self, msg: msgspec.Struct, reply: type[Any] = Any) -> Any:
@@ -235,6 +249,7 @@ async def booted(
     options = {"logical_sector_size": sector_size, **(driver_options or {})}
     disk = driver("disk", router, memory, image, **options)
     holder = Holder("vfs", router)
+    holder.spp = PAGE_SIZE // sector_size
     cache = CacheServer(
         "cache",
         router,

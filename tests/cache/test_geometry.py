@@ -1,4 +1,4 @@
-"""The page grid: physical-sector alignment, edge pages, zero-fill coverage, command merging."""
+"""The page grid: physical-sector alignment, edge pages, zero-fill coverage, run commands."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ def test_aligned_grid() -> None:
     grid = PageGeometry.from_geometry(geometry())
     assert (grid.spp, grid.origin) == (8, 0)
     assert grid.page_of(0) == 0 and grid.page_of(7) == 0 and grid.page_of(8) == 8
-    assert grid.pages_of([Extent(3, 10)]) == [0, 8]
+    assert grid.page_runs([Extent(3, 10)]) == [(0, 2)]
+    assert grid.page_runs([Extent(20, 4), Extent(0, 8), Extent(8, 1)]) == [(0, 3)]  # merged
+    assert grid.page_runs([Extent(0, 8), Extent(40, 8)]) == [(0, 1), (40, 1)]
     assert grid.span(8) == grid.span(8).__class__(8, 8, 0)
 
 
@@ -34,7 +36,9 @@ def test_alignment_offset_gives_a_negative_head_page() -> None:
     assert grid.page_of(0) == -7  # the head page: sector 0 sits at the end of its frame
     head = grid.span(-7)
     assert (head.lba, head.count, head.offset) == (0, 1, 7 * 512)
-    assert grid.segment(-7, 0x10000) == Segment(0x10000 + 7 * 512, 512)
+    assert grid.run_command(-7, 1, 0x10000) == (0, 1, [Segment(0x10000 + 7 * 512, 512)])
+    # a run from the head page to the tail: one segment, clipped at both ends
+    assert grid.run_command(-7, 4, 0x10000) == (0, 20, [Segment(0x10000 + 7 * 512, 20 * 512)])
     tail = grid.span(17)  # sectors 17..19 exist, 20..24 do not
     assert (tail.lba, tail.count, tail.offset) == (17, 3, 0)
     assert grid.is_partial(-7) and grid.is_partial(17) and not grid.is_partial(9)
@@ -43,7 +47,7 @@ def test_alignment_offset_gives_a_negative_head_page() -> None:
 def test_4k_logical_sectors_one_sector_per_page() -> None:
     grid = PageGeometry.from_geometry(geometry(lss=4096, offset=0, total=10))
     assert (grid.spp, grid.origin) == (1, 0)
-    assert grid.pages_of([Extent(2, 3)]) == [2, 3, 4]
+    assert grid.page_runs([Extent(2, 3)]) == [(2, 3)]
 
 
 def test_unsupported_sector_size() -> None:
@@ -54,10 +58,10 @@ def test_unsupported_sector_size() -> None:
 def test_extents_are_checked() -> None:
     grid = PageGeometry.from_geometry(geometry(total=100))
     with pytest.raises(BadExtent) as info:
-        grid.pages_of([Extent(96, 8)])
+        grid.page_runs([Extent(96, 8)])
     assert info.value.errno == errno.ERANGE
     with pytest.raises(BadExtent):
-        grid.pages_of([Extent(0, 0)])
+        grid.page_runs([Extent(0, 0)])
 
 
 def test_whole_pages_for_zero_fill() -> None:
@@ -70,15 +74,13 @@ def test_whole_pages_for_zero_fill() -> None:
     assert grid.whole_pages([Extent(96, 4)]) == {96}
 
 
-def test_commands_merge_contiguous_runs_up_to_the_limit() -> None:
+def test_one_command_per_frame_run_and_per_disk_run() -> None:
     grid = PageGeometry.from_geometry(geometry())
-    pages = [(lba, 0x100000 + i * 4096 * 3) for i, lba in enumerate(range(0, 80, 8))]
-    (one,) = grid.commands(pages, 64)
-    assert (one.lba, one.count, len(one.sg)) == (0, 80, 10)
-    split = grid.commands(pages, 4)
-    assert [(c.lba, c.count) for c in split] == [(0, 32), (32, 32), (64, 16)]
-    gap = grid.commands([(0, 0x100000), (8, 0x200000), (24, 0x300000)], 64)
-    assert [(c.lba, c.count) for c in gap] == [(0, 16), (24, 8)]
+    assert grid.run_command(16, 10, 0x100000) == (16, 80, [Segment(0x100000, 10 * 4096)])
+    parts = ((0, 3, 0x100000), (24, 2, 0x300000))  # on the disk they follow each other
+    assert grid.parts_command(parts) == (
+        0, 40, [Segment(0x100000, 3 * 4096), Segment(0x300000, 2 * 4096)]
+    )
 
 
 def test_limits_from_driver() -> None:
@@ -101,7 +103,8 @@ def test_every_sector_lands_in_exactly_one_page(
     grid = PageGeometry.from_geometry(geometry(lss=lss, offset=offset, total=total))
     lba = data.draw(st.integers(0, total - 1))
     count = data.draw(st.integers(1, total - lba))
-    pages = grid.pages_of([Extent(lba, count)])
+    ((first, n),) = grid.page_runs([Extent(lba, count)])
+    pages = list(range(first, first + n * grid.spp, grid.spp))
     covered: list[int] = []
     for page in pages:
         span = grid.span(page)
@@ -111,6 +114,6 @@ def test_every_sector_lands_in_exactly_one_page(
         covered.extend(range(span.lba, span.lba + span.count))
     assert len(covered) == len(set(covered))
     assert set(range(lba, lba + count)) <= set(covered)
-    (command,) = grid.commands([(p, 0x100000 + i * 4096) for i, p in enumerate(pages)], 10**6)
-    assert command.count == len(covered)
-    assert sum(s.length for s in command.sg) == command.count * lss
+    start, sectors, sg = grid.run_command(first, n, 0x100000)
+    assert (start, sectors) == (min(covered), len(covered))
+    assert sum(s.length for s in sg) == sectors * lss

@@ -19,7 +19,7 @@ from drivers.protocol import Geometry
 from servers.cache.errors import NotPinHolder, UnknownPage
 from servers.cache.geometry import PageGeometry
 from servers.cache.pages import PageCache
-from servers.cache.protocol import GiveBackDone, Release
+from servers.cache.protocol import GiveBackDone, PageSpan, Release
 from tests.cache.harness import System, booted
 
 pytestmark = pytest.mark.anyio
@@ -49,6 +49,24 @@ async def test_a_file_system_cannot_release_the_vfs_pins(tmp_path: Path) -> None
         await s.holder.release("disk", lbas)  # the holder itself may
         await s.call(Release("disk", []))  # (a call behind the holder's send: it has landed)
         assert s.cache.cache_stats().pages_pinned == 0
+
+
+async def test_a_release_by_runs_is_refused_for_pins_the_sender_does_not_hold(
+    tmp_path: Path,
+) -> None:
+    async with booted(tmp_path) as s:
+        ready = await s.read(0, 32)  # pages 0, 8, 16, 24 pinned for vfs
+        refs = await s.map(16, 32)  # pages 16..40 pinned for fs too
+        lbas = [p.lba for p in ready.pages]
+        with pytest.raises(NotPinHolder) as refused:
+            await s.call(Release("disk", [], [PageSpan(0, 6)]))  # fs: 0..40, holds 16..40
+        assert refused.value.errno == errno.EPERM
+        assert pins(s, lbas) == [{"vfs": 1}] * 4  # the vfs's pins are untouched
+        assert [p.lba for p in refs] == [16, 24, 32, 40]
+        assert pins(s, [16, 24, 32, 40]) == [{"vfs": 1}] * 2 + [{}] * 2  # fs's own pins went
+        assert s.cache.cache_stats().pins_refused == 2
+        await s.holder.endpoint.call("cache", Release("disk", [], [PageSpan(3, 4)]), object)
+        assert s.cache.cache_stats().pages_pinned == 0  # a span may name any sector of a page
 
 
 async def test_the_vfs_cannot_release_a_file_system_pins(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from servers.cache.protocol import (
     GetCacheStats,
     Invalidate,
     MarkDirty,
+    PageSpan,
     Release,
     Writeback,
 )
@@ -71,8 +72,9 @@ async def test_concurrent_requests_for_the_same_pages_cause_one_disk_read(tmp_pa
 
 async def test_contiguous_pages_are_merged_into_one_command(tmp_path: Path) -> None:
     async with booted(tmp_path) as s:
-        await s.read(0, 128)  # 16 contiguous pages
-        assert [(r.lba, r.count, len(r.sg)) for r in s.reads] == [(0, 128, 16)]
+        ready = await s.read(0, 128)  # 16 contiguous pages into one run of frames
+        assert [(r.lba, r.count, len(r.sg)) for r in s.reads] == [(0, 128, 1)]
+        assert [(r.lba, r.count) for r in ready.runs] == [(0, 16)]  # one record, not 16
         await s.read(256, 8)
         await s.read(192, 128)  # 192..319: page 256 is present, so two runs around it
         assert [(r.lba, r.count) for r in s.reads[2:]] == [(192, 64), (264, 56)]
@@ -154,6 +156,17 @@ async def test_a_file_four_times_the_cache_reads_correctly(tmp_path: Path) -> No
         assert not s.holder.give_backs
 
 
+async def test_freed_frames_come_back_as_one_run_per_command(tmp_path: Path) -> None:
+    async with booted(tmp_path, capacity_pages=16) as s:
+        first = await s.read(0, 128)  # 16 pages: the whole cache
+        await s.holder.release("disk", [p.lba for p in first.pages])
+        await s.call(Invalidate("disk", [], [PageSpan(0, 16)]))  # all 16 frames freed
+        again = await s.read(512, 128)  # the freed frames, recently freed first
+        assert {p.phys for p in again.pages} == {p.phys for p in first.pages}
+        assert [(r.count, len(r.sg)) for r in s.reads[1:]] == [(128, 1)]  # one run, one segment
+        assert len(again.runs) == 1
+
+
 async def test_pinned_pages_are_never_evicted(tmp_path: Path) -> None:
     async with booted(tmp_path, capacity_pages=8) as s:
         pinned = await s.read(0, 32)  # four pages the holder keeps
@@ -227,7 +240,7 @@ async def test_writeback_writes_whole_pages_merged_without_partial_sectors(
             s.memory.view(p.phys, 8)[:] = b"W%07d" % p.lba
         await s.fs.send("cache", MarkDirty("disk", [p.lba for p in pages]))
         await s.call(Writeback("disk"))
-        assert [(w.lba, w.count, len(w.sg)) for w in s.writes] == [(64, 128, 16)]
+        assert [(w.lba, w.count, len(w.sg)) for w in s.writes] == [(64, 128, 1)]  # one frame run
         assert s.router.counters.partial_sector_writes == 0
         assert all(s.disk_sector(p.lba)[:8] == b"W%07d" % p.lba for p in pages)
         stats: CacheStats = await s.call(GetCacheStats(), CacheStats)
@@ -261,7 +274,8 @@ async def test_alignment_offset_head_and_tail_pages(tmp_path: Path) -> None:
         ready = await s.read(0, 10)
         assert [p.lba for p in ready.pages] == [-7, 1, 9]
         assert [(r.lba, r.count) for r in s.reads] == [(0, 17)]
-        assert s.reads[0].sg[0] == Segment(ready.pages[0].phys + 7 * 512, 512)
+        # one segment from the head page's only on-disk sector through the run's frames
+        assert s.reads[0].sg == [Segment(ready.pages[0].phys + 7 * 512, 17 * 512)]
         assert all(s.frame(p.phys) == s.expected_page(p.lba) for p in ready.pages)
         tail = await s.read(995, 5)
         assert [p.lba for p in tail.pages] == [993]

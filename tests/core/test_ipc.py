@@ -265,3 +265,50 @@ def test_arbitrary_bytes_never_crash_a_server(bodies: list[tuple[bytes, int]]) -
             await echo.stop()
 
     anyio.run(scenario)
+
+
+class Sequential(Server):
+    """A one-at-a-time server (like the FAT server) whose handler waits for a gate."""
+
+    protocol = Ping
+    concurrent = False
+
+    def __init__(self, name: str, router: Router) -> None:
+        super().__init__(name, router)
+        self.gate = anyio.Event()
+        self.entered = anyio.Event()
+        self.events: list[str] = []
+
+    @handles(Ping)
+    async def on_ping(self, env: Envelope, msg: Ping) -> Pong:
+        self.entered.set()
+        await self.gate.wait()
+        self.events.append("handler done")
+        return Pong(msg.n, 0)
+
+    async def teardown(self) -> None:
+        self.events.append("teardown")
+
+
+async def test_a_sequential_servers_teardown_waits_for_the_handler_in_flight() -> None:
+    # A file system's teardown (unmount: FSInfo, clean flag) beside an operation still
+    # waiting for a reply would mark the volume clean over the operation's half-done changes.
+    router = Router()
+    server = Sequential("seq", router)
+    client = router.register("client", capacity=0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        replies: list[Pong] = []
+
+        async def call() -> None:
+            replies.append(await client.call("seq", Ping(3), Pong))
+
+        tg.start_soon(call)
+        await server.entered.wait()
+        tg.start_soon(server.stop)
+        for _ in range(20):
+            await anyio.sleep(0)
+        assert server.events == []  # stop is waiting for the handler, not tearing down
+        server.gate.set()
+    assert server.events == ["handler done", "teardown"]
+    assert replies == [Pong(3, 0)]

@@ -25,7 +25,8 @@ DRIVER = "drivers.recording:RecordingRamDisk"
 
 
 async def workload(proc: UserProcess, journal: Journal, rng: random.Random, ops: int) -> None:
-    """Random creates, appends, truncates, renames, mkdir/rmdir, unlinks, fsyncs."""
+    """Random creates, appends, truncates, renames (of files, and of directories into
+    another parent), mkdir/rmdir, unlinks, fsyncs."""
     files: dict[str, bytes] = {}
     dirs = ["/"]
     for step in range(ops):
@@ -37,7 +38,7 @@ async def workload(proc: UserProcess, journal: Journal, rng: random.Random, ops:
             dirs.append(path)
         elif choice < 0.18 and len(dirs) > 1:
             path = rng.choice(dirs[1:])
-            if any(f.startswith(path + "/") for f in files):
+            if any(f.startswith(path + "/") for f in [*files, *dirs]):
                 continue
             journal.touch()
             await proc.rmdir(path)
@@ -63,6 +64,8 @@ async def workload(proc: UserProcess, journal: Journal, rng: random.Random, ops:
                     await f.fsync()
                     journal.fsynced(path, files[path][:size])
             files[path] = files[path][:size]
+        elif choice < 0.87 and len(dirs) > 2 and rng.random() < 0.25:
+            await _move_dir(proc, journal, rng, step, files, dirs)
         elif choice < 0.87:
             src = rng.choice(sorted(files))
             dst = f"{rng.choice(dirs).rstrip('/')}/r{step}.bin"
@@ -76,6 +79,20 @@ async def workload(proc: UserProcess, journal: Journal, rng: random.Random, ops:
             journal.touch(path)
             await proc.unlink(path)
             del files[path]
+
+
+async def _move_dir(proc: UserProcess, journal: Journal, rng: random.Random, step: int,
+                    files: dict[str, bytes], dirs: list[str]) -> None:
+    """Move a directory (and what is in it) into another parent: its '..' changes too."""
+    src = rng.choice(dirs[1:])
+    parents = [d for d in dirs if d != src and not d.startswith(src + "/")]
+    dst = f"{rng.choice(parents).rstrip('/')}/m{step}"
+    inside = [f for f in files if f.startswith(src + "/")]
+    journal.touch(*inside, *(dst + f[len(src):] for f in inside))
+    await proc.rename(src, dst)
+    for f in inside:
+        files[dst + f[len(src):]] = files.pop(f)
+    dirs[:] = [dst + d[len(src):] if d == src or d.startswith(src + "/") else d for d in dirs]
 
 
 def _payload(rng: random.Random, step: int) -> bytes:

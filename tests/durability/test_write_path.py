@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import microkernel
+from microkernel.config import CacheConfig, DeviceConfig, SystemConfig
 from microkernel.protocol import Ok
 from servers.fat.cacheio import CacheSectorIO
 from servers.fat.server import FatServer
@@ -96,3 +97,22 @@ async def test_zero_fill_of_new_clusters_reads_nothing_from_the_disk(tmp_path: P
         assert delta.disk_write_bytes >= 3 * MIB  # the zeros are on the disk before the size
         assert await fat.volume.read("/z.bin") == bytes(3 * MIB)
         await kernel.call("fat0", FsClose(opened.handle), Ok)
+
+
+async def test_one_read_and_one_write_of_three_times_the_cache(tmp_path: Path) -> None:
+    """``f.write(data)`` and ``f.read()`` of 6 MiB through a 2 MiB cache, each one call:
+    requests to the cache are bounded and the file library streams (issue 11, problem 5)."""
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=32 * MIB, fat=16)
+    data = bytes(range(251)) * (6 * MIB // 251 + 1)
+    data = data[:6 * MIB]
+    cfg = SystemConfig(memory="16M", devices=[DeviceConfig(image=str(image), name="disk0")],
+                       cache=CacheConfig(pages=512))  # 2 MiB of cache
+    async with microkernel.boot(config=cfg) as system:
+        proc = await system.spawn("p")
+        async with await proc.open("/big.bin", "wb") as f:
+            assert await f.write(data) == len(data)
+        async with await proc.open("/big.bin", "rb") as f:
+            got = await f.read()
+        assert got == data
+        assert system.statistics().cache_evictions > 0

@@ -14,7 +14,7 @@ from drivers.protocol import InjectFault
 from microkernel.boot import System
 from microkernel.config import CacheConfig, DeviceConfig, SystemConfig
 from microkernel.protocol import Ok
-from servers.cache.protocol import GiveBack, PageRef, SectorsReady
+from servers.cache.protocol import GiveBack, PageRun, SectorsReady
 from servers.vfs.abi import PROCPAGE_OFFSET
 from servers.vfs.core import WindowState
 from servers.vfs.protocol import Data, Read, Write, Written
@@ -173,7 +173,7 @@ async def test_isolation_bad_ranges_foreign_notifications_and_giveback(
 
             tg.start_soon(read)
             tag = await _fetch_in_flight(vfs)
-            forged = SectorsReady(tag, "nvme0", [PageRef(0, 0)])
+            forged = SectorsReady(tag, "nvme0", [PageRun(0, 1, 0)])
             with pytest.raises(OSError) as info:
                 await proc.kernel.endpoint.send("vfs", forged)
             assert info.value.errno == errno.EPERM

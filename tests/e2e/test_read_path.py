@@ -89,14 +89,14 @@ async def test_the_position_is_published_before_system_calls_and_on_close(
         assert window.procpage.position(slot) == 5010  # a system call publishes first
         f.seek(-3, SEEK_CUR)
         seen: list[int] = []
-        inner = proc.syscall
+        inner = proc.post  # a read-only handle's close is posted, not waited for
 
-        async def spy(request: Any, reply_type: Any) -> Any:
+        async def spy(request: Any) -> None:
             if isinstance(request, Close):
                 seen.append(window.procpage.position(slot))
-            return await inner(request, reply_type)
+            await inner(request)
 
-        proc.syscall = spy
+        proc.post = spy
         await f.close()
         assert seen == [5007]
 

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.anyio
 async def test_one_read_is_traced_across_every_server(
     make_image: ImageFactory, tmp_path: Path
 ) -> None:
-    image = make_image({"/notes.txt": b"traced bytes\n" * 1000})
+    # Bigger than what an open maps at once (core.SMALL_FILE_PAGES): the first read misses.
+    image = make_image({"/notes.txt": b"traced bytes\n" * 8000})
     trace = tmp_path / "trace.jsonl"
     async with microkernel.boot(image=image, memory="64M", trace=trace) as system:
         proc = await system.spawn("reader")

@@ -170,7 +170,10 @@ async def test_rename_writes_the_new_name_before_removing_the_old(tmp_path: Path
     old = await rec.entry_sectors("/old.bin")
     rec.mark()
     await vol.rename("/old.bin", "/far/new.bin")
-    assert before(rec.groups(await rec.entry_sectors("/far/new.bin")), rec.groups(old))
+    # The old entry is marked (NT_RENAMED_FROM), then the new one written, then the old removed.
+    marked, *removed = rec.groups(old)
+    new = rec.groups(await rec.entry_sectors("/far/new.bin"))
+    assert before([marked], new) and before(new, removed)
     # Replacing a file: its entry is taken over in place, its clusters freed afterwards.
     await vol.write("/other.bin", 0, b"o" * 10)
     src = await rec.entry_sectors("/other.bin")
@@ -178,9 +181,20 @@ async def test_rename_writes_the_new_name_before_removing_the_old(tmp_path: Path
     rec.mark()
     await vol.rename("/other.bin", "/far/victim.bin")
     assert await rec.entry_sectors("/far/victim.bin") == victim
-    assert before(rec.groups(victim), rec.groups(src))
+    marked, *removed = rec.groups(src)
+    assert before([marked], rec.groups(victim)) and before(rec.groups(victim), removed)
     assert before(rec.groups(src), rec.fat_groups())
     assert await vol.read("/far/victim.bin") == b"o" * 10
+    # A directory moved to another parent: its '..' is rewritten before the old name goes.
+    await vol.mkdir("/moving")
+    moving = await rec.entry_sectors("/moving")
+    dotdot = rec.cluster_sectors([(await vol.stat("/moving")).first_cluster])
+    rec.mark()
+    await vol.rename("/moving", "/far/moved")
+    marked, *removed = rec.groups(moving)
+    new = rec.groups(await rec.entry_sectors("/far/moved"))
+    assert before([marked], new) and before(new, rec.groups(dotdot))
+    assert before(rec.groups(dotdot), removed)
     await vol.unmount()
     io.close()
 

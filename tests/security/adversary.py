@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -227,11 +228,19 @@ class Scene:
         frames = self.victim_window_frames()
         state = {p: (mem._owner[mem.index_of(p)], mem.refcount(p)) for p in frames.values()}
         cache = self.system.server("cache")
+        # Pages of closed files the kernel file driver keeps (its LRU, docs/architecture.md
+        # §6) come and go with any process's opens and closes: every other pin must stay.
+        vfs = self.system.server("vfs")
+        kept = Counter(
+            (vfs.volumes[r.key[0]].device, fp.cache_lba)  # type: ignore[attr-defined]
+            for r in vfs.retained.records.values()  # type: ignore[attr-defined]
+            for fp in r.pages.values()
+        )
         pins = {
-            (dev, lba): page.pins
+            (dev, lba): page.pins - kept[(dev, lba)]
             for dev, table in cache.core.tables.items()  # type: ignore[attr-defined]
             for lba, page in table.items()
-            if page.pins
+            if page.pins - kept[(dev, lba)]
         }
         owners = {
             k: v for k, v in mem.statistics().frames_by_owner.items() if not k.startswith("proc")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from microkernel.errors import CapabilityDenied
 from microkernel.ipc import CALL, Envelope
-from servers.cache.protocol import CacheFailed, GiveBack, PageRef, Release, SectorsReady
+from servers.cache.protocol import CacheFailed, GiveBack, PageRun, Release, SectorsReady
 from servers.vfs.protocol import CachePart, Data, Open, OpenFlags, PartReady
 from tests.e2e.conftest import ImageFactory
 from tests.security.adversary import (
@@ -85,7 +85,7 @@ async def test_forged_sectors_ready_attack(make_image: ImageFactory) -> None:
 
         async def forge() -> None:
             for tag in range(1, 33):
-                pages = [PageRef(lba, phys) for lba, phys in zip(sc.live.lbas, victim_frames,
+                pages = [PageRun(lba, 1, phys) for lba, phys in zip(sc.live.lbas, victim_frames,
                                                                  strict=False)]
                 msg = SectorsReady(tag, sc.live.devices[0], pages)
                 await attack(sc.attacker, "vfs", msg, tally, call=tag % 2 == 0)
@@ -117,7 +117,7 @@ async def test_pin_attack(make_image: ImageFactory) -> None:
         frames = sorted(set(before.victim_frames.values()))
         tally = Tally()
         forged: list[tuple[str, msgspec.Struct]] = [
-            ("vfs", SectorsReady(1 << 30, device, [PageRef(lba, f) for lba, f in
+            ("vfs", SectorsReady(1 << 30, device, [PageRun(lba, 1, f) for lba, f in
                                                   zip(sc.live.lbas, frames, strict=False)])),
             ("vfs", CacheFailed(1, device, 5, "forged")),
             ("vfs", GiveBack(1, 10_000)),

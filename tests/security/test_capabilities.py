@@ -16,7 +16,7 @@ from microkernel.errors import CapabilityDenied, ForgedReply, MalformedMessage, 
 from microkernel.ipc import CALL, Envelope, Router, message_type
 from microkernel.protocol import Ok
 from microkernel.server import DEFERRED, Server, handles
-from servers.cache.protocol import GiveBack, PageRef, SectorsReady
+from servers.cache.protocol import GiveBack, PageRun, SectorsReady
 from servers.fs.protocol import FsStatFs, FsVolume
 from servers.vfs.protocol import Stat
 from tests.e2e.conftest import ImageFactory
@@ -192,7 +192,7 @@ async def test_default_table_keeps_processes_to_system_calls(make_image: ImageFa
         endpoint = proc.kernel.endpoint
         before = system.statistics().refusals
         with pytest.raises(MessageDenied):
-            await endpoint.send("vfs", SectorsReady(1, "nvme0", [PageRef(0, 1 << 20)]))
+            await endpoint.send("vfs", SectorsReady(1, "nvme0", [PageRun(0, 1, 1 << 20)]))
         with pytest.raises(MessageDenied):
             await endpoint.send("vfs", GiveBack(1, 100))
         with pytest.raises(MessageDenied):

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Any, cast
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -201,3 +202,82 @@ def test_data_follows_the_dirty_map_in_the_window() -> None:
     assert DIRTY_OFFSET == 3 * PAGE_SIZE
     assert DATA_OFFSET == DIRTY_OFFSET + (1 << 31) // PAGE_SIZE
     assert DATA_OFFSET % PAGE_SIZE == 0
+
+
+# ------------------------------------------------------------- kept pages (§6)
+def _record(key: int, pages: int, size: int | None = None) -> core.RetainedFile:
+    fps = {p: FilePage(0x1000 * (p + 1), 8 * p) for p in range(pages)}
+    native: dict[str, str | int] = {"first_cluster": key}
+    return core.RetainedFile(("fat0", key), f"f{key}", size or pages * PAGE_SIZE, native, fps)
+
+
+def test_kept_files_are_an_lru_bounded_by_files_and_pages() -> None:
+    kept = core.RetainedFiles(max_files=3, max_pages=10)
+    assert kept.put(_record(1, 4)) == [] and kept.put(_record(2, 4)) == []
+    assert [r.key[1] for r in kept.put(_record(3, 4))] == [1]  # 12 pages > 10: the oldest goes
+    assert kept.pages == 8 and list(kept.records) == [("fat0", 2), ("fat0", 3)]
+    assert [r.key[1] for r in kept.put(_record(4, 11))] == [4]  # larger than all: not kept
+    assert [r.key[1] for r in kept.put(_record(2, 1))] == [2]  # a new record replaces the old
+    assert kept.pages == 5 and list(kept.records)[-1] == ("fat0", 2)
+    assert kept.put(_record(5, 1)) == [] and [r.key[1] for r in kept.put(_record(6, 1))] == [3]
+    assert len(kept) == 3 and kept.pages == 3
+    assert [r.key[1] for r in kept.oldest(2)] == [2, 5] and kept.pages == 1
+    taken = kept.take(("fat0", 6))
+    assert taken is not None and kept.pages == 0 and kept.take(("fat0", 6)) is None
+
+
+@given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 5)), max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_kept_pages_are_counted_exactly(ops: list[tuple[int, int]]) -> None:
+    kept = core.RetainedFiles(max_files=4, max_pages=9)
+    out = 0
+    for key, pages in ops:
+        if pages == 0:
+            out += len(kept.oldest(key))
+        else:
+            out += len(kept.put(_record(key, pages)))
+        assert kept.pages == sum(len(r.pages) for r in kept.records.values()) <= 9
+        assert len(kept.records) <= 4
+
+
+def test_a_kept_record_matches_only_the_same_size_and_native_facts() -> None:
+    record = _record(3, 2, size=5000)
+    info = FsInfo("f3", 0x20, 5000, 8192, False, 0.0, 0.0, 0.0, 3, {"first_cluster": 3})
+    assert record.matches(info)
+    assert not record.matches(msgspec.structs.replace(info, size=5001))
+    assert not record.matches(msgspec.structs.replace(info, native={"first_cluster": 9}))
+    assert not record.matches(msgspec.structs.replace(info, is_dir=True))
+
+
+def test_an_unlinked_name_drops_its_kept_records() -> None:
+    kept = core.RetainedFiles()
+    kept.put(_record(1, 1))
+    kept.put(_record(2, 1))
+    assert [r.key for r in kept.named("fat0", "F1")] == [("fat0", 1)]  # any case
+    assert kept.named("fat1", "f2") == [] and list(kept.records) == [("fat0", 2)]
+
+
+def test_a_closing_file_keeps_clean_cache_pages_inside_its_size(memory: PhysicalMemory) -> None:
+    cfile = _cfile(memory, 3 * PAGE_SIZE + 10)
+    cfile.pages = {
+        0: FilePage(0x10000, 0),
+        1: FilePage(0x11000, None),  # a private copy: charged to a process, not kept
+        2: FilePage(0x12000, 16, dirty=True),
+        3: FilePage(0x13000, 24),
+        4: FilePage(0x14000, 32),  # past the size: a reservation freed at close
+    }
+    assert sorted(core.retain_plan(cfile)) == [0, 3]
+
+
+def test_an_open_maps_cached_pages_or_a_small_file_whole(memory: PhysicalMemory) -> None:
+    small = _cfile(memory, core.SMALL_FILE_PAGES * PAGE_SIZE)
+    assert core.up_front_pages(small) == list(range(core.SMALL_FILE_PAGES))
+    big = _cfile(memory, (core.SMALL_FILE_PAGES + 1) * PAGE_SIZE)
+    assert core.up_front_pages(big) == []  # the first read's miss sizes the part
+    big.pages = {p: FilePage(0x1000 * (p + 1), 8 * p) for p in (0, 1, 5)}
+    assert core.up_front_pages(big) == [0, 1, 5]
+    scattered = range(0, 4 * core.UP_FRONT_RUNS, 2)
+    big.pages = {p: FilePage(0x1000 * (p + 1), 8 * p) for p in scattered}
+    big.info = _info(4 * core.UP_FRONT_RUNS * PAGE_SIZE)
+    assert core.up_front_pages(big) == list(scattered)[: core.UP_FRONT_RUNS]  # 16 runs at most
+    assert core.up_front_pages(_cfile(memory, 0)) == []
