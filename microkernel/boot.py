@@ -264,6 +264,7 @@ async def _start_all(system: System, tg: anyio.abc.TaskGroup) -> None:
                 device=dev.name,
                 partition=dev.partition,
                 read_only=dev.read_only,
+                write_interval=cfg.cache.writeback_interval,
             ),
         )
     vfs_cls = _import(FILE_DRIVER)

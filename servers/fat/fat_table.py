@@ -46,6 +46,11 @@ class FatTable:
         self.next_free = 2
         self.version = 0  # bumped by every change, so walks of the table can be cached
         self.freed: set[int] = set()  # clusters freed since the owner last took this set
+        # With ``quarantine`` on, a freed cluster is not handed out again until the owner
+        # says the free is on the disk (``release_held``): the disk may still show the old
+        # file holding it, which must not show a new file's data.
+        self.quarantine = False
+        self.held: set[int] = set()
 
     # -- raw encoding -----------------------------------------------------
     def _decode_all(self, count: int) -> list[int]:
@@ -104,6 +109,11 @@ class FatTable:
             if value == FREE and old != FREE:
                 self.freed.add(n)
             self._free[n] = value == FREE
+            if value == FREE and old != FREE and self.quarantine:
+                self.held.add(n)
+                self._free[n] = False
+            elif value != FREE:
+                self.held.discard(n)
         self._entries[n] = value
         self._encode(n, value)
 
@@ -199,6 +209,23 @@ class FatTable:
         return out
 
     # -- allocation -------------------------------------------------------------
+    @property
+    def available(self) -> int:
+        """Free clusters that may be allocated now (free minus those held in quarantine)."""
+        return self.free_count - len(self.held)
+
+    def release_held(self) -> None:
+        """The frees are durable: the held clusters may be allocated again."""
+        for n in self.held:
+            if self._entries[n] == FREE:
+                self._free[n] = True
+        self.held.clear()
+
+    @property
+    def has_unwritten(self) -> bool:
+        """Changed sectors not yet handed to the owner's writes (``dirty_runs``)."""
+        return bool(self._dirty)
+
     def allocate(self, count: int, after: int | None = None, *, link: bool = True) -> list[int]:
         """Allocate ``count`` clusters as one linked chain (EOC at the end); return them.
 
@@ -210,8 +237,10 @@ class FatTable:
         """
         if count <= 0:
             return []
-        if count > self.free_count:
-            raise NoSpace(f"need {count} clusters, {self.free_count} free")
+        if count > self.available:
+            raise NoSpace(f"need {count} clusters, {self.available} free"
+                          + (f" ({len(self.held)} freed, not yet on the disk)" if self.held
+                             else ""))
         picked = self._pick(count, after)
         for a, b in itertools.pairwise(picked):
             self.set(a, b)

@@ -50,6 +50,33 @@ class SectorIO(Protocol):
         """These sectors were freed: nothing cached for them needs writing any more."""
         ...
 
+    def begin(self) -> None:
+        """A new operation starts: its writes follow only what it wrote before a barrier.
+
+        With eager barriers (everything before a barrier is durable when it
+        returns) this is nothing; a lazy SectorIO scopes its ordering to the
+        operation, so independent operations share write groups.
+        """
+        ...
+
+    def order_after(self, lba: int, count: int) -> None:
+        """The operation's next writes follow whatever is still unwritten in these sectors."""
+        ...
+
+    @property
+    def write_failure(self) -> str | None:
+        """Why ordered metadata writing stopped (a write-out failed), or None."""
+        ...
+
+    @property
+    def pending_writes(self) -> int:
+        """Pages changed but not yet durable in their order (0: everything written out)."""
+        ...
+
+    def seal(self) -> None:
+        """Unmount queued its last writes: any later write is refused (EIO)."""
+        ...
+
 
 class FileSectorIO:
     """SectorIO over an image file (or block device), optionally at a partition offset.
@@ -100,6 +127,23 @@ class FileSectorIO:
 
     async def discard(self, lba: int, count: int) -> None:
         """Nothing is cached here."""
+
+    def begin(self) -> None:
+        """Barriers here are program order: no operation scope to keep."""
+
+    def order_after(self, lba: int, count: int) -> None:
+        """Every earlier write is already in the image."""
+
+    @property
+    def write_failure(self) -> str | None:
+        return None
+
+    @property
+    def pending_writes(self) -> int:
+        return 0
+
+    def seal(self) -> None:
+        """Writes here land in program order: nothing can pass the clean flag."""
 
     def _check(self, lba: int, count: int) -> None:
         if lba < 0 or count < 0 or lba + count > self.total_sectors:

@@ -10,6 +10,7 @@ sequential: the volume's in-memory FAT and directory state have one writer.
 
 from __future__ import annotations
 
+import anyio
 import msgspec
 
 from drivers.protocol import Geometry, Identify
@@ -67,8 +68,12 @@ class FatServer(Server):
         partition: int = 0,
         read_only: bool = False,
         cache: str = "cache",
+        write_interval: float | None = 1.0,
     ) -> None:
         super().__init__(name, router)
+        # Seconds between background write-outs of pending metadata groups (None: only
+        # at fsync, unmount and the pending bound), like the cache's writeback interval.
+        self.write_interval = write_interval
         self.memory = memory
         self.device = device
         self.partition = partition
@@ -105,9 +110,35 @@ class FatServer(Server):
             alignment_offset=geo.alignment_offset,
         )
         self._volume = await FatVolume.mount(io, read_only=self.read_only)
+        align = geo.alignment_offset * geo.logical_sector_size
+        if not self.read_only and self._volume.data_alignment_ok(PAGE_SIZE, align):
+            # No cache page holds both metadata and file data (which the kernel file
+            # driver dirties at will), so held metadata pages can wait for their order.
+            io.lazy = True
+            self._volume.fat.quarantine = True
+            boot, scale = self._volume.boot, self._volume.boot.bytes_per_sector // io.sector_size
+            io.set_layout([((boot.fat_start + n * boot.fat_size) * scale,
+                            boot.fat_size * scale) for n in range(boot.num_fats)],
+                          boot.data_start * scale)
         for problem in self._volume.problems:
             self.log.warning("volume problem", problem=problem)
         self.router.counters.volume_repairs += self._volume.repairs
+
+    async def background(self) -> None:
+        """Write pending metadata groups out every ``write_interval`` (lazy order)."""
+        if self.write_interval is None:
+            return
+        while True:
+            await anyio.sleep(max(self.write_interval, 0.005))  # 0: often, never a spin
+            vol = self._volume
+            if vol is None or not vol.io.pending_writes or vol.write_error is not None:
+                continue
+            try:
+                await self._io.write_out()
+            except OSError as exc:  # the next operation reports it (write_failure)
+                self.log.warning("metadata write-out failed", error=str(exc))
+                continue
+            vol.reclaim_if_durable()
 
     async def teardown(self) -> None:
         if self._volume is not None:
@@ -221,11 +252,16 @@ class FatServer(Server):
             for e in await vol.extents(msg.handle, msg.offset, msg.length)
         ]
         size = (await vol.stat(msg.handle)).size
+        # Reserved clusters past the size nobody wrote hold stale bytes the kernel file
+        # driver would zero anyway: the cache zero-fills their pages without a disk read.
+        cs = vol.boot.cluster_size
+        unwritten = 0 <= max(msg.zero_from, -(-size // cs) * cs) <= msg.offset
         if extents:
             await self.endpoint.send(
                 self.cache,
                 CacheRead(
-                    self.device, [Extent(e.lba, e.count) for e in extents], msg.notify, msg.tag
+                    self.device, [Extent(e.lba, e.count) for e in extents], msg.notify, msg.tag,
+                    unwritten and msg.zero_from >= 0,
                 ),
             )
         return Mapped(msg.tag, size, extents)

@@ -270,7 +270,8 @@ class FatVolume:
             return
 
     async def _set_dirty(self, dirty: bool) -> None:
-        await self._barrier()  # clean: only after everything else is on the disk
+        await self._write_out()  # clean: only after everything else is on the disk
+        self._after_everything()
         self.fat.set_clean(not dirty)
         await self._flush_fat()
         raw = set_boot_dirty(self._boot_raw, self.boot.fat_type == 32, dirty)
@@ -293,6 +294,7 @@ class FatVolume:
             except OSError:
                 if self.write_error is None and self.io_error is None:
                     raise
+        self._mounted = False  # no new operation; one still in flight may write below
         if not self.read_only and self.write_error is None:
             if self.boot.fat_type == 32:
                 await self._write_fsinfo()
@@ -300,13 +302,14 @@ class FatVolume:
                 await self._set_dirty(False)
             else:
                 await self._flush_fat()
+            self.io.seal()  # an operation still in flight cannot write past the clean flag
             await self.io.flush()
-        self._mounted = False
 
     async def _write_fsinfo(self) -> None:
         info = FsInfo(self.fat.free_count, self.fat.next_free)
         raw = pack_fsinfo(info, self.boot.bytes_per_sector)
-        await self._barrier()
+        await self._write_out()
+        self._after_everything()
         old = await self._read(self.boot.fsinfo_sector, 1)
         # Keep any bytes between the FSInfo fields (reserved, normally zero) intact.
         merged = raw[:4] + old[4:484] + raw[484:496] + old[496:508] + raw[508:]
@@ -364,6 +367,11 @@ class FatVolume:
         return [(self.boot.cluster_to_sector(c), n * spc) for c, n in self.fat.runs(clusters)]
 
     def _writable(self) -> None:
+        """Check the volume may change; a new operation starts (``SectorIO.begin``)."""
+        if self.io.write_failure is not None and self.write_error is None:
+            self.write_error = self.io.write_failure
+            self.problems.append(f"metadata write failed, volume stopped writing: "
+                                 f"{self.write_error}")
         if self.read_only:
             raise ReadOnlyVolume("volume is mounted read-only")
         if not self._mounted:
@@ -371,6 +379,20 @@ class FatVolume:
         if self.write_error is not None:
             raise FatError(f"volume stopped writing after a metadata write error "
                            f"({self.write_error}); remount to repair", errno.EIO)
+        self.io.begin()
+        self.reclaim_if_durable()
+
+    def reclaim_if_durable(self) -> None:
+        """Clusters freed in quarantine become allocatable once no FAT change waits."""
+        if self.fat.held and not self.io.pending_writes and not self.fat.has_unwritten:
+            self.fat.release_held()
+
+    async def _room(self, count: int) -> None:
+        """Enough allocatable clusters for ``count``, writing out frees held back if need be."""
+        if self.fat.held and count > self.fat.available:
+            await self._flush_fat()
+            await self._write_out()
+            self.fat.release_held()
 
     async def _barrier(self, data: Sequence[tuple[int, int]] = ()) -> None:
         """``io.barrier``; a failure stops all further writing (like ext4's errors=remount-ro).
@@ -385,9 +407,25 @@ class FatVolume:
         try:
             await self.io.barrier(data)
         except OSError as exc:
-            self._io_failed(exc)
+            self._stop_writing(exc)
+            raise
+
+    def _stop_writing(self, exc: OSError) -> None:
+        self._io_failed(exc)
+        if self.write_error is None:
             self.write_error = exc.strerror or str(exc)
             self.problems.append(f"metadata write failed, volume stopped writing: {exc}")
+
+    async def _write_out(self) -> None:
+        """Everything written so far is durable (a barrier that waits for all of it)."""
+        if self.write_error is not None:
+            raise FatError(f"volume stopped writing after a metadata write error "
+                           f"({self.write_error})", errno.EIO)
+        try:
+            await self.io.barrier()
+            await self.io.flush()
+        except OSError as exc:
+            self._stop_writing(exc)
             raise
 
     # ================================================================ directories
@@ -434,12 +472,22 @@ class FatVolume:
         d.listing = parse_directory(d.data)
         return d
 
-    async def _write_entries(self, d: _Dir, first: int, count: int) -> None:
-        """Write back the sectors holding entries first..first+count-1."""
+    async def _write_entries(self, d: _Dir, first: int, count: int, *,
+                             refs: bool = True) -> None:
+        """Write back the sectors holding entries first..first+count-1.
+
+        ``refs``: the entries may name clusters (a first cluster, a size), so
+        they go after every FAT change still unwritten, whichever operation made
+        it (a lazy SectorIO orders only within an operation otherwise). Only a
+        deletion names nothing.
+        """
         ss = self.boot.bytes_per_sector
         lo = first * ENTRY_SIZE // ss
         hi = ((first + count) * ENTRY_SIZE - 1) // ss
         await self._barrier()  # the FAT (or the entry) this one depends on goes first
+        if refs:
+            self.io.order_after(self.boot.fat_start * self._scale,
+                                self.boot.num_fats * self.boot.fat_size * self._scale)
         run_start = lo
         for s in range(lo, hi + 1):
             if s == hi or d.sectors[s + 1] != d.sectors[s] + 1:
@@ -600,6 +648,7 @@ class FatVolume:
 
     async def _grow_dir(self, d: _Dir, extra: int) -> None:
         """Add ``extra`` zeroed clusters to a cluster-chained directory (zeros before FAT)."""
+        await self._room(extra)
         new = self.fat.allocate(extra, after=d.clusters[-1], link=False)
         zeros = bytes(self.boot.cluster_size)
         for first, n in self._cluster_sectors(new):
@@ -613,7 +662,8 @@ class FatVolume:
         self._forget_id((self._cluster_to_key(d.key), slot.index))
         for i in range(slot.first_index, slot.index + 1):
             d.data[i * ENTRY_SIZE] = DELETED_MARK
-        await self._write_entries(d, slot.first_index, slot.index - slot.first_index + 1)
+        await self._write_entries(d, slot.first_index, slot.index - slot.first_index + 1,
+                                  refs=False)
         d.listing = parse_directory(d.data)
 
     async def _rewrite_entry(self, node: _Node) -> None:
@@ -859,6 +909,7 @@ class FatVolume:
 
     async def close(self, handle: int) -> None:
         node = self._handle(handle)
+        self.io.begin()
         del self._handles[handle]
         node.opens -= 1
         if node.opens:
@@ -885,10 +936,30 @@ class FatVolume:
             if not want:
                 node.entry = node.entry.with_(cluster=0)
                 await self._rewrite_entry(node)
+                self._after_pending_entries()  # a pending old name may still hold the chain
             await self._cut_chain(chain, want)
+
+    def _after_everything(self) -> None:
+        """What is written next follows everything still unwritten (lazy order)."""
+        self.io.begin()
+        self.io.order_after(0, self.io.total_sectors)
+
+    def _after_pending_entries(self) -> None:
+        """What frees clusters next follows every directory change still unwritten.
+
+        Whichever operation made it: an entry naming the clusters may be gone
+        only in a pending page (an unlink, a rename's removal of the old name, a
+        shrink). Eager barriers leave nothing pending; the lazy order needs this
+        (docs/fat.md). Reservation tails past the size are freed without it: no
+        entry's size covers them.
+        """
+        fat_end = (self.boot.fat_start + self.boot.num_fats * self.boot.fat_size) * self._scale
+        self.io.order_after(0, self.boot.fat_start * self._scale)
+        self.io.order_after(fat_end, self.io.total_sectors - fat_end)
 
     def _free_chain(self, cluster: int, name: str) -> None:
         """Free a chain; a damaged chain is left allocated (fsck reclaims it) and reported."""
+        self._after_pending_entries()
         try:
             self.fat.free_chain(cluster)
         except BadChain as exc:
@@ -943,8 +1014,9 @@ class FatVolume:
         template = _new_entry(ATTR_DIRECTORY)
         entries = self._name_entries(parent, found.leaf, template)
         _, extra = self._growth(parent, len(entries))
-        if 1 + extra > self.fat.free_count:
-            raise NoSpace(f"mkdir needs {1 + extra} clusters, {self.fat.free_count} free")
+        await self._room(1 + extra)
+        if 1 + extra > self.fat.available:
+            raise NoSpace(f"mkdir needs {1 + extra} clusters, {self.fat.available} free")
         cluster = self.fat.allocate(1)[0]
         await self._write_dir_cluster(cluster, template, parent.key)
         await self._flush_fat()
@@ -1058,6 +1130,8 @@ class FatVolume:
         if replaced is not None and same_dir and replaced.index == src_slot.index:
             replaced = None
         removed = False  # the old entry went in the same write as the new one
+        # Marking the old entry also orders the new name after that page's pending
+        # changes (a published size, lazy order): a cut shows two equal entries.
         if not (same_dir and replaced is None):  # else _insert: one write, or marks first
             await self._mark_renamed_from(target if same_dir else s.parent, src_slot)
         if replaced is not None and not replaced.entry.is_dir and replaced.name == d.leaf:
@@ -1255,6 +1329,8 @@ class FatVolume:
                                       mtime=tm, adate=date)
         await self._rewrite_entry(node)
         if trim:
+            if size < old_size:
+                self._after_pending_entries()
             await self._cut_chain(chain, want)
         return self._new_extents(new, len(chain) * cs)
 
@@ -1268,6 +1344,7 @@ class FatVolume:
                     zero_fill: bool, written: tuple[int, int] | None) -> list[int]:
         """Allocate, zero and link the clusters a file needs beyond ``chain``."""
         cs = self.boot.cluster_size
+        await self._room(want - len(chain))
         new = self.fat.allocate(want - len(chain), after=chain[-1] if chain else None,
                                 link=False)
         try:  # zero the new clusters before any on-disk structure points at them
@@ -1324,16 +1401,27 @@ class FatVolume:
         """
         if keep:
             self.fat.set(chain[keep - 1], self.fat.eoc)
-            self.fat.truncate_chain(chain, keep)
-            if self._fat_changes_atomic():
+            if not self._entries_in_one_page(chain[keep - 1:]):
+                # The end mark goes alone first; the tail stays linked till then (and the
+                # part of it in the end mark's own page may join that page's write).
                 await self._flush_fat()
-                return
-            links = [*chain[keep + 1:], self.fat.eoc]
-            for c, nxt in zip(chain[keep:], links, strict=True):  # not one page: the end
-                self.fat.set(c, nxt)  # mark goes alone first, the tail stays linked till then
-            await self._flush_fat()
         self.fat.truncate_chain(chain, keep)
         await self._flush_fat()
+
+    def _entries_in_one_page(self, clusters: list[int]) -> bool:
+        """Do these clusters' FAT entries (and any other unwritten change) lie in one
+        4 KiB page of each FAT copy? Then one write per copy changes them all at once."""
+        bps = self.boot.bytes_per_sector
+        width = {12: 2, 16: 2, 32: 4}[self.boot.fat_type]  # bytes an entry touches
+        offsets = [c * 3 // 2 if self.boot.fat_type == 12 else c * width for c in clusters]
+        sectors = {o // bps for o in offsets} | {(o + width - 1) // bps for o in offsets}
+        sectors |= {s for first, data in self.fat.dirty_runs()
+                    for s in range(first, first + len(data) // bps)}
+        for n in range(self.boot.num_fats):
+            base = self.io.partition_offset + (self.boot.fat_start + n * self.boot.fat_size) * bps
+            if len({(base + s * bps) // PAGE_BYTES for s in sectors}) > 1:
+                return False
+        return True
 
     def _unallocate(self, chain: list[int], new: list[int]) -> None:
         """Undo an in-memory allocation whose zero fill failed: the disk never saw it."""

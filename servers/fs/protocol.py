@@ -109,13 +109,20 @@ class FsRename(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True)
 
 
 class MapRange(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
-    """Resolve ``length`` bytes at ``offset`` and have the cache bring them in for ``notify``."""
+    """Resolve ``length`` bytes at ``offset`` and have the cache bring them in for ``notify``.
+
+    ``zero_from``: file bytes from this offset on are reserved space nobody has
+    written (past the size on disk, never handed to the cache), so when the whole
+    range lies there the cache supplies zero pages instead of reading stale
+    clusters (-1: read everything).
+    """
 
     handle: int
     offset: int
     length: int
     notify: str
     tag: int
+    zero_from: int = -1
 
 
 class FsSetSize(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):

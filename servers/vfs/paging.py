@@ -136,7 +136,8 @@ class Pager:
             with fetch.scope:
                 mapped: Mapped = await self.endpoint.call(
                     cfile.fs,
-                    MapRange(cfile.fs_handle, start, length, self.endpoint.name, fetch.tag),
+                    MapRange(cfile.fs_handle, start, length, self.endpoint.name, fetch.tag,
+                             self._unwritten_from(cfile)),
                     Mapped,
                 )
                 if not mapped.extents:
@@ -155,6 +156,14 @@ class Pager:
             fetch.error = exc
         finally:
             self._end_fetch(fetch)
+
+    @staticmethod
+    def _unwritten_from(cfile: CentralFile) -> int:
+        """First byte of the pages past the size on disk that nobody handed to the cache."""
+        first = core.pages_of(cfile.info.size)
+        if cfile.handed:
+            first = max(first, max(cfile.handed) + 1)
+        return first * PAGE_SIZE
 
     def _end_fetch(self, fetch: Fetch) -> None:
         for p in fetch.pages:

@@ -212,6 +212,7 @@ class Flusher:
         cfile.published = size  # a publish in the meantime may grow it (never shrink it)
         info: FsInfo = await self.endpoint.call(cfile.fs, request, FsInfo)
         cfile.info = info
+        cfile.modified = False  # the file system stamped the modification time with the size
         cfile.handed = {p for p in cfile.handed if (p + 1) * PAGE_SIZE > size}
 
     async def _shrink(self, cfile: CentralFile, size: int) -> None:

@@ -62,9 +62,9 @@ def test_each_message_and_device_fault_fires_and_is_traced(kind: str) -> None:
     outcome = _fires(kind, range(1, 30))
     assert any(entry[2].startswith(f"fault:{kind}:") for entry in outcome.trace)
     if kind == "crash":  # the crash hit a driver or the cache, and the run went on
-        crashed = [e for e in outcome.trace if e[2].startswith("fault:crash:")]
-        assert {e[1] for e in crashed} <= set(sim.CRASHABLE)
-        assert outcome.trace[-1][2] != crashed[-1][2]
+        crashed = [n for n, e in enumerate(outcome.trace) if e[2].startswith("fault:crash:")]
+        assert {outcome.trace[n][1] for n in crashed} <= set(sim.CRASHABLE)
+        assert crashed[0] < len(outcome.trace) - 1  # messages followed the first crash
     assert outcome.ok, outcome.failures
 
 
@@ -80,7 +80,7 @@ def test_a_lost_reply_leaves_no_lost_cluster_after_mount_repair(seed: int) -> No
     """
     require_tool("fsck.fat")
     outcome = _outcome(seed, "drop", ops=40)
-    assert outcome.faults.get("drop", 0) >= 1  # message patterns change the count; the check is the image
+    assert outcome.faults.get("drop", 0) >= 1  # the exact count depends on the message stream
     assert any(e[2].startswith("fault:drop:") for e in outcome.trace)
     assert outcome.cut_states >= 5 and outcome.ok, outcome.failures
 
