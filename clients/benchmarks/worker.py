@@ -20,7 +20,7 @@ import msgspec
 
 import microkernel
 from clients.benchmarks.harness import stopwatch
-from clients.benchmarks.stack import booted, measured, read_mapped
+from clients.benchmarks.stack import booted, measured, read_mapped, warm_sink
 
 
 class WorkerReport(msgspec.Struct, frozen=True):
@@ -33,18 +33,19 @@ class WorkerReport(msgspec.Struct, frozen=True):
 
 
 async def _read(image: Path, path: str, size: int, driver: str) -> WorkerReport:
-    sink = bytearray(size)
-    boot_clock = stopwatch()
-    async with booted(image, driver=driver) as (system, proc):
-        boot_s = boot_clock()
-        sample = await measured(system, lambda: read_mapped(proc, path, sink))
+    with warm_sink(size) as sink:
+        boot_clock = stopwatch()
+        async with booted(image, driver=driver) as (system, proc):
+            boot_s = boot_clock()
+            sample = await measured(system, lambda: read_mapped(proc, path, sink))
+        crc32 = zlib.crc32(sink)
     loop = type(asyncio.get_running_loop())
     return WorkerReport(
         seconds=sample.seconds,
         counters=sample.counters,
         loop=f"{loop.__module__}.{loop.__qualname__}",
-        crc32=zlib.crc32(sink),
-        size=len(sink),
+        crc32=crc32,
+        size=size,
         boot_s=boot_s,
     )
 
