@@ -83,6 +83,28 @@ def test_alloc_hands_out_lowest_addresses_first_across_zones() -> None:
     assert mem.statistics().frames_by_owner == {"t": 26, "u": 3}
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.integers(0, 47), unique=True, max_size=20),
+    st.integers(1, 64),
+)
+def test_a_batch_alloc_takes_the_frames_one_at_a_time_would(freed: list[int], take: int) -> None:
+    """Frames freed in any order on top of the free runs: one alloc of many hands out
+    the same frames, in the same order, with the same owners and refcounts, as
+    that many allocs of one (the batch works a run of frame numbers at a time)."""
+    batch, single = PhysicalMemory(64 * PAGE_SIZE), PhysicalMemory(64 * PAGE_SIZE)
+    for mem in (batch, single):
+        held = mem.alloc("boot", 48)
+        mem.release([held[i] for i in freed])
+    room = 16 + len(freed)
+    take = min(take, room)
+    got = batch.alloc("t", take)
+    assert got == [f for _ in range(take) for f in single.alloc("t", 1)]
+    assert all(batch.refcount(f) == 1 and batch.owner_of(f) == "t" for f in got)
+    assert batch.frames_of("t") == single.frames_of("t")
+    assert batch.statistics() == single.statistics()
+
+
 def test_a_view_spans_contiguous_frames_but_never_the_hole_between_zones() -> None:
     mem = PhysicalMemory(32 * PAGE_SIZE, low_size=8 * PAGE_SIZE)
     run = mem.alloc("t", 3, Zone.HIGH)
