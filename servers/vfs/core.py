@@ -84,7 +84,7 @@ class CentralFile:
     state_frame: int
     state: FileStatePage
     pages: dict[int, FilePage] = field(default_factory=dict)
-    inflight: dict[int, int] = field(default_factory=dict)  # page -> tag of its fetch
+    inflight: dict[int, range] = field(default_factory=dict)  # fetch tag -> its file pages
     windows: set[Window] = field(default_factory=set)
     modified: bool = False
     published: int = -1  # the size processes see (-1: the size on disk, ``info.size``)
@@ -141,6 +141,7 @@ class Window:
     serial: int = 0  # mappings made into this window so far
     parts: dict[int, tuple[int, int]] = field(default_factory=dict)  # part -> (first page, n)
     ages: dict[int, int] = field(default_factory=dict)
+    next_page: int = 0  # the page after the last part asked for (read-ahead's sequential test)
 
     @property
     def writable(self) -> bool:
@@ -345,8 +346,20 @@ def part_pages(window: Window, position: int, size: int) -> list[int]:
 
 
 def missing_pages(cfile: CentralFile, pages: Iterable[int]) -> list[int]:
-    """Pages neither cached nor being fetched."""
-    return [p for p in pages if p not in cfile.pages and p not in cfile.inflight]
+    """Pages neither cached nor being fetched (fetches are runs: one range test per fetch)."""
+    cached = cfile.pages
+    out = [p for p in pages if p not in cached] if cached else list(pages)
+    for run in cfile.inflight.values():
+        if out and overlaps(run, out):
+            out = [p for p in out if not run.start <= p < run.stop]
+    return out
+
+
+def overlaps(run: range, pages: list[int]) -> bool:
+    """Whether ``run`` (consecutive pages) holds any of ``pages`` (non-empty)."""
+    if run.start > max(pages) or run.stop <= min(pages):
+        return False
+    return any(run.start <= p < run.stop for p in pages)
 
 
 def unmapped_runs(window: Window, pages: Iterable[int]) -> list[list[int]]:

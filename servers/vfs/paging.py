@@ -97,31 +97,50 @@ class Pager:
                 return tag
 
     async def ensure_pages(
-        self, cfile: CentralFile, pages: list[int], window: Window | None
+        self,
+        cfile: CentralFile,
+        pages: list[int],
+        window: Window | None,
+        ahead: Iterable[int] = (),
     ) -> None:
         """Bring ``pages`` into ``cfile.pages``: join fetches in flight, start the rest.
 
         Waiting ends early with EBADF when ``window`` starts closing. Pages
         dropped again while we waited (a shrink, a give-back) are fetched again.
+        The ``ahead`` pages (read-ahead) are fetched too, started after ours so
+        they queue behind them, and waited for by nobody here.
         """
+        owner = window.proc.port if window else "vfs"
         for _ in range(ENSURE_ATTEMPTS):
-            waits = {t: self.fetches[t] for p in pages if (t := cfile.inflight.get(p)) is not None}
+            waits = {t: self.fetches[t] for t, run in cfile.inflight.items()
+                     if pages and core.overlaps(run, pages)}
             for run in core.runs(core.missing_pages(cfile, pages)):
-                fetch = self._start_fetch(cfile, run, window.proc.port if window else "vfs")
+                fetch = self._start_fetch(cfile, run, owner)
                 waits[fetch.tag] = fetch
+            if ahead:
+                self.prefetch(cfile, core.missing_pages(cfile, ahead), owner)
+                ahead = ()
             for fetch in waits.values():
                 await self._wait(fetch.done, window)
                 if fetch.error is not None:
                     raise OSError(fetch.error.errno, fetch.error.strerror)
-            if all(p in cfile.pages for p in pages):
+            if all(map(cfile.pages.__contains__, pages)):
                 return
         raise OSError(errno.EAGAIN, f"{cfile.info.name}: pages keep being dropped while read")
+
+    def prefetch(self, cfile: CentralFile, pages: list[int], owner: str) -> None:
+        """Start fetches for ``pages`` (none cached nor in flight) and wait for none of them.
+
+        Read-ahead: whoever later wants these pages joins the fetch as
+        :meth:`ensure_pages` joins any fetch in flight (and gets its error).
+        """
+        for run in core.runs(pages):
+            self._start_fetch(cfile, run, owner)
 
     def _start_fetch(self, cfile: CentralFile, run: list[int], owner: str) -> Fetch:
         fetch = Fetch(self._new_tag(), cfile, run, owner=owner)
         self.fetches[fetch.tag] = fetch
-        for p in run:
-            cfile.inflight[p] = fetch.tag
+        cfile.inflight[fetch.tag] = range(run[0], run[-1] + 1)  # a run: consecutive pages
 
         async def go() -> None:
             await self._run_fetch(fetch)
@@ -157,9 +176,7 @@ class Pager:
             self._end_fetch(fetch)
 
     def _end_fetch(self, fetch: Fetch) -> None:
-        for p in fetch.pages:
-            if fetch.cfile.inflight.get(p) == fetch.tag:
-                del fetch.cfile.inflight[p]
+        fetch.cfile.inflight.pop(fetch.tag, None)
         self.fetches.pop(fetch.tag, None)
         if not fetch.installed and fetch.error is None:
             fetch.error = OSError(errno.EINTR, f"{fetch.cfile.info.name}: read abandoned")
@@ -173,7 +190,7 @@ class Pager:
 
     async def cancel_fetches(self, cfile: CentralFile, from_page: int = 0) -> None:
         """Stop the fetches of ``cfile`` that touch pages from ``from_page`` on; wait for them."""
-        doomed = {t for p, t in cfile.inflight.items() if p >= from_page}
+        doomed = {t for t, run in cfile.inflight.items() if run.stop > from_page}
         for tag in doomed:
             fetch = self.fetches.get(tag)
             if fetch is not None:
