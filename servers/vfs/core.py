@@ -43,6 +43,7 @@ from servers.vfs.pages import FileState, FileStatePage, ProcessFilePage
 from servers.vfs.protocol import OpenFlags
 
 MAX_PART_PAGES: Final = 1024  # one part maps at most 4 MiB
+MAX_CALL_PAGES: Final = 4096  # one CachePart fetches at most 16 MiB (as parts of 4 MiB)
 UP_FRONT_PAGES: Final = 4096  # an open maps at most 16 MiB of pages it already has
 SMALL_FILE_PAGES: Final = 16  # an open of a file this small (64 KiB) fetches it at once
 UP_FRONT_RUNS: Final = 16  # and maps at most this many runs (FileMap parts) at once
@@ -332,8 +333,9 @@ def check_range(position: int, size: int) -> None:
 def part_pages(window: Window, position: int, size: int) -> list[int]:
     """The file pages a ``CachePart`` at ``position`` maps (empty: at or past the end).
 
-    A writer may map its reservation (beyond the published size); a part is
-    at most ``MAX_PART_PAGES`` long and never leaves the window.
+    A writer may map its reservation (beyond the published size); one call
+    brings in at most ``MAX_CALL_PAGES`` (one fetch, mapped as FileMap parts of at
+    most ``MAX_PART_PAGES``) and never leaves the window.
     """
     check_range(position, size)
     cfile = window.file
@@ -342,7 +344,7 @@ def part_pages(window: Window, position: int, size: int) -> list[int]:
         return []
     first = position // PAGE_SIZE
     end = min(position + max(size, 1), round_up(limit), WINDOW_DATA)
-    return list(range(first, min(pages_of(end), first + MAX_PART_PAGES)))
+    return list(range(first, min(pages_of(end), first + MAX_CALL_PAGES)))
 
 
 def missing_pages(cfile: CentralFile, pages: Iterable[int]) -> list[int]:

@@ -419,16 +419,23 @@ class Pager:
 
     # ------------------------------------------------------------------- parts
     def map_into(self, window: Window, pages: list[int]) -> None:
-        """Map the file pages into the window and publish them as FileMap parts."""
+        """Map the file pages into the window and publish them as FileMap parts (each at most
+        ``MAX_PART_PAGES``: second chance ages and drops parts of that size at most)."""
         if not core.may_map(window):
             raise BadHandle(f"handle {window.handle} is {window.state.value}: nothing is mapped")
-        for run in core.unmapped_runs(window, pages):
-            self._back_dirty_map(window, run)
-            frames = [window.file.pages[p].phys for p in run]
-            window.space.map(DATA_OFFSET + run[0] * PAGE_SIZE, frames, writable=window.writable)
-            zero_copy = len(run) - [window.file.pages[p].cache_lba for p in run].count(None)
-            self.router.counters.bytes_zero_copy += zero_copy * PAGE_SIZE
-            core.record_mapping(window, run, self._insert_part(window, run))
+        step = core.MAX_PART_PAGES
+        for whole in core.unmapped_runs(window, pages):
+            for at in range(0, len(whole), step):
+                self._map_part(window, whole[at : at + step])
+
+    def _map_part(self, window: Window, run: list[int]) -> None:
+        self._back_dirty_map(window, run)
+        file_pages = list(map(window.file.pages.__getitem__, run))
+        frames = [fp.phys for fp in file_pages]
+        window.space.map(DATA_OFFSET + run[0] * PAGE_SIZE, frames, writable=window.writable)
+        zero_copy = len(run) - [fp.cache_lba for fp in file_pages].count(None)
+        self.router.counters.bytes_zero_copy += zero_copy * PAGE_SIZE
+        core.record_mapping(window, run, self._insert_part(window, run))
 
     def _back_dirty_map(self, window: Window, run: list[int]) -> None:
         """A writable window gets dirty-map frames for the pages it maps (zeroed, once)."""
