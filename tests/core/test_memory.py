@@ -237,3 +237,51 @@ def test_ram_is_not_populated_unless_asked_and_close_stops_the_populator() -> No
     eager = PhysicalMemory(64 * 2**20, populate=True)
     eager.close()  # at once, mid-population: stops after the chunk in progress
     assert eager.populated() <= 64 * 2**20
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),  # map (True) or unmap
+            st.integers(0, 30),  # first page
+            st.integers(1, 10),  # pages
+            st.integers(0, 20),  # first frame of the mapping
+            st.booleans(),  # frames in one run or every other one
+        ),
+        max_size=12,
+    )
+)
+def test_a_space_keeps_its_mappings_as_runs_like_a_page_table(
+    ops: list[tuple[bool, int, int, int, bool]],
+) -> None:
+    """Maps over maps, unmaps across runs: the runs answer like a per-page table."""
+    mem = PhysicalMemory(64 * PAGE_SIZE)
+    frames = mem.alloc("t", 40)
+    space = make_address_space(mem, 64 * PAGE_SIZE)
+    if space.mode != "map-fixed":
+        pytest.skip("MAP_FIXED address spaces are not available here")
+    model: dict[int, int] = {}
+    try:
+        for is_map, first, n, frame, contiguous in ops:
+            offsets = [(first + k) * PAGE_SIZE for k in range(n)]
+            if is_map:
+                chosen = frames[frame : frame + n] if contiguous else frames[frame : frame + 2 * n : 2]
+                space.map(offsets[0], chosen, writable=False)
+                model.update(zip(offsets, chosen, strict=True))
+            else:
+                expected = [model.pop(o) for o in offsets if o in model]
+                assert space.unmap(offsets[0], n) == expected
+            assert space.mapped_frames() == model
+            for page in range(0, 44):
+                assert space.frame_at(page * PAGE_SIZE + 7) == model.get(page * PAGE_SIZE)
+            for o in range(0, 44 * PAGE_SIZE, 5 * PAGE_SIZE):
+                want = all(p in model for p in range(o, o + 3 * PAGE_SIZE, PAGE_SIZE))
+                assert space.is_mapped(o, 3 * PAGE_SIZE) == want
+        for o, phys in model.items():  # the bytes at each offset really are its frame's
+            if list(model.values()).count(phys) == 1:
+                mem.view(phys, 8)[:] = o.to_bytes(8, "little")
+                assert bytes(space.raw_view(o, 8)) == o.to_bytes(8, "little")
+    finally:
+        space.close()
+        mem.close()
