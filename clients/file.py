@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from clients.process import UserProcess
 
 INITIAL_PART = 256 * 1024
-MAX_PART = 4 * 1024 * 1024
+MAX_PART = 16 * 1024 * 1024  # one CachePart: the kernel maps it as parts of at most 4 MiB
 MISS_RETRIES = 8
 RESERVE_MIN = 256 * 1024
 RESERVE_MAX = 4 * 1024 * 1024

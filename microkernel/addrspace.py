@@ -19,6 +19,7 @@ which one is in use, and boot reports it.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import ctypes.util
 import errno
@@ -116,7 +117,11 @@ class AddressSpace:
             -1,
             0,
         )
-        self._frames: dict[int, int] = {}  # page offset -> physical address
+        # What is mapped, as runs: first page offset -> (pages, physical address of the
+        # first); frame k of a run is at that address + k pages. ``_starts`` keeps
+        # the firsts sorted (bisect). A 4 MiB part is one entry, not 1024.
+        self._runs: dict[int, tuple[int, int]] = {}
+        self._starts: list[int] = []
         # Exported views by id (ctypes arrays are weak-referenceable but not hashable).
         self._exports: dict[int, weakref.ref[ctypes.Array[ctypes.c_char]]] = {}
         self._closed = False
@@ -151,8 +156,55 @@ class AddressSpace:
                 mem.fd,
                 start * PAGE_SIZE,
             )
-        offsets = range(offset, offset + len(frames) * PAGE_SIZE, PAGE_SIZE)
-        self._frames.update(zip(offsets, frames, strict=True))
+        self._cut(offset, offset + len(frames) * PAGE_SIZE)
+        for i, j in _contiguous_runs(frames):
+            at = offset + i * PAGE_SIZE
+            bisect.insort(self._starts, at)
+            self._runs[at] = (j - i, frames[i])
+
+    def _cut(self, lo: int, hi: int) -> list[int]:
+        """Forget what is mapped in bytes ``lo..hi`` (page aligned), splitting runs that
+        reach outside; the physical addresses that were mapped there, in offset order."""
+        starts, runs = self._starts, self._runs
+        i = max(0, bisect.bisect_right(starts, lo) - 1)
+        out: list[int] = []
+        while i < len(starts) and starts[i] < hi:
+            s = starts[i]
+            n, phys = runs[s]
+            e = s + n * PAGE_SIZE
+            if e <= lo:
+                i += 1
+                continue
+            a, b = max(s, lo), min(e, hi)
+            out.extend(range(phys + (a - s), phys + (b - s), PAGE_SIZE))
+            del runs[s], starts[i]
+            if s < a:
+                runs[s] = ((a - s) // PAGE_SIZE, phys)
+                starts.insert(i, s)
+                i += 1
+            if b < e:
+                runs[b] = ((e - b) // PAGE_SIZE, phys + (b - s))
+                starts.insert(i, b)
+                i += 1
+        return out
+
+    def mapped_frames(self) -> dict[int, int]:
+        """Page offset -> physical address of every mapped page (for audits and tests)."""
+        return {
+            s + k * PAGE_SIZE: phys + k * PAGE_SIZE
+            for s in self._starts
+            for n, phys in (self._runs[s],)
+            for k in range(n)
+        }
+
+    def _run_at(self, offset: int) -> tuple[int, int, int] | None:
+        """(first offset, pages, first physical address) of the run holding ``offset``."""
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i < 0:
+            return None
+        s = self._starts[i]
+        n, phys = self._runs[s]
+        return (s, n, phys) if offset < s + n * PAGE_SIZE else None
 
     def unmap(self, offset: int, npages: int, *, discard: bool = False) -> list[int]:
         """Remove the mapping of ``npages`` pages; returns the frames that were mapped there.
@@ -171,19 +223,22 @@ class AddressSpace:
             -1,
             0,
         )
-        out = []
-        for k in range(npages):
-            phys = self._frames.pop(offset + k * PAGE_SIZE, None)
-            if phys is not None:
-                out.append(phys)
-        return out
+        return self._cut(offset, offset + npages * PAGE_SIZE)
 
     def frame_at(self, offset: int) -> int | None:
-        return self._frames.get(offset - offset % PAGE_SIZE)
+        page = offset - offset % PAGE_SIZE
+        run = self._run_at(page)
+        return None if run is None else run[2] + (page - run[0])
 
     def is_mapped(self, offset: int, length: int) -> bool:
-        first = offset - offset % PAGE_SIZE
-        return all(p in self._frames for p in range(first, offset + length, PAGE_SIZE))
+        """Whether every page of bytes ``offset..offset+length`` is mapped (runs may abut)."""
+        at, end = offset - offset % PAGE_SIZE, offset + length
+        while at < end:
+            run = self._run_at(at)
+            if run is None:
+                return False
+            at = run[0] + run[1] * PAGE_SIZE
+        return True
 
     def view(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
         """A memoryview straight onto the mapped pages (read-only unless ``writable``)."""
@@ -222,18 +277,20 @@ class AddressSpace:
         live = [buf for ref in list(self._exports.values()) if (buf := ref()) is not None]
         if not live:
             _libc.munmap(self.base, self.size)
-            self._frames.clear()
+            self._runs.clear()
+            self._starts.clear()
             return
-        for first in sorted(self._frames):
+        for first in self._starts:
             _mmap(
                 self.base + first,
-                PAGE_SIZE,
+                self._runs[first][0] * PAGE_SIZE,
                 mmap.PROT_READ | mmap.PROT_WRITE,
                 MAP_FIXED | mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
                 -1,
                 0,
             )
-        self._frames.clear()
+        self._runs.clear()
+        self._starts.clear()
         release = _DeferredUnmap(self.base, self.size, len(live))
         for buf in live:
             weakref.finalize(buf, release.drop)
@@ -250,7 +307,7 @@ class StitchedAddressSpace(AddressSpace):
         self.memory = memory
         self.size = size
         self.base = 0
-        self._frames = {}
+        self._frames: dict[int, int] = {}  # page offset -> physical address (per page: a fallback)
         self._writable: dict[int, bool] = {}
         self._closed = False
 
@@ -271,6 +328,16 @@ class StitchedAddressSpace(AddressSpace):
             if phys is not None:
                 out.append(phys)
         return out
+
+    def mapped_frames(self) -> dict[int, int]:
+        return dict(self._frames)
+
+    def frame_at(self, offset: int) -> int | None:
+        return self._frames.get(offset - offset % PAGE_SIZE)
+
+    def is_mapped(self, offset: int, length: int) -> bool:
+        first = offset - offset % PAGE_SIZE
+        return all(p in self._frames for p in range(first, offset + length, PAGE_SIZE))
 
     def view(self, offset: int, length: int, *, writable: bool = False) -> memoryview:
         if not self.is_mapped(offset, length):

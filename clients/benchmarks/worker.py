@@ -16,11 +16,12 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import anyio.to_thread
 import msgspec
 
 import microkernel
 from clients.benchmarks.harness import stopwatch
-from clients.benchmarks.stack import booted, measured, read_mapped
+from clients.benchmarks.stack import booted, measured, read_mapped, warm_sink
 
 
 class WorkerReport(msgspec.Struct, frozen=True):
@@ -33,18 +34,20 @@ class WorkerReport(msgspec.Struct, frozen=True):
 
 
 async def _read(image: Path, path: str, size: int, driver: str) -> WorkerReport:
-    sink = bytearray(size)
-    boot_clock = stopwatch()
-    async with booted(image, driver=driver) as (system, proc):
-        boot_s = boot_clock()
-        sample = await measured(system, lambda: read_mapped(proc, path, sink))
+    with warm_sink(size) as sink:
+        boot_clock = stopwatch()
+        async with booted(image, driver=driver) as (system, proc):
+            await anyio.to_thread.run_sync(system.memory.wait_populated)  # boot's cost
+            boot_s = boot_clock()
+            sample = await measured(system, lambda: read_mapped(proc, path, sink))
+        crc32 = zlib.crc32(sink)
     loop = type(asyncio.get_running_loop())
     return WorkerReport(
         seconds=sample.seconds,
         counters=sample.counters,
         loop=f"{loop.__module__}.{loop.__qualname__}",
-        crc32=zlib.crc32(sink),
-        size=len(sink),
+        crc32=crc32,
+        size=size,
         boot_s=boot_s,
     )
 

@@ -786,13 +786,13 @@ class FatVolume:
         if entry.is_dir or entry.size == 0:
             return entry
         try:
-            chain = self._walk(entry.cluster) if entry.cluster else []
+            clusters = sum(n for _, n in self._runs_of(entry.cluster)) if entry.cluster else 0
         except FatError:
             return entry
-        room = len(chain) * self.boot.cluster_size
+        room = clusters * self.boot.cluster_size
         if entry.size <= room:
             return entry
-        problem = (f"{name}: size {entry.size} exceeds its chain of {len(chain)} clusters; "
+        problem = (f"{name}: size {entry.size} exceeds its chain of {clusters} clusters; "
                    f"clipped to {room} bytes")
         if problem not in self.problems:
             self.problems.append(problem)
@@ -1454,13 +1454,12 @@ class FatVolume:
         return chain
 
     def _runs_of(self, start: int) -> list[tuple[int, int]]:
-        """``fat.runs`` of ``_walk(start)``, cached alike (a MapRange per part of a big file
-        must not merge the whole chain again)."""
-        chain = self._walk(start)
+        """``fat.chain_runs(start)``, cached like ``_walk`` (a MapRange per part of a big
+        file must not walk the chain again)."""
         hit = self._chain_runs.get(start)
         if hit is not None and hit[0] == self.fat.version:
             return hit[1]
-        runs = self.fat.runs(chain)
+        runs = self.fat.chain_runs(start)
         if len(self._chain_runs) > 256:
             self._chain_runs.clear()
         self._chain_runs[start] = (self.fat.version, runs)

@@ -43,6 +43,7 @@ from servers.vfs.pages import FileState, FileStatePage, ProcessFilePage
 from servers.vfs.protocol import OpenFlags
 
 MAX_PART_PAGES: Final = 1024  # one part maps at most 4 MiB
+MAX_CALL_PAGES: Final = 4096  # one CachePart fetches at most 16 MiB (as parts of 4 MiB)
 UP_FRONT_PAGES: Final = 4096  # an open maps at most 16 MiB of pages it already has
 SMALL_FILE_PAGES: Final = 16  # an open of a file this small (64 KiB) fetches it at once
 UP_FRONT_RUNS: Final = 16  # and maps at most this many runs (FileMap parts) at once
@@ -84,7 +85,7 @@ class CentralFile:
     state_frame: int
     state: FileStatePage
     pages: dict[int, FilePage] = field(default_factory=dict)
-    inflight: dict[int, int] = field(default_factory=dict)  # page -> tag of its fetch
+    inflight: dict[int, range] = field(default_factory=dict)  # fetch tag -> its file pages
     windows: set[Window] = field(default_factory=set)
     modified: bool = False
     published: int = -1  # the size processes see (-1: the size on disk, ``info.size``)
@@ -141,6 +142,7 @@ class Window:
     serial: int = 0  # mappings made into this window so far
     parts: dict[int, tuple[int, int]] = field(default_factory=dict)  # part -> (first page, n)
     ages: dict[int, int] = field(default_factory=dict)
+    next_page: int = 0  # the page after the last part asked for (read-ahead's sequential test)
 
     @property
     def writable(self) -> bool:
@@ -331,8 +333,9 @@ def check_range(position: int, size: int) -> None:
 def part_pages(window: Window, position: int, size: int) -> list[int]:
     """The file pages a ``CachePart`` at ``position`` maps (empty: at or past the end).
 
-    A writer may map its reservation (beyond the published size); a part is
-    at most ``MAX_PART_PAGES`` long and never leaves the window.
+    A writer may map its reservation (beyond the published size); one call
+    brings in at most ``MAX_CALL_PAGES`` (one fetch, mapped as FileMap parts of at
+    most ``MAX_PART_PAGES``) and never leaves the window.
     """
     check_range(position, size)
     cfile = window.file
@@ -341,12 +344,24 @@ def part_pages(window: Window, position: int, size: int) -> list[int]:
         return []
     first = position // PAGE_SIZE
     end = min(position + max(size, 1), round_up(limit), WINDOW_DATA)
-    return list(range(first, min(pages_of(end), first + MAX_PART_PAGES)))
+    return list(range(first, min(pages_of(end), first + MAX_CALL_PAGES)))
 
 
 def missing_pages(cfile: CentralFile, pages: Iterable[int]) -> list[int]:
-    """Pages neither cached nor being fetched."""
-    return [p for p in pages if p not in cfile.pages and p not in cfile.inflight]
+    """Pages neither cached nor being fetched (fetches are runs: one range test per fetch)."""
+    cached = cfile.pages
+    out = [p for p in pages if p not in cached] if cached else list(pages)
+    for run in cfile.inflight.values():
+        if out and overlaps(run, out):
+            out = [p for p in out if not run.start <= p < run.stop]
+    return out
+
+
+def overlaps(run: range, pages: list[int]) -> bool:
+    """Whether ``run`` (consecutive pages) holds any of ``pages`` (non-empty)."""
+    if run.start > max(pages) or run.stop <= min(pages):
+        return False
+    return any(run.start <= p < run.stop for p in pages)
 
 
 def unmapped_runs(window: Window, pages: Iterable[int]) -> list[list[int]]:

@@ -97,31 +97,50 @@ class Pager:
                 return tag
 
     async def ensure_pages(
-        self, cfile: CentralFile, pages: list[int], window: Window | None
+        self,
+        cfile: CentralFile,
+        pages: list[int],
+        window: Window | None,
+        ahead: Iterable[int] = (),
     ) -> None:
         """Bring ``pages`` into ``cfile.pages``: join fetches in flight, start the rest.
 
         Waiting ends early with EBADF when ``window`` starts closing. Pages
         dropped again while we waited (a shrink, a give-back) are fetched again.
+        The ``ahead`` pages (read-ahead) are fetched too, started after ours so
+        they queue behind them, and waited for by nobody here.
         """
+        owner = window.proc.port if window else "vfs"
         for _ in range(ENSURE_ATTEMPTS):
-            waits = {t: self.fetches[t] for p in pages if (t := cfile.inflight.get(p)) is not None}
+            waits = {t: self.fetches[t] for t, run in cfile.inflight.items()
+                     if pages and core.overlaps(run, pages)}
             for run in core.runs(core.missing_pages(cfile, pages)):
-                fetch = self._start_fetch(cfile, run, window.proc.port if window else "vfs")
+                fetch = self._start_fetch(cfile, run, owner)
                 waits[fetch.tag] = fetch
+            if ahead:
+                self.prefetch(cfile, core.missing_pages(cfile, ahead), owner)
+                ahead = ()
             for fetch in waits.values():
                 await self._wait(fetch.done, window)
                 if fetch.error is not None:
                     raise OSError(fetch.error.errno, fetch.error.strerror)
-            if all(p in cfile.pages for p in pages):
+            if all(map(cfile.pages.__contains__, pages)):
                 return
         raise OSError(errno.EAGAIN, f"{cfile.info.name}: pages keep being dropped while read")
+
+    def prefetch(self, cfile: CentralFile, pages: list[int], owner: str) -> None:
+        """Start fetches for ``pages`` (none cached nor in flight) and wait for none of them.
+
+        Read-ahead: whoever later wants these pages joins the fetch as
+        :meth:`ensure_pages` joins any fetch in flight (and gets its error).
+        """
+        for run in core.runs(pages):
+            self._start_fetch(cfile, run, owner)
 
     def _start_fetch(self, cfile: CentralFile, run: list[int], owner: str) -> Fetch:
         fetch = Fetch(self._new_tag(), cfile, run, owner=owner)
         self.fetches[fetch.tag] = fetch
-        for p in run:
-            cfile.inflight[p] = fetch.tag
+        cfile.inflight[fetch.tag] = range(run[0], run[-1] + 1)  # a run: consecutive pages
 
         async def go() -> None:
             await self._run_fetch(fetch)
@@ -166,9 +185,7 @@ class Pager:
         return first * PAGE_SIZE
 
     def _end_fetch(self, fetch: Fetch) -> None:
-        for p in fetch.pages:
-            if fetch.cfile.inflight.get(p) == fetch.tag:
-                del fetch.cfile.inflight[p]
+        fetch.cfile.inflight.pop(fetch.tag, None)
         self.fetches.pop(fetch.tag, None)
         if not fetch.installed and fetch.error is None:
             fetch.error = OSError(errno.EINTR, f"{fetch.cfile.info.name}: read abandoned")
@@ -182,7 +199,7 @@ class Pager:
 
     async def cancel_fetches(self, cfile: CentralFile, from_page: int = 0) -> None:
         """Stop the fetches of ``cfile`` that touch pages from ``from_page`` on; wait for them."""
-        doomed = {t for p, t in cfile.inflight.items() if p >= from_page}
+        doomed = {t for t, run in cfile.inflight.items() if run.stop > from_page}
         for tag in doomed:
             fetch = self.fetches.get(tag)
             if fetch is not None:
@@ -411,16 +428,23 @@ class Pager:
 
     # ------------------------------------------------------------------- parts
     def map_into(self, window: Window, pages: list[int]) -> None:
-        """Map the file pages into the window and publish them as FileMap parts."""
+        """Map the file pages into the window and publish them as FileMap parts (each at most
+        ``MAX_PART_PAGES``: second chance ages and drops parts of that size at most)."""
         if not core.may_map(window):
             raise BadHandle(f"handle {window.handle} is {window.state.value}: nothing is mapped")
-        for run in core.unmapped_runs(window, pages):
-            self._back_dirty_map(window, run)
-            frames = [window.file.pages[p].phys for p in run]
-            window.space.map(DATA_OFFSET + run[0] * PAGE_SIZE, frames, writable=window.writable)
-            zero_copy = len(run) - [window.file.pages[p].cache_lba for p in run].count(None)
-            self.router.counters.bytes_zero_copy += zero_copy * PAGE_SIZE
-            core.record_mapping(window, run, self._insert_part(window, run))
+        step = core.MAX_PART_PAGES
+        for whole in core.unmapped_runs(window, pages):
+            for at in range(0, len(whole), step):
+                self._map_part(window, whole[at : at + step])
+
+    def _map_part(self, window: Window, run: list[int]) -> None:
+        self._back_dirty_map(window, run)
+        file_pages = list(map(window.file.pages.__getitem__, run))
+        frames = [fp.phys for fp in file_pages]
+        window.space.map(DATA_OFFSET + run[0] * PAGE_SIZE, frames, writable=window.writable)
+        zero_copy = len(run) - [fp.cache_lba for fp in file_pages].count(None)
+        self.router.counters.bytes_zero_copy += zero_copy * PAGE_SIZE
+        core.record_mapping(window, run, self._insert_part(window, run))
 
     def _back_dirty_map(self, window: Window, run: list[int]) -> None:
         """A writable window gets dirty-map frames for the pages it maps (zeroed, once)."""

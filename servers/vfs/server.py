@@ -474,12 +474,38 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         with self._op(window):
             if window.writer.count > PARTS_BEFORE_SCAN:
                 self.pager.second_chance(window)  # the scan also runs on a miss
-            pages = await self._bring_in(window, pages)
+            ahead = self._read_ahead(window, pages, msg.position + msg.size)
+            pages = await self._bring_in(window, pages, ahead)
             self.pager.map_into(window, pages)
         return PartReady(pages[0] * PAGE_SIZE, len(pages) * PAGE_SIZE)
 
-    async def _bring_in(self, window: Window, pages: list[int]) -> list[int]:
-        """Fetch the part's pages; when the cache is short of frames, a smaller part.
+    def _read_ahead(self, window: Window, pages: list[int], wanted_end: int) -> list[int]:
+        """The pages to fetch after this part's, while this one is fetched and copied.
+
+        Only for a reader that reads on: it asked for more than one part holds,
+        or this miss starts where its previous part ended. One part ahead, of this
+        part's length, and only while the cache has free frames for it, so read-ahead
+        never evicts anything (nor runs for writers, whose parts follow their
+        reservation). The fetch is the central file's like any other: the next miss
+        joins it, a close cancels it, its pages are dropped under memory pressure.
+        """
+        sequential = window.next_page == pages[0] and pages[0] > 0
+        window.next_page = pages[-1] + 1
+        if window.writable or not (sequential or wanted_end > window.next_page * PAGE_SIZE):
+            return []
+        ahead = core.part_pages(window, window.next_page * PAGE_SIZE, len(pages) * PAGE_SIZE)
+        missing = core.missing_pages(window.file, ahead)
+        return missing if self._cache_room() >= 2 * len(missing) else []
+
+    def _cache_room(self) -> int:
+        """Frames the cache may still take without evicting anything."""
+        free = self.memory.frames_free
+        quota = self.memory.quota(self.cache)
+        return free if quota is None else min(free, quota - self.memory.used(self.cache))
+
+    async def _bring_in(self, window: Window, pages: list[int], ahead: list[int]) -> list[int]:
+        """Fetch the part's pages (then start the ``ahead`` ones); when the cache is short of
+        frames, a smaller part.
 
         The process asked for a part sized for throughput; a part of the first
         half still serves it (it misses again further on), so memory pressure
@@ -488,7 +514,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         relieved = False
         while True:
             try:
-                await self.pager.ensure_pages(window.file, pages, window)
+                await self.pager.ensure_pages(window.file, pages, window, ahead)
                 return pages
             except OSError as exc:
                 if exc.errno != errno.ENOMEM:

@@ -83,6 +83,28 @@ def test_alloc_hands_out_lowest_addresses_first_across_zones() -> None:
     assert mem.statistics().frames_by_owner == {"t": 26, "u": 3}
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.integers(0, 47), unique=True, max_size=20),
+    st.integers(1, 64),
+)
+def test_a_batch_alloc_takes_the_frames_one_at_a_time_would(freed: list[int], take: int) -> None:
+    """Frames freed in any order on top of the free runs: one alloc of many hands out
+    the same frames, in the same order, with the same owners and refcounts, as
+    that many allocs of one (the batch works a run of frame numbers at a time)."""
+    batch, single = PhysicalMemory(64 * PAGE_SIZE), PhysicalMemory(64 * PAGE_SIZE)
+    for mem in (batch, single):
+        held = mem.alloc("boot", 48)
+        mem.release([held[i] for i in freed])
+    room = 16 + len(freed)
+    take = min(take, room)
+    got = batch.alloc("t", take)
+    assert got == [f for _ in range(take) for f in single.alloc("t", 1)]
+    assert all(batch.refcount(f) == 1 and batch.owner_of(f) == "t" for f in got)
+    assert batch.frames_of("t") == single.frames_of("t")
+    assert batch.statistics() == single.statistics()
+
+
 def test_a_view_spans_contiguous_frames_but_never_the_hole_between_zones() -> None:
     mem = PhysicalMemory(32 * PAGE_SIZE, low_size=8 * PAGE_SIZE)
     run = mem.alloc("t", 3, Zone.HIGH)
@@ -215,3 +237,51 @@ def test_ram_is_not_populated_unless_asked_and_close_stops_the_populator() -> No
     eager = PhysicalMemory(64 * 2**20, populate=True)
     eager.close()  # at once, mid-population: stops after the chunk in progress
     assert eager.populated() <= 64 * 2**20
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),  # map (True) or unmap
+            st.integers(0, 30),  # first page
+            st.integers(1, 10),  # pages
+            st.integers(0, 20),  # first frame of the mapping
+            st.booleans(),  # frames in one run or every other one
+        ),
+        max_size=12,
+    )
+)
+def test_a_space_keeps_its_mappings_as_runs_like_a_page_table(
+    ops: list[tuple[bool, int, int, int, bool]],
+) -> None:
+    """Maps over maps, unmaps across runs: the runs answer like a per-page table."""
+    mem = PhysicalMemory(64 * PAGE_SIZE)
+    frames = mem.alloc("t", 40)
+    space = make_address_space(mem, 64 * PAGE_SIZE)
+    if space.mode != "map-fixed":
+        pytest.skip("MAP_FIXED address spaces are not available here")
+    model: dict[int, int] = {}
+    try:
+        for is_map, first, n, frame, contiguous in ops:
+            offsets = [(first + k) * PAGE_SIZE for k in range(n)]
+            if is_map:
+                chosen = frames[frame : frame + n] if contiguous else frames[frame : frame + 2 * n : 2]
+                space.map(offsets[0], chosen, writable=False)
+                model.update(zip(offsets, chosen, strict=True))
+            else:
+                expected = [model.pop(o) for o in offsets if o in model]
+                assert space.unmap(offsets[0], n) == expected
+            assert space.mapped_frames() == model
+            for page in range(0, 44):
+                assert space.frame_at(page * PAGE_SIZE + 7) == model.get(page * PAGE_SIZE)
+            for o in range(0, 44 * PAGE_SIZE, 5 * PAGE_SIZE):
+                want = all(p in model for p in range(o, o + 3 * PAGE_SIZE, PAGE_SIZE))
+                assert space.is_mapped(o, 3 * PAGE_SIZE) == want
+        for o, phys in model.items():  # the bytes at each offset really are its frame's
+            if list(model.values()).count(phys) == 1:
+                mem.view(phys, 8)[:] = o.to_bytes(8, "little")
+                assert bytes(space.raw_view(o, 8)) == o.to_bytes(8, "little")
+    finally:
+        space.close()
+        mem.close()

@@ -231,6 +231,6 @@ async def test_kept_pages_belong_to_no_process_and_reach_only_openers(
         other = await system.spawn("other")
         f: File = await other.open("/mine.bin", "rb")
         window = vfs_of(system).windows[f.handle]
-        assert not frames & set(window.space._frames.values())
+        assert not frames & set(window.space.mapped_frames().values())
         assert await f.read() == b"M" * 20000
         await f.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 from datetime import datetime
 
 import pytest
@@ -159,6 +160,54 @@ def test_chain_errors_are_typed_and_bounded(fat: int) -> None:
     t.set(3, t.bad)
     with pytest.raises(BadChain, match="bad cluster"):
         t.chain(2)
+
+
+def _reference_chain(t: FatTable, start: int, limit: int | None) -> list[int] | str:
+    """The chain walked one cluster at a time (the obvious loop), or the error's text."""
+    out, seen, cur = [start], {start}, start
+    bound = t.max_cluster if limit is None else min(limit, t.max_cluster)
+    while len(out) < bound:
+        nxt = t.get(cur)
+        if nxt >= t.eoc_min:
+            return out
+        if nxt == 0 or nxt == t.bad or not 2 <= nxt <= t.max_cluster or nxt in seen:
+            return "bad"
+        seen.add(nxt)
+        out.append(nxt)
+        cur = nxt
+    return out
+
+
+@PROPS
+@given(
+    fat=st.sampled_from([12, 16, 32]),
+    stretches=st.lists(st.tuples(st.integers(2, 120), st.integers(1, 40)), min_size=1,
+                       max_size=6),
+    ending=st.sampled_from(["eoc", "free", "bad", "loop", "range"]),
+    limit=st.none() | st.integers(1, 200),
+)
+def test_chain_runs_walk_like_one_cluster_at_a_time(
+    fat: int, stretches: list[tuple[int, int]], ending: str, limit: int | None
+) -> None:
+    """Contiguous stretches linked in any order (overlapping ones make cycles): the
+    run walk gives the per-cluster walk's clusters, or fails where it fails."""
+    t = _table(fat, 200)
+    order: list[int] = []
+    for first, n in stretches:
+        order.extend(range(first, first + n))
+    for a, b in itertools.pairwise(order):
+        t.set(a, b)
+    last = order[-1]
+    t.set(last, {"eoc": t.eoc, "free": 0, "bad": t.bad, "loop": order[0],
+                 "range": t.max_cluster + 1 if fat != 12 else 1}[ending])
+    start = order[0]
+    expected = _reference_chain(t, start, limit)
+    if expected == "bad":
+        with pytest.raises(BadChain):
+            t.chain(start, limit)
+        return
+    assert t.chain(start, limit) == expected
+    assert t.chain_runs(start, limit) == t.runs(expected)
 
 
 def test_allocation_prefers_contiguous_runs() -> None:

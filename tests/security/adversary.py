@@ -221,7 +221,7 @@ class Scene:
 
     def victim_window_frames(self) -> dict[int, int]:
         window = self.victim.kernel.windows[self.victim_file.handle]
-        return dict(window._frames)
+        return window.mapped_frames()
 
     def snapshot(self) -> Snapshot:
         mem = self.system.memory
@@ -352,7 +352,7 @@ async def scene(image: Path, second: Path) -> AsyncIterator[Scene]:
         vfs_frames = [
             memory.phys_of(i) for i in range(memory.frames_total) if memory._owner[i] == "vfs"
         ]
-        victim_frames = sorted(set(victim.kernel.windows[vf.handle]._frames.values()))
+        victim_frames = sorted(set(victim.kernel.windows[vf.handle].mapped_frames().values()))
         devices = [d.name for d in cfg.devices]
         cache = system.server("cache")
         lbas = sorted(

@@ -95,7 +95,7 @@ async def test_forged_sectors_ready_attack(make_image: ImageFactory) -> None:
             tg.start_soon(forge)
             for position in range(0, 12000, 4096):
                 await sc.attacker.syscall(CachePart(own.handle, position, 4096), PartReady)
-        mine = set(sc.attacker.kernel.windows[own.handle]._frames.values())
+        mine = set(sc.attacker.kernel.windows[own.handle].mapped_frames().values())
         own_bytes = await own.read()
         own.seek(0)
         await own.write(b"EVIL" * 8)  # through its own window: must not reach the victim

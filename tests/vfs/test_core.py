@@ -104,7 +104,7 @@ def test_part_pages_respect_size_reservation_and_window(memory: PhysicalMemory) 
     assert core.part_pages(writer, 5000, 1 << 20) == [1, 2]
     big = _cfile(memory, 64 << 20)
     huge = _window(memory, big, OpenFlags.READ, handle=3)
-    assert len(core.part_pages(huge, 0, 64 << 20)) == core.MAX_PART_PAGES
+    assert len(core.part_pages(huge, 0, 64 << 20)) == core.MAX_CALL_PAGES
     for position, size in [(-1, 10), (0, -1), ((1 << 63) - 5, 10)]:
         with pytest.raises(OSError) as info:
             core.part_pages(reader, position, size)
