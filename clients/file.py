@@ -368,7 +368,7 @@ class File:
             return written.count
         extending = end > self.size
         if extending and end > self._reserved:
-            await self._reserve(end)
+            await self._reserve(end, pos)
         try:
             await self._store(pos, src)
         except PastEnd:  # someone trimmed our reservation (an fsync): reserve again, once
@@ -389,16 +389,21 @@ class File:
             self._page.note_write(index)
             done += n
 
-    async def _reserve(self, end: int) -> None:
-        """Room for coming writes, grown geometrically so appends rarely need it."""
+    async def _reserve(self, end: int, start: int = -1) -> None:
+        """Room for coming writes, grown geometrically so appends rarely need it.
+
+        The kernel maps the pages of the bytes ``start`` to ``end`` (the write
+        about to be stored) in the same call, so the write needs no ``CachePart``.
+        """
         slack = min(max(end - self.size, RESERVE_MIN), RESERVE_MAX)
+        mapped = end if start >= 0 else -1
         try:
-            await self._call(SetSize(self.handle, end + slack, reserve=True), SizeSet)
+            await self._call(SetSize(self.handle, end + slack, True, start, mapped), SizeSet)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
             slack = 0  # the disk is nearly full: reserve exactly what this write needs
-            await self._call(SetSize(self.handle, end, reserve=True), SizeSet)
+            await self._call(SetSize(self.handle, end, True, start, mapped), SizeSet)
         self._reserved = end + slack
 
     async def _set_size(self, size: int, *, write_start: int = -1) -> SizeSet:

@@ -532,7 +532,27 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             await self.flusher.set_size(
                 window.file, msg.size, reserve=msg.reserve, write_start=msg.write_start
             )
+            if msg.reserve and 0 <= msg.write_start < msg.map_end:
+                await self._map_for_write(window, msg.write_start, msg.map_end)
             return SizeSet(window.file.size, window.file.info.alloc_size)
+
+    async def _map_for_write(self, window: Window, start: int, end: int) -> None:
+        """Map the pages a reserving write is about to store into: its ``CachePart`` folded in.
+
+        Pages past the size on disk come from the cache as zero-filled frames (no
+        read). A failure here is the write's to meet (its own ``CachePart`` then
+        reports it), not the reservation's.
+        """
+        pages = core.part_pages(window, start, end - start)
+        if not pages:
+            return
+        try:
+            if window.writer.count > PARTS_BEFORE_SCAN:
+                self.pager.second_chance(window)  # as on a miss
+            await self.pager.ensure_pages(window.file, pages, window)
+            self.pager.map_into(window, pages)
+        except OSError as exc:
+            self.log.debug("nothing mapped at reserve", file=window.file.info.name, error=str(exc))
 
     @handles(StatHandle)
     async def on_stat_handle(self, env: Envelope, msg: StatHandle) -> FsInfo:
