@@ -192,7 +192,14 @@ class FatServer(Server):
 
     @handles(FsClose)
     async def on_close(self, env: Envelope, msg: FsClose) -> None:
-        await self.volume.close(msg.handle)
+        if msg.size < 0:
+            await self.volume.close(msg.handle)
+            return
+        written = (msg.write_start, msg.write_end) if 0 <= msg.write_start < msg.write_end else None
+        try:
+            await self.volume.set_size(msg.handle, msg.size, zero_fill=True, written=written)
+        finally:  # the handle goes whatever the publish met; its error is the reply
+            await self.volume.close(msg.handle)
 
     @handles(FsStat)
     async def on_stat(self, env: Envelope, msg: FsStat) -> FsInfo:

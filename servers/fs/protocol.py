@@ -76,7 +76,18 @@ class FsOpen(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
 
 
 class FsClose(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Close the handle; ``size`` (>= 0) publishes a grown size first, in the same message.
+
+    The publish is the growing ``FsSetSize`` of a last close (``write_start``/
+    ``write_end`` as there): the file system writes the data pages before the
+    entry and stamps the modification time; the handle is closed even when
+    the publish fails, and the publish's error is the reply.
+    """
+
     handle: int
+    size: int = -1
+    write_start: int = -1
+    write_end: int = -1
 
 
 class FsStat(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):

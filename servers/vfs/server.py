@@ -379,9 +379,11 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         done = self._retiring[cfile.key] = anyio.Event()
         try:
             await self.pager.cancel_fetches(cfile)
+            request = FsClose(cfile.fs_handle)
             try:
                 kept = False
-                await self.flusher.write_back(cfile, then_drop=self._retain)
+                await self.flusher.write_back(cfile, then_drop=self._retain, publish=False)
+                request = await self.flusher.close_request(cfile)
                 await self.flusher.stamp_mtime(cfile)
                 kept = self.retained.refresh(cfile.key, cfile.info)
             finally:  # a write error is the closer's to see; nothing stays held for it
@@ -391,13 +393,13 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                 self.flusher.forget(cfile)
                 self.memory.release([cfile.state_frame])
                 with anyio.CancelScope(shield=True):
-                    await self._fs_close(cfile)
+                    await self._fs_close(cfile, request)
         finally:
             if self._retiring.get(cfile.key) is done:
                 del self._retiring[cfile.key]
             done.set()
 
-    async def _fs_close(self, cfile: CentralFile) -> None:
+    async def _fs_close(self, cfile: CentralFile, request: FsClose) -> None:
         """``FsClose``; posted for a file nobody changed, whose close has nothing to fail.
 
         The file system handles its messages in order, so a later open of the
@@ -407,8 +409,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         was written, holds a reservation or whose name was unlinked waits for
         the answer: freeing clusters can fail, and that error is the closer's.
         """
-        request = FsClose(cfile.fs_handle)
-        if cfile.modified or cfile.reserved or not cfile.retain:
+        if request.size >= 0 or cfile.modified or cfile.reserved or not cfile.retain:
             await self.endpoint.call(cfile.fs, request, Ok)
         else:
             await self.endpoint.send(cfile.fs, request)

@@ -139,3 +139,30 @@ async def test_growth_inside_a_fetched_page_keeps_its_bytes_under_enospc_on_fat1
         assert await proc.read_file("/f.bin") == head + b"B" * 3000
     fsck_ok(image)
     assert mtype(image, "/f.bin") == head + b"B" * 3000
+
+
+async def test_a_small_create_is_open_reserve_publish_close_with_the_size_in_fs_close(
+    tmp_path: Path,
+) -> None:
+    """The reserve maps the write's pages (no CachePart) and the last close publishes in FsClose."""
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=16 * MIB, fat=16)
+    data = bytes(range(256)) * 16 + b"tail"  # 4100 bytes: two pages, the second partial
+    async with microkernel.boot(image=image, memory="32M") as system:
+        proc = await system.spawn("creator")
+        c = system.counters
+        calls, by_type = c.syscalls, dict(c.syscalls_by_type)
+        messages = dict(c.messages_by_type)
+        started = time.time()
+        async with await proc.open("/new.bin", "wb") as f:
+            await f.write(data)
+        assert c.syscalls - calls == 4  # Open, SetSize (reserve + map), SetSize (publish), Close
+        assert c.syscalls_by_type["CachePart"] == by_type.get("CachePart", 0)
+        sent = {m: c.messages_by_type[m] - messages.get(m, 0) for m in ("FsSetSize", "FsClose", "FsSetTimes")}
+        assert sent == {"FsSetSize": 1, "FsClose": 1, "FsSetTimes": 0}, sent  # the publish rode in FsClose
+        info = await proc.stat("/new.bin")
+        assert info.size == len(data) and info.mtime >= started - 2  # FAT: 2 s resolution
+        assert await proc.read_file("/new.bin") == data
+    require_tool("mtype", "fsck.fat")
+    fsck_ok(image)
+    assert mtype(image, "/new.bin") == data
