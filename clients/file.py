@@ -104,7 +104,8 @@ class File:
         self._page = ProcessFilePage(space.view(PROCPAGE_OFFSET, 4096, writable=True))
         self._part = INITIAL_PART
         self._last_miss_end = -1
-        self._reserved = 0
+        self._reserved = opened.reserved  # a create's first reservation, made by the open
+        self._slack = opened.reserved  # the last reservation's room beyond its write: doubled next
         self.closed = False
         # The hit path's own views, made once: the FileMap's entries, the size word, this
         # slot's published position, the touch counters, and the whole data window.
@@ -392,26 +393,28 @@ class File:
     async def _reserve(self, end: int, start: int = -1) -> None:
         """Room for coming writes, grown geometrically so appends rarely need it.
 
-        The kernel maps the pages of the bytes ``start`` to ``end`` (the write
-        about to be stored) in the same call, so the write needs no ``CachePart``.
+        Each reservation's room beyond its write is at least double the last
+        one's (bounded by ``RESERVE_MAX``): N extending writes cost O(log N)
+        reservations up to the bound. The kernel maps the pages of the bytes
+        from ``start`` (the write about to be stored, and the room after it the
+        next writes fill) in the same call, so those writes need no ``CachePart``.
         """
-        slack = min(max(end - self.size, RESERVE_MIN), RESERVE_MAX)
-        mapped = end if start >= 0 else -1
+        slack = min(max(end - self.size, RESERVE_MIN, 2 * self._slack), RESERVE_MAX)
         try:
-            await self._call(SetSize(self.handle, end + slack, True, start, mapped), SizeSet)
+            await self._call(SetSize(self.handle, end + slack, True, start, end + slack), SizeSet)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
             slack = 0  # the disk is nearly full: reserve exactly what this write needs
-            await self._call(SetSize(self.handle, end, True, start, mapped), SizeSet)
-        self._reserved = end + slack
+            await self._call(SetSize(self.handle, end, True, start, end), SizeSet)
+        self._reserved, self._slack = end + slack, slack
 
     async def _set_size(self, size: int, *, write_start: int = -1) -> SizeSet:
         result: SizeSet = await self._call(
             SetSize(self.handle, size, write_start=write_start), SizeSet
         )
-        if size < self._reserved:
-            self._reserved = 0
+        if write_start < 0 and size < self._reserved:  # a truncate: the room may be gone
+            self._reserved = 0  # (a write's publish keeps it: it is what coming writes use)
         return result
 
     async def truncate(self, size: int | None = None) -> int:

@@ -237,6 +237,7 @@ class Opened(msgspec.Struct, frozen=True, gc=False, tag=True):
     slot: int  # index of this handle's position in the per-process file page
     size: int
     zero_copy: bool  # every page of this file maps straight onto cache frames
+    reserved: int = 0  # a created file's first reservation (its first pages mapped): bytes
 
 
 class PartReady(msgspec.Struct, frozen=True, gc=False, tag=True):

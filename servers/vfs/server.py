@@ -69,6 +69,18 @@ from servers.vfs.writeback import Flusher
 __all__ = ["MountTable", "VfsServer"]
 
 MIN_PART_PAGES = 16
+OPEN_RESERVE = 256 * 1024  # a create's first reservation: the file library's first one
+OPEN_MAPPED = 16 * 1024  # of it, mapped by the open (zero frames): a small file's first write
+
+
+
+def open_reserve(flags: OpenFlags) -> int:
+    """Bytes a create for writing asks the file system to reserve at once (0: none).
+
+    The first write of a new file then needs no reservation of its own (and
+    its first page is mapped): a small file is open, write, close.
+    """
+    return OPEN_RESERVE if flags & OpenFlags.CREATE and flags & OpenFlags.WRITE else 0
 
 
 class VfsServer(NamespaceMixin, LegacyMixin, Server):
@@ -194,14 +206,15 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         fs, path = self.mounts.route(msg.path)
         flags = OpenFlags(msg.flags)
         create, excl = bool(flags & OpenFlags.CREATE), bool(flags & OpenFlags.EXCLUSIVE)
-        return await self._open(env, fs, FsOpen(path, create, excl), flags, msg.path)
+        request = FsOpen(path, create, excl, False, open_reserve(flags))
+        return await self._open(env, fs, request, flags, msg.path)
 
     @handles(OpenAt)
     async def on_open_at(self, env: Envelope, msg: OpenAt) -> Opened:
         fs, directory = self.split_node(msg.directory)
         flags = OpenFlags(msg.flags)
         create, excl = bool(flags & OpenFlags.CREATE), bool(flags & OpenFlags.EXCLUSIVE)
-        request = FsOpenAt(directory, msg.name, create, excl)
+        request = FsOpenAt(directory, msg.name, create, excl, open_reserve(flags))
         return await self._open(env, fs, request, flags, msg.name)
 
     async def _open(
@@ -215,11 +228,15 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         async with self._open_lock:
             cfile, surplus = await self._central(fs, request)
             window = self._new_window(proc, cfile, flags)
+        # created by this open, empty, its reservation made with it: the writer's
+        reserved = 0 if surplus or not request.reserve or cfile.size else cfile.reserved
         try:  # the window holds the central file now: awaiting cannot retire it
             with self._op(window):
                 if surplus:
                     await self.endpoint.call(fs, FsClose(surplus), Ok)
-                if flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
+                if reserved:  # nothing to truncate; the first write's first pages mapped
+                    await self._map_for_write(window, 0, OPEN_MAPPED)
+                elif flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
                     await self.flusher.set_size(cfile, 0)
                 elif flags & OpenFlags.READ:
                     await self._map_up_front(window)
@@ -229,7 +246,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             with anyio.CancelScope(shield=True):
                 await self._close(window)
             raise
-        return Opened(window.handle, 0, cfile.size, self.volumes[fs].aligned)
+        return Opened(window.handle, 0, cfile.size, self.volumes[fs].aligned, reserved)
 
     async def _central(self, fs: str, request: FsOpen | FsOpenAt) -> tuple[CentralFile, int]:
         """The central file of what the request names, found by the file system's identity.
@@ -253,6 +270,8 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         self.memory.zero([frame])
         state = FileStatePage(self.memory.view(frame), writable=True)
         cfile = CentralFile(key, opened.handle, opened.info, frame, state)
+        if request.reserve and opened.info.alloc_size > opened.info.size == 0:
+            cfile.reserved = opened.info.alloc_size  # the file system reserved at the create
         record = self.retained.take(key)
         if record is not None and record.matches(opened.info):
             cfile.pages = record.pages  # the pins pass to the central file

@@ -141,10 +141,10 @@ async def test_growth_inside_a_fetched_page_keeps_its_bytes_under_enospc_on_fat1
     assert mtype(image, "/f.bin") == head + b"B" * 3000
 
 
-async def test_a_small_create_is_open_reserve_publish_close_with_the_size_in_fs_close(
+async def test_a_small_create_is_open_publish_close_with_the_size_in_fs_close(
     tmp_path: Path,
 ) -> None:
-    """The reserve maps the write's pages (no CachePart) and the last close publishes in FsClose."""
+    """The open reserves and maps the first pages (no reserve, no CachePart); FsClose publishes."""
     image = tmp_path / "disk.img"
     microkernel.mkfs(image, size=16 * MIB, fat=16)
     data = bytes(range(256)) * 16 + b"tail"  # 4100 bytes: two pages, the second partial
@@ -156,13 +156,40 @@ async def test_a_small_create_is_open_reserve_publish_close_with_the_size_in_fs_
         started = time.time()
         async with await proc.open("/new.bin", "wb") as f:
             await f.write(data)
-        assert c.syscalls - calls == 4  # Open, SetSize (reserve + map), SetSize (publish), Close
+        assert c.syscalls - calls == 3  # Open (reserve + map), SetSize (publish), Close
         assert c.syscalls_by_type["CachePart"] == by_type.get("CachePart", 0)
-        sent = {m: c.messages_by_type[m] - messages.get(m, 0) for m in ("FsSetSize", "FsClose", "FsSetTimes")}
-        assert sent == {"FsSetSize": 1, "FsClose": 1, "FsSetTimes": 0}, sent  # the publish rode in FsClose
+        kinds = ("FsSetSize", "FsClose", "FsSetTimes")
+        sent = {m: c.messages_by_type[m] - messages.get(m, 0) for m in kinds}
+        assert sent == {"FsSetSize": 0, "FsClose": 1, "FsSetTimes": 0}, sent  # all in open, close
         info = await proc.stat("/new.bin")
         assert info.size == len(data) and info.mtime >= started - 2  # FAT: 2 s resolution
         assert await proc.read_file("/new.bin") == data
     require_tool("mtype", "fsck.fat")
     fsck_ok(image)
     assert mtype(image, "/new.bin") == data
+
+
+async def test_an_extending_write_gets_its_pages_with_its_reservation(tmp_path: Path) -> None:
+    """Past the open's reservation the write reserves (doubling) and maps in the same call."""
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=32 * MIB, fat=16)
+    chunk = bytes(range(256)) * 1024  # 256 KiB
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("writer")
+        c = system.counters
+        parts_before = c.syscalls_by_type["CachePart"]
+        async with await proc.open("/grow.bin", "wb") as f:
+            for _ in range(16):  # 4 MiB, each write past the reservation's first pages
+                parts = c.syscalls_by_type["CachePart"]
+                reserves = c.messages_by_type["FsSetSize"]
+                await f.write(chunk)
+                if c.messages_by_type["FsSetSize"] > reserves:  # it reserved: no part asked
+                    assert c.syscalls_by_type["CachePart"] == parts
+            reserved = c.messages_by_type["FsSetSize"]
+        assert reserved <= 4, reserved  # 256 KiB at open, then doubling: not one per write
+        # the reserves map their room: only the first write, past the open's pages, asks
+        assert c.syscalls_by_type["CachePart"] - parts_before <= 1
+        assert await proc.read_file("/grow.bin") == chunk * 16
+    require_tool("mtype", "fsck.fat")
+    fsck_ok(image)
+    assert mtype(image, "/grow.bin") == chunk * 16
