@@ -396,12 +396,14 @@ class File:
         Each reservation's room beyond its write is at least double the last
         one's (bounded by ``RESERVE_MAX``): N extending writes cost O(log N)
         reservations up to the bound. The kernel maps the pages of the bytes
-        from ``start`` (the write about to be stored, and the room after it the
-        next writes fill) in the same call, so those writes need no ``CachePart``.
+        ``start`` to ``end`` (the write about to be stored) in the same call, so
+        the write needs no ``CachePart``. Only those: a page the cache supplies
+        as zeros is dirty there, so mapping the room too would write zeros to
+        disk for every page of it the file never fills.
         """
         slack = min(max(end - self.size, RESERVE_MIN, 2 * self._slack), RESERVE_MAX)
         try:
-            await self._call(SetSize(self.handle, end + slack, True, start, end + slack), SizeSet)
+            await self._call(SetSize(self.handle, end + slack, True, start, end), SizeSet)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
