@@ -104,7 +104,8 @@ class File:
         self._page = ProcessFilePage(space.view(PROCPAGE_OFFSET, 4096, writable=True))
         self._part = INITIAL_PART
         self._last_miss_end = -1
-        self._reserved = 0
+        self._reserved = opened.reserved  # a create's first reservation, made by the open
+        self._slack = opened.reserved  # the last reservation's room beyond its write: doubled next
         self.closed = False
         # The hit path's own views, made once: the FileMap's entries, the size word, this
         # slot's published position, the touch counters, and the whole data window.
@@ -368,7 +369,7 @@ class File:
             return written.count
         extending = end > self.size
         if extending and end > self._reserved:
-            await self._reserve(end)
+            await self._reserve(end, pos)
         try:
             await self._store(pos, src)
         except PastEnd:  # someone trimmed our reservation (an fsync): reserve again, once
@@ -389,24 +390,33 @@ class File:
             self._page.note_write(index)
             done += n
 
-    async def _reserve(self, end: int) -> None:
-        """Room for coming writes, grown geometrically so appends rarely need it."""
-        slack = min(max(end - self.size, RESERVE_MIN), RESERVE_MAX)
+    async def _reserve(self, end: int, start: int = -1) -> None:
+        """Room for coming writes, grown geometrically so appends rarely need it.
+
+        Each reservation's room beyond its write is at least double the last
+        one's (bounded by ``RESERVE_MAX``): N extending writes cost O(log N)
+        reservations up to the bound. The kernel maps the pages of the bytes
+        ``start`` to ``end`` (the write about to be stored) in the same call, so
+        the write needs no ``CachePart``. Only those: a page the cache supplies
+        as zeros is dirty there, so mapping the room too would write zeros to
+        disk for every page of it the file never fills.
+        """
+        slack = min(max(end - self.size, RESERVE_MIN, 2 * self._slack), RESERVE_MAX)
         try:
-            await self._call(SetSize(self.handle, end + slack, reserve=True), SizeSet)
+            await self._call(SetSize(self.handle, end + slack, True, start, end), SizeSet)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
             slack = 0  # the disk is nearly full: reserve exactly what this write needs
-            await self._call(SetSize(self.handle, end, reserve=True), SizeSet)
-        self._reserved = end + slack
+            await self._call(SetSize(self.handle, end, True, start, end), SizeSet)
+        self._reserved, self._slack = end + slack, slack
 
     async def _set_size(self, size: int, *, write_start: int = -1) -> SizeSet:
         result: SizeSet = await self._call(
             SetSize(self.handle, size, write_start=write_start), SizeSet
         )
-        if size < self._reserved:
-            self._reserved = 0
+        if write_start < 0 and size < self._reserved:  # a truncate: the room may be gone
+            self._reserved = 0  # (a write's publish keeps it: it is what coming writes use)
         return result
 
     async def truncate(self, size: int | None = None) -> int:

@@ -173,14 +173,31 @@ class FatServer(Server):
         handle = await self.volume.open(
             msg.path, create=msg.create, exclusive=msg.exclusive, truncate=msg.truncate
         )
-        return FsOpened(handle, self._info(await self.volume.stat(handle)))
+        return await self._opened(handle, msg.reserve)
 
     @handles(FsOpenAt)
     async def on_open_at(self, env: Envelope, msg: FsOpenAt) -> FsOpened:
         handle = await self.volume.open_at(
             msg.directory, msg.name, create=msg.create, exclusive=msg.exclusive
         )
-        return FsOpened(handle, self._info(await self.volume.stat(handle)))
+        return await self._opened(handle, msg.reserve)
+
+    async def _opened(self, handle: int, reserve: int) -> FsOpened:
+        """The open's reply; an empty file without clusters first gets its reservation.
+
+        The reservation saves the first write a round trip; failing to make it
+        (a full disk, an I/O error) fails nothing: the write reserves itself and
+        meets the error there.
+        """
+        vol = self.volume
+        info = self._info(await vol.stat(handle))
+        if reserve > 0 and info.size == 0 and vol.allocated(handle) == 0 and not vol.read_only:
+            try:
+                await vol.set_size(handle, reserve, zero_fill=True, allocate_only=True)
+            except OSError as exc:
+                self.log.debug("no reservation at open", file=info.name, error=str(exc))
+            info = self._info(await vol.stat(handle))
+        return FsOpened(handle, msgspec.structs.replace(info, alloc_size=vol.allocated(handle)))
 
     @handles(FsLookup)
     async def on_lookup(self, env: Envelope, msg: FsLookup) -> FsInfo:
@@ -192,7 +209,14 @@ class FatServer(Server):
 
     @handles(FsClose)
     async def on_close(self, env: Envelope, msg: FsClose) -> None:
-        await self.volume.close(msg.handle)
+        if msg.size < 0:
+            await self.volume.close(msg.handle)
+            return
+        written = (msg.write_start, msg.write_end) if 0 <= msg.write_start < msg.write_end else None
+        try:
+            await self.volume.set_size(msg.handle, msg.size, zero_fill=True, written=written)
+        finally:  # the handle goes whatever the publish met; its error is the reply
+            await self.volume.close(msg.handle)
 
     @handles(FsStat)
     async def on_stat(self, env: Envelope, msg: FsStat) -> FsInfo:

@@ -69,14 +69,34 @@ class FileExtent(msgspec.Struct, frozen=True, gc=False, array_like=True):
 
 # ------------------------------------------------------------------ requests
 class FsOpen(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Open (optionally create) ``path``; replies FsOpened.
+
+    ``reserve``: when the opened file is empty and holds no clusters (a create),
+    allocate room for ``reserve`` bytes as ``FsSetSize(allocate_only)`` would
+    (the reply's ``alloc_size`` says how much; 0 when there was no room: the
+    first write reserves, and meets the error, itself).
+    """
+
     path: str
     create: bool = False
     exclusive: bool = False
     truncate: bool = False
+    reserve: int = 0
 
 
 class FsClose(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
+    """Close the handle; ``size`` (>= 0) publishes a grown size first, in the same message.
+
+    The publish is the growing ``FsSetSize`` of a last close (``write_start``/
+    ``write_end`` as there): the file system writes the data pages before the
+    entry and stamps the modification time; the handle is closed even when
+    the publish fails, and the publish's error is the reply.
+    """
+
     handle: int
+    size: int = -1
+    write_start: int = -1
+    write_end: int = -1
 
 
 class FsStat(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
@@ -173,6 +193,7 @@ class FsOpenAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True)
     name: str
     create: bool = False
     exclusive: bool = False
+    reserve: int = 0  # as FsOpen's
 
 
 class FsReadDirAt(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):

@@ -48,12 +48,17 @@ class SetSize(msgspec.Struct, frozen=True, gc=False, tag=True):
     writes; the size other processes see changes when it is published.
     ``write_start``: a growing publish names where the caller's written bytes
     begin; what lies between the old size and it is zero-filled (-1: nothing
-    was written, all of the growth reads as zeros)."""
+    was written, all of the growth reads as zeros).
+    ``map_end``: with ``reserve`` and ``write_start``, the bytes from
+    ``write_start`` to here are about to be written: the reply comes with their
+    pages mapped into the caller's window (the write needs no ``CachePart``;
+    -1: map nothing)."""
 
     handle: int
     size: int
     reserve: bool = False
     write_start: int = -1
+    map_end: int = -1
 
 
 class Flush(msgspec.Struct, frozen=True, gc=False, tag=True):
@@ -232,6 +237,7 @@ class Opened(msgspec.Struct, frozen=True, gc=False, tag=True):
     slot: int  # index of this handle's position in the per-process file page
     size: int
     zero_copy: bool  # every page of this file maps straight onto cache frames
+    reserved: int = 0  # a created file's first reservation (its first pages mapped): bytes
 
 
 class PartReady(msgspec.Struct, frozen=True, gc=False, tag=True):

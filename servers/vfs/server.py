@@ -69,6 +69,18 @@ from servers.vfs.writeback import Flusher
 __all__ = ["MountTable", "VfsServer"]
 
 MIN_PART_PAGES = 16
+OPEN_RESERVE = 256 * 1024  # a create's first reservation: the file library's first one
+OPEN_MAPPED = 16 * 1024  # of it, mapped by the open (zero frames): a small file's first write
+
+
+
+def open_reserve(flags: OpenFlags) -> int:
+    """Bytes a create for writing asks the file system to reserve at once (0: none).
+
+    The first write of a new file then needs no reservation of its own (and
+    its first page is mapped): a small file is open, write, close.
+    """
+    return OPEN_RESERVE if flags & OpenFlags.CREATE and flags & OpenFlags.WRITE else 0
 
 
 class VfsServer(NamespaceMixin, LegacyMixin, Server):
@@ -194,14 +206,15 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         fs, path = self.mounts.route(msg.path)
         flags = OpenFlags(msg.flags)
         create, excl = bool(flags & OpenFlags.CREATE), bool(flags & OpenFlags.EXCLUSIVE)
-        return await self._open(env, fs, FsOpen(path, create, excl), flags, msg.path)
+        request = FsOpen(path, create, excl, False, open_reserve(flags))
+        return await self._open(env, fs, request, flags, msg.path)
 
     @handles(OpenAt)
     async def on_open_at(self, env: Envelope, msg: OpenAt) -> Opened:
         fs, directory = self.split_node(msg.directory)
         flags = OpenFlags(msg.flags)
         create, excl = bool(flags & OpenFlags.CREATE), bool(flags & OpenFlags.EXCLUSIVE)
-        request = FsOpenAt(directory, msg.name, create, excl)
+        request = FsOpenAt(directory, msg.name, create, excl, open_reserve(flags))
         return await self._open(env, fs, request, flags, msg.name)
 
     async def _open(
@@ -215,11 +228,15 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         async with self._open_lock:
             cfile, surplus = await self._central(fs, request)
             window = self._new_window(proc, cfile, flags)
+        # created by this open, empty, its reservation made with it: the writer's
+        reserved = 0 if surplus or not request.reserve or cfile.size else cfile.reserved
         try:  # the window holds the central file now: awaiting cannot retire it
             with self._op(window):
                 if surplus:
                     await self.endpoint.call(fs, FsClose(surplus), Ok)
-                if flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
+                if reserved:  # nothing to truncate; the first write's first pages mapped
+                    await self._map_for_write(window, 0, OPEN_MAPPED)
+                elif flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
                     await self.flusher.set_size(cfile, 0)
                 elif flags & OpenFlags.READ:
                     await self._map_up_front(window)
@@ -229,7 +246,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             with anyio.CancelScope(shield=True):
                 await self._close(window)
             raise
-        return Opened(window.handle, 0, cfile.size, self.volumes[fs].aligned)
+        return Opened(window.handle, 0, cfile.size, self.volumes[fs].aligned, reserved)
 
     async def _central(self, fs: str, request: FsOpen | FsOpenAt) -> tuple[CentralFile, int]:
         """The central file of what the request names, found by the file system's identity.
@@ -253,6 +270,8 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         self.memory.zero([frame])
         state = FileStatePage(self.memory.view(frame), writable=True)
         cfile = CentralFile(key, opened.handle, opened.info, frame, state)
+        if request.reserve and opened.info.alloc_size > opened.info.size == 0:
+            cfile.reserved = opened.info.alloc_size  # the file system reserved at the create
         record = self.retained.take(key)
         if record is not None and record.matches(opened.info):
             cfile.pages = record.pages  # the pins pass to the central file
@@ -379,9 +398,11 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         done = self._retiring[cfile.key] = anyio.Event()
         try:
             await self.pager.cancel_fetches(cfile)
+            request = FsClose(cfile.fs_handle)
             try:
                 kept = False
-                await self.flusher.write_back(cfile, then_drop=self._retain)
+                await self.flusher.write_back(cfile, then_drop=self._retain, publish=False)
+                request = await self.flusher.close_request(cfile)
                 await self.flusher.stamp_mtime(cfile)
                 kept = self.retained.refresh(cfile.key, cfile.info)
             finally:  # a write error is the closer's to see; nothing stays held for it
@@ -391,13 +412,13 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                 self.flusher.forget(cfile)
                 self.memory.release([cfile.state_frame])
                 with anyio.CancelScope(shield=True):
-                    await self._fs_close(cfile)
+                    await self._fs_close(cfile, request)
         finally:
             if self._retiring.get(cfile.key) is done:
                 del self._retiring[cfile.key]
             done.set()
 
-    async def _fs_close(self, cfile: CentralFile) -> None:
+    async def _fs_close(self, cfile: CentralFile, request: FsClose) -> None:
         """``FsClose``; posted for a file nobody changed, whose close has nothing to fail.
 
         The file system handles its messages in order, so a later open of the
@@ -407,8 +428,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         was written, holds a reservation or whose name was unlinked waits for
         the answer: freeing clusters can fail, and that error is the closer's.
         """
-        request = FsClose(cfile.fs_handle)
-        if cfile.modified or cfile.reserved or not cfile.retain:
+        if request.size >= 0 or cfile.modified or cfile.reserved or not cfile.retain:
             await self.endpoint.call(cfile.fs, request, Ok)
         else:
             await self.endpoint.send(cfile.fs, request)
@@ -558,7 +578,27 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             await self.flusher.set_size(
                 window.file, msg.size, reserve=msg.reserve, write_start=msg.write_start
             )
+            if msg.reserve and 0 <= msg.write_start < msg.map_end:
+                await self._map_for_write(window, msg.write_start, msg.map_end)
             return SizeSet(window.file.size, window.file.info.alloc_size)
+
+    async def _map_for_write(self, window: Window, start: int, end: int) -> None:
+        """Map the pages a reserving write is about to store into: its ``CachePart`` folded in.
+
+        Pages past the size on disk come from the cache as zero-filled frames (no
+        read). A failure here is the write's to meet (its own ``CachePart`` then
+        reports it), not the reservation's.
+        """
+        pages = core.part_pages(window, start, end - start)
+        if not pages:
+            return
+        try:
+            if window.writer.count > PARTS_BEFORE_SCAN:
+                self.pager.second_chance(window)  # as on a miss
+            await self.pager.ensure_pages(window.file, pages, window)
+            self.pager.map_into(window, pages)
+        except OSError as exc:
+            self.log.debug("nothing mapped at reserve", file=window.file.info.name, error=str(exc))
 
     @handles(StatHandle)
     async def on_stat_handle(self, env: Envelope, msg: StatHandle) -> FsInfo:

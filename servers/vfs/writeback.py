@@ -24,7 +24,7 @@ from microkernel.ipc import Endpoint
 from microkernel.memory import PhysicalMemory
 from microkernel.protocol import Ok
 from servers.cache.protocol import CacheMap, Extent, MarkDirty, Pages, Release, Writeback
-from servers.fs.protocol import FsInfo, FsSetSize, FsSetTimes, FsStatHandle, FsVolume
+from servers.fs.protocol import FsClose, FsInfo, FsSetSize, FsSetTimes, FsStatHandle, FsVolume
 from servers.vfs import core
 from servers.vfs.abi import PAGE_SIZE
 from servers.vfs.core import CentralFile, FilePage
@@ -74,18 +74,40 @@ class Flusher:
         *,
         durable: bool = False,
         then_drop: Callable[[CentralFile], list[int]] | None = None,
+        publish: bool = True,
     ) -> int:
         """Hand the dirty pages to the cache: zero-copy pages are marked, private copies copied.
 
         One writeback of a file at a time: a private page is read while its copy
         awaits the cache, so pages are dropped (``then_drop`` chooses which; the
         pins given back are returned) only under the same lock, after it.
+        ``publish=False``: the caller publishes the size (a last close folds it
+        into ``FsClose``, :meth:`close_request`).
         """
         async with self._lock(cfile):
             await self._write_back(cfile, durable)
             released = self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
-            await self.publish(cfile)  # the pins went back first: the file system needs frames
+            if publish:
+                await self.publish(cfile)  # the pins went back first: the file system needs frames
             return released
+
+    async def close_request(self, cfile: CentralFile) -> FsClose:
+        """The ``FsClose`` of a last close, after its writeback: a grown size rides in it.
+
+        Growing, the file system publishes the size (data pages before the entry,
+        the modification time stamped) and closes in one message; ``cfile.info``
+        takes the size the close publishes. A shrink publishes first, as always
+        (the entry before the clusters go back), and the close carries no size.
+        """
+        disk, size = cfile.info.size, cfile.size
+        if size <= disk:
+            async with self._lock(cfile):
+                await self.publish(cfile)
+            return FsClose(cfile.fs_handle)
+        cfile.published = size
+        cfile.info = msgspec.structs.replace(cfile.info, size=size)
+        cfile.modified = False  # the publish stamps the modification time
+        return FsClose(cfile.fs_handle, size, disk, size)
 
     async def _write_back(self, cfile: CentralFile, durable: bool) -> None:
         self.collect(cfile)

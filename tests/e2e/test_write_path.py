@@ -139,3 +139,54 @@ async def test_growth_inside_a_fetched_page_keeps_its_bytes_under_enospc_on_fat1
         assert await proc.read_file("/f.bin") == head + b"B" * 3000
     fsck_ok(image)
     assert mtype(image, "/f.bin") == head + b"B" * 3000
+
+
+async def test_a_small_create_is_open_publish_close_with_the_size_in_fs_close(
+    tmp_path: Path,
+) -> None:
+    """The open reserves and maps the first pages (no reserve, no CachePart); FsClose publishes."""
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=16 * MIB, fat=16)
+    data = bytes(range(256)) * 16 + b"tail"  # 4100 bytes: two pages, the second partial
+    async with microkernel.boot(image=image, memory="32M") as system:
+        proc = await system.spawn("creator")
+        c = system.counters
+        calls, by_type = c.syscalls, dict(c.syscalls_by_type)
+        messages = dict(c.messages_by_type)
+        started = time.time()
+        async with await proc.open("/new.bin", "wb") as f:
+            await f.write(data)
+        assert c.syscalls - calls == 3  # Open (reserve + map), SetSize (publish), Close
+        assert c.syscalls_by_type["CachePart"] == by_type.get("CachePart", 0)
+        kinds = ("FsSetSize", "FsClose", "FsSetTimes")
+        sent = {m: c.messages_by_type[m] - messages.get(m, 0) for m in kinds}
+        assert sent == {"FsSetSize": 0, "FsClose": 1, "FsSetTimes": 0}, sent  # all in open, close
+        info = await proc.stat("/new.bin")
+        assert info.size == len(data) and info.mtime >= started - 2  # FAT: 2 s resolution
+        assert await proc.read_file("/new.bin") == data
+    require_tool("mtype", "fsck.fat")
+    fsck_ok(image)
+    assert mtype(image, "/new.bin") == data
+
+
+async def test_an_extending_write_gets_its_pages_with_its_reservation(tmp_path: Path) -> None:
+    """Past the open's reservation the write reserves (doubling) and maps in the same call."""
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=32 * MIB, fat=16)
+    chunk = bytes(range(256)) * 1024  # 256 KiB
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("writer")
+        c = system.counters
+        async with await proc.open("/grow.bin", "wb") as f:
+            for _ in range(16):  # 4 MiB, each write past the reservation's first pages
+                parts = c.syscalls_by_type["CachePart"]
+                reserves = c.messages_by_type["FsSetSize"]
+                await f.write(chunk)
+                if c.messages_by_type["FsSetSize"] > reserves:  # it reserved: no part asked
+                    assert c.syscalls_by_type["CachePart"] == parts
+            reserved = c.messages_by_type["FsSetSize"]
+        assert reserved <= 4, reserved  # 256 KiB at open, then doubling: not one per write
+        assert await proc.read_file("/grow.bin") == chunk * 16
+    require_tool("mtype", "fsck.fat")
+    fsck_ok(image)
+    assert mtype(image, "/grow.bin") == chunk * 16
