@@ -127,3 +127,16 @@ async def test_gap_workloads_run_and_compare_with_their_peers(tmp_path: Path) ->
     assert write["figures"]["microkernel: bytes written to disk / bytes of file"] >= 1
     assert "microkernel/pure-Python floor" in report["read8"]["ratios"]
     assert "microkernel ls/bare interpreter" in report["startup"]["ratios"]
+
+
+def test_payloads_beyond_one_randbytes_call_are_whole_and_deterministic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The full run's 256 MiB file once overflowed ``randbytes``; big payloads come in chunks."""
+    from clients.benchmarks import images
+
+    monkeypatch.setattr(images, "PAYLOAD_CHUNK", 1000)
+    data = images.payload(2500, 7)
+    assert len(data) == 2500 and data == images.payload(2500, 7)
+    assert data[:1000] != data[1000:2000]
+    assert images.payload(999, 7) == images.payload(999, 7)

@@ -41,9 +41,17 @@ def require_tools(*names: str) -> None:
         raise BenchSkipped(f"needs {', '.join(missing)} (apt-get install dosfstools mtools)")
 
 
+PAYLOAD_CHUNK = 64 * 2**20  # randbytes of 256 MiB overflows getrandbits' C int bit count
+
+
 def payload(size: int, seed: int) -> bytes:
     """Deterministic incompressible bytes, so every run reads the same data."""
-    return random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    if size <= PAYLOAD_CHUNK:
+        return rng.randbytes(size)
+    return b"".join(
+        rng.randbytes(min(PAYLOAD_CHUNK, size - at)) for at in range(0, size, PAYLOAD_CHUNK)
+    )
 
 
 def run_tool(*args: str) -> None:
