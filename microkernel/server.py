@@ -20,6 +20,7 @@ handler methods with :func:`handles`. The runtime
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -187,16 +188,53 @@ class Server:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self.background)
             if self.concurrent:
-                async with anyio.create_task_group() as handlers:
-                    while (env := await inbox.take()) is not None:
-                        current_corr.set(env.corr)
-                        handlers.start_soon(self._dispatch, env)
+                await self._serve_concurrently(inbox)
             else:
                 while (env := await inbox.take()) is not None:
                     current_corr.set(env.corr)
                     async with self._turn:
                         await self._dispatch(env)
             outer.cancel_scope.cancel()
+
+    async def _serve_concurrently(self, inbox: _Inbox) -> None:
+        """One plain asyncio task per message, supervised here like a task group would.
+
+        A task group's ``start_soon`` (task handle, cancel scope and bookkeeping per
+        task) cost more than the handling of most messages. The rules stay those of
+        a task group: a handler's crash stops the intake, cancels the other handlers
+        and is raised once they are done; a closed inbox waits for every handler; a
+        cancelled server cancels them all and waits for them too.
+        """
+        handlers: set[asyncio.Task[None]] = set()
+        crashes: list[BaseException] = []
+        with anyio.CancelScope() as intake:
+
+            def finished(task: asyncio.Task[None]) -> None:
+                handlers.discard(task)
+                if not task.cancelled() and (exc := task.exception()) is not None:
+                    crashes.append(exc)
+                    intake.cancel()
+
+            loop = asyncio.get_running_loop()
+            try:
+                while (env := await inbox.take()) is not None:
+                    current_corr.set(env.corr)
+                    task = loop.create_task(self._dispatch(env))
+                    handlers.add(task)
+                    task.add_done_callback(finished)
+            except BaseException:
+                for task in handlers:
+                    task.cancel()
+                raise
+            finally:
+                if crashes:
+                    for task in handlers:
+                        task.cancel()
+                if handlers:
+                    with anyio.CancelScope(shield=True):
+                        await asyncio.wait(set(handlers))
+        if crashes:
+            raise crashes[0]
 
     async def stop(self) -> None:
         """Run ``teardown``, close the inbox, wait for the loop to drain, unregister.
