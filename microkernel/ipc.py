@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import itertools
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeVar
@@ -284,9 +285,18 @@ class Router:
         )
 
     async def deliver(self, env: Envelope) -> None:
+        """Queue ``env``, waiting only while the receiver's inbox is full.
+
+        The inbox usually has room, and then the envelope goes in without the
+        scheduling checkpoint ``send`` pays (a whole event-loop turn per message):
+        a caller yields anyway while it awaits the reply.
+        """
         outbox = self._route(env)
         try:
-            await outbox.send(env)
+            try:
+                outbox.send_nowait(env)
+            except anyio.WouldBlock:
+                await outbox.send(env)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise ServerStopped(f"port {env.dst} closed while sending {env.type}") from None
 
@@ -386,16 +396,26 @@ class Endpoint:
         env = self._envelope(dst, msg, CALL, corr)
         router = self.router
         future = router.expect_reply(env.id, dst, self.name)
+        # The deadline is a timer on the reply's future, not a cancel scope: entering and
+        # leaving a scope per call cost more than the routing itself. The clock starts
+        # before delivery, as a scope around both would, so a full inbox counts too.
+        loop = asyncio.get_running_loop()
+        deadline = math.inf if timeout is None else loop.time() + timeout
+        timer = None if timeout is None else loop.call_at(deadline, _expire, future, timeout)
         try:
-            await router.deliver(env)
-            if timeout is None:
-                reply = await future
-            else:
-                with anyio.fail_after(timeout):
-                    reply = await future
-        except TimeoutError:
+            try:
+                router.deliver_nowait(env)
+            except anyio.WouldBlock:  # a full inbox: wait for room, within the same deadline
+                with anyio.fail_at(deadline):
+                    await router.deliver(env)
+            reply = await future
+        except (_Expired, TimeoutError):
             raise CallTimeout(f"{dst} did not answer {env.type} within {timeout} s") from None
         finally:
+            if timer is not None:
+                timer.cancel()
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: a deadline that fired mid-delivery is not "lost"
             router.forget(env.id)
         if reply.kind == ERROR:
             err = _error_decoder.decode(reply.body)
@@ -426,6 +446,15 @@ class Endpoint:
                 _encoder.encode(msg),
             )
         )
+
+
+class _Expired(Exception):
+    """A call's deadline passed before its reply came (becomes ``CallTimeout``)."""
+
+
+def _expire(future: asyncio.Future[Envelope], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(_Expired(timeout))
 
 
 def now_ns() -> int:

@@ -118,7 +118,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         # Closed files' pages, still pinned (docs/architecture.md §6): at most an eighth of RAM.
         self.retained = RetainedFiles(max_pages=min(core.RETAIN_PAGES, memory.frames_total // 8))
         self._handles = itertools.count(1)
-        self._open_lock = anyio.Lock()
+        self._open_lock = anyio.Lock(fast_acquire=True)  # uncontended: no event-loop turn
         self._exited: weakref.WeakSet[Process] = weakref.WeakSet()  # sent Exit
         self._retiring: dict[tuple[str, int], anyio.Event] = {}
         self._idle: dict[int, anyio.Event] = {}  # handle -> set when its last operation ends

@@ -61,7 +61,7 @@ class Flusher:
     def _lock(self, cfile: CentralFile) -> anyio.Lock:
         lock = self._locks.get(cfile)
         if lock is None:
-            lock = self._locks[cfile] = anyio.Lock()
+            lock = self._locks[cfile] = anyio.Lock(fast_acquire=True)
         return lock
 
     def forget(self, cfile: CentralFile) -> None:
