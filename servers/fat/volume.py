@@ -1771,6 +1771,12 @@ class FatVolume:
                 await self._fix_entry(d, slot, entry.with_(size=0))
             return [], True
         chain, why = self.fat.valid_prefix(entry.cluster)
+        if why is not None and not chain and self._first_cluster_free(entry.cluster):
+            # The entry reached the disk, its chain's first FAT entry did not (or was
+            # freed first): fsck reads it as an empty chain, so the file keeps no cluster.
+            self._repaired(f"{path}: first cluster {entry.cluster} is free; file emptied")
+            await self._fix_entry(d, slot, entry.with_(cluster=0, size=0))
+            return [], True
         if why is not None and ("cyclic" in why or "longer than the volume" in why or not chain):
             return chain, False
         if why is not None:
@@ -1789,6 +1795,9 @@ class FatVolume:
             self._repaired(f"{path}: size {entry.size} cut to its chain's {size} bytes")
             await self._fix_entry(d, slot, entry.with_(size=size))
         return chain, True
+
+    def _first_cluster_free(self, cluster: int) -> bool:
+        return 2 <= cluster <= self.boot.max_cluster and self.fat.get(cluster) == FREE
 
     async def _fix_entry(self, d: _Dir, slot: DirSlot, entry: ShortEntry) -> None:
         at = slot.index * ENTRY_SIZE

@@ -104,6 +104,27 @@ async def test_a_size_beyond_the_chain_is_cut_to_the_chain(tmp_path: Path, fat: 
 
 
 @FATS
+async def test_an_entry_whose_first_cluster_is_free_is_emptied(tmp_path: Path, fat: int) -> None:
+    """The entry reached the disk but the FAT entries of its chain did not (fsck: 'Contains a
+    free cluster'): repair leaves the file empty rather than naming free clusters."""
+    image = _image(tmp_path, fat)
+    vol, io = await _crashed(image)
+    await vol.create("/f.bin")
+    await vol.write("/f.bin", 0, b"z" * (2 * vol.boot.cluster_size))
+    first = (await vol.stat("/f.bin")).first_cluster
+    for cluster in vol.fat.chain(first):
+        vol.fat.set(cluster, 0)  # FAT entries lost, the directory entry kept
+    await vol.fsync()
+    io.close()
+    vol = await _remount(image)
+    assert vol.repairs >= 1 and any("is free; file emptied" in p for p in vol.problems)
+    info = await vol.stat("/f.bin")
+    assert (info.size, info.first_cluster) == (0, 0)
+    assert await vol.read("/f.bin") == b""
+    await _finish(vol, image)
+
+
+@FATS
 async def test_a_rename_cut_between_its_entries_keeps_one_name(tmp_path: Path, fat: int) -> None:
     image = _image(tmp_path, fat)
     vol, io = await _crashed(image)
