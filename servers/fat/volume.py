@@ -1325,11 +1325,12 @@ class FatVolume:
         node.reserved = 0 if trim or node.reserved <= size else node.reserved
         date, tm, _ = dos_now()
         first = chain[0] if chain else (new[0] if new else 0)
-        node.entry = node.entry.with_(cluster=first if want else 0, size=size, mdate=date,
-                                      mtime=tm, adate=date)
+        held = bool(node.reserved) and not trim  # a kept reservation still needs its head named
+        node.entry = node.entry.with_(cluster=first if want or held else 0, size=size,
+                                      mdate=date, mtime=tm, adate=date)
         await self._rewrite_entry(node)
         if trim:
-            if size < old_size:
+            if size < old_size or not want:  # the entry stops naming clusters it named on disk
                 self._after_pending_entries()
             await self._cut_chain(chain, want)
         return self._new_extents(new, len(chain) * cs)

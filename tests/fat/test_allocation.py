@@ -142,3 +142,26 @@ async def test_enospc_leaves_nothing_allocated_or_written(tmp_path: Path,
     assert (await vol.stat(h)).size == 0 and vol.allocated(h) == 0
     await vol.close(h)
     await _clean(vol, io, image)
+
+
+async def test_publishing_size_zero_inside_a_reservation_keeps_the_chain_named(
+    tmp_path: Path,
+) -> None:
+    """A size of 0 published while a reservation holds the chain (a truncate of a new file)
+    must not drop the entry's first cluster: the reserved clusters would be leaked, and pages
+    written into the reservation would belong to no cluster of the file."""
+    vol, io, image = await _volume(tmp_path)
+    cs = vol.boot.cluster_size
+    free = vol.fat.free_count
+    h = await vol.open("/t.bin", create=True)
+    await vol.set_size(h, 3 * cs, allocate_only=True)
+    first = (await vol.stat(h)).first_cluster
+    await vol.set_size(h, 0)
+    assert (await vol.stat(h)).first_cluster == first and vol.allocated(h) == 3 * cs
+    data = b"q" * (cs + 5)
+    await vol._write_range(vol.fat.chain(first), 0, data)  # a write into the reservation
+    await vol.set_size(h, len(data), written=(0, len(data)))
+    assert await vol.read(h) == data
+    await vol.close(h)
+    assert vol.fat.free_count == free - 2
+    await _clean(vol, io, image)
