@@ -196,6 +196,16 @@ def mount_points(devices: list[DeviceConfig], filesystems: list[str]) -> dict[st
     }
 
 
+def _held_metadata_pages(cfg: SystemConfig, system: System) -> int:
+    """How many metadata pages a file system may keep pinned for its lazy write order.
+
+    At most 1/16 of the cache (and 256 pages), so a small cache keeps room for file data:
+    a 512-page cache gave half of itself to held FAT pages and a writer met CacheFull.
+    """
+    pages = cfg.cache.pages or system.memory.frames_total // 2
+    return max(8, min(256, pages // 16))
+
+
 def _round_pages(n: int) -> int:
     return n - n % 4096
 
@@ -265,6 +275,7 @@ async def _start_all(system: System, tg: anyio.abc.TaskGroup) -> None:
                 partition=dev.partition,
                 read_only=dev.read_only,
                 write_interval=cfg.cache.writeback_interval,
+                held_pages=_held_metadata_pages(cfg, system),
             ),
         )
     vfs_cls = _import(FILE_DRIVER)

@@ -236,10 +236,17 @@ class CacheSectorIO:
         """Unmount queued its last writes (the clean flag): later writes are refused."""
         self._sealed = True
 
-    def begin(self) -> None:
-        """A new operation: what it writes follows nothing written before (lazy)."""
+    def begin(self, carry: bool = False) -> None:
+        """A new operation: what it writes follows nothing written before (lazy).
+
+        With ``carry`` (the last operation stopped part-way) it follows whatever that
+        one wrote or was to follow, so its leftovers in memory keep their order.
+        """
+        if carry:
+            self._follow |= self._since
+        else:
+            self._follow.clear()
         self._since.clear()
-        self._follow.clear()
 
     def order_after(self, lba: int, count: int) -> None:
         """The operation's next changes follow whatever is pending in these sectors (lazy)."""

@@ -50,7 +50,7 @@ class SectorIO(Protocol):
         """These sectors were freed: nothing cached for them needs writing any more."""
         ...
 
-    def begin(self) -> None:
+    def begin(self, carry: bool = False) -> None:
         """A new operation starts: its writes follow only what it wrote before a barrier.
 
         With eager barriers (everything before a barrier is durable when it
@@ -128,7 +128,7 @@ class FileSectorIO:
     async def discard(self, lba: int, count: int) -> None:
         """Nothing is cached here."""
 
-    def begin(self) -> None:
+    def begin(self, carry: bool = False) -> None:
         """Barriers here are program order: no operation scope to keep."""
 
     def order_after(self, lba: int, count: int) -> None:

@@ -69,8 +69,10 @@ class FatServer(Server):
         read_only: bool = False,
         cache: str = "cache",
         write_interval: float | None = 1.0,
+        held_pages: int = 256,
     ) -> None:
         super().__init__(name, router)
+        self.held_pages = held_pages  # metadata pages the lazy order may keep pinned
         # Seconds between background write-outs of pending metadata groups (None: only
         # at fsync, unmount and the pending bound), like the cache's writeback interval.
         self.write_interval = write_interval
@@ -108,6 +110,7 @@ class FatServer(Server):
             total_sectors=sectors,
             cache=self.cache,
             alignment_offset=geo.alignment_offset,
+            max_pending=self.held_pages,
         )
         self._volume = await FatVolume.mount(io, read_only=self.read_only)
         align = geo.alignment_offset * geo.logical_sector_size

@@ -199,6 +199,9 @@ class FatVolume:
         # stopped part-way, its in-memory changes (a cluster allocated, an entry) half on
         # disk; unmount then keeps the dirty flag, and the next mount repairs.
         self.io_error: str | None = None
+        # The operation that met that error left changes in memory (FAT entries, parsed
+        # entries) that a later operation writes: they keep the order the stopped one had.
+        self._interrupted = False
         self._scale = boot.bytes_per_sector // io.sector_size
         self._nodes: dict[tuple[int, int], _Node] = {}
         # File identity: an id per directory-entry location, moved by rename, dropped by
@@ -334,6 +337,7 @@ class FatVolume:
 
     def _io_failed(self, exc: OSError) -> None:
         """Remember that an operation stopped part-way (see ``io_error``): not clean."""
+        self._interrupted = True
         if self.io_error is None:
             self.io_error = exc.strerror or str(exc)
             self.problems.append(f"an I/O error stopped an operation part-way ({exc}); "
@@ -379,8 +383,22 @@ class FatVolume:
         if self.write_error is not None:
             raise FatError(f"volume stopped writing after a metadata write error "
                            f"({self.write_error}); remount to repair", errno.EIO)
-        self.io.begin()
+        self._begin()
         self.reclaim_if_durable()
+
+    def _begin(self) -> None:
+        """A new operation's order scope; after one stopped part-way, it carries that one's.
+
+        A lazy order (docs/fat.md) scopes "what follows what" to one operation. An
+        operation stopped by an I/O error can leave a FAT free or an entry changed in
+        memory only; the next operation's writes carry it to the disk, and they must
+        follow what the stopped operation's would have (e.g. an entry cleared before
+        its clusters are freed), so each scope starts from the stopped one's until the
+        FAT changes it left in memory are written.
+        """
+        self.io.begin(carry=self._interrupted)
+        if not self.fat.has_unwritten:
+            self._interrupted = False
 
     def reclaim_if_durable(self) -> None:
         """Clusters freed in quarantine become allocatable once no FAT change waits."""
@@ -909,7 +927,7 @@ class FatVolume:
 
     async def close(self, handle: int) -> None:
         node = self._handle(handle)
-        self.io.begin()
+        self._begin()
         del self._handles[handle]
         node.opens -= 1
         if node.opens:
