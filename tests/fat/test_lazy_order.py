@@ -13,6 +13,7 @@ import pytest
 
 import microkernel
 from microkernel.config import CacheConfig, DeviceConfig, SystemConfig
+from servers.cache.protocol import PageRef
 from servers.fat.cacheio import CacheSectorIO
 from servers.fat.fat_table import FatTable
 from servers.fat.server import FatServer
@@ -134,3 +135,48 @@ async def test_unmount_refuses_writes_that_would_pass_the_clean_flag(tmp_path: P
             await io.write(fat.volume.boot.fat_start, bytes(512))
     done = fsck_fat(image)
     assert done.returncode == 0, done.stdout.decode()
+
+
+async def test_an_operation_stopped_part_way_hands_its_order_to_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A close clears an entry, then the FAT page's map fails (a lost reply): the free stays in
+    memory only. The next operation writes it; that write must still follow the cleared entry
+    (else a cut between them leaves an entry naming free clusters: docs/sim.md, seed 304)."""
+    require_tool("fsck.fat")
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=16 * 2**20, fat=16)
+    async with microkernel.boot(config=_quiet(image)) as system:
+        io = _io(system)
+        fat = system.server("fat0")
+        assert isinstance(fat, FatServer)
+        vol = fat.volume
+        cs = vol.boot.cluster_size
+        await vol.mkdir("/sub")
+        h = await vol.open("/r.bin", create=True)
+        await vol.set_size(h, 3 * cs, allocate_only=True)  # the entry names the reservation
+        await vol.fsync()
+        assert io.pending_writes == 0
+        fat_end = (vol.boot.fat_start + vol.boot.num_fats * vol.boot.fat_size) * (
+            vol.boot.bytes_per_sector // io.sector_size)
+        real_map = io._map
+
+        async def lost_fat_map(lba: int, count: int, *, zero_fill: bool) -> list[PageRef]:
+            if lba < fat_end:
+                raise TimeoutError(110, "cache did not answer CacheMap (a lost reply)")
+            return await real_map(lba, count, zero_fill=zero_fill)
+
+        monkeypatch.setattr(io, "_map", lost_fat_map)
+        with pytest.raises(OSError):
+            await vol.close(h)  # entry cleared (pending), the free never reaches a page
+        monkeypatch.setattr(io, "_map", real_map)
+        entry_pages = io._order.pending()
+        assert entry_pages and all(p >= fat_end for p in entry_pages)
+        await vol.create("/sub/y.bin")
+        await vol.write("/sub/y.bin", 0, b"y")  # writes the FAT page: the free goes with it
+        groups = io._order.plan()
+        where = {p: n for n, group in enumerate(groups) for p in group}
+        fat_pages = [p for p in where if p < fat_end]
+        assert fat_pages
+        # The cleared entry is durable already (written out first) or goes in an earlier group.
+        assert all(e not in where or where[e] < where[f]
+                   for e in entry_pages for f in fat_pages), groups
