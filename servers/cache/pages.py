@@ -324,40 +324,38 @@ class Waiter:
         return sum(n for _, n in self.runs)
 
 
+class _Command:
+    """Pages of one driver command: consecutive on the disk, ``parts`` are their frame runs
+    ``(first page, count, first frame)`` (one scatter/gather segment each)."""
+
+    __slots__ = ()
+    parts: tuple[tuple[int, int, int], ...]
+
+    @property
+    def lba(self) -> int:
+        return self.parts[0][0]
+
+    @property
+    def count(self) -> int:
+        return sum(n for _, n, _ in self.parts)
+
+
 @dataclass(eq=False, slots=True)
-class Load:
-    """Pages being read by one driver command: consecutive on the disk, ``parts`` are their
-    frame runs ``(first page, count, first frame)`` (one scatter/gather segment each)."""
+class Load(_Command):
+    """Pages being read by one driver command, and who waits for them."""
 
     id: int
     device: str
     parts: tuple[tuple[int, int, int], ...]
     waiters: list[Waiter]
 
-    @property
-    def lba(self) -> int:
-        return self.parts[0][0]
-
-    @property
-    def count(self) -> int:
-        return sum(n for _, n, _ in self.parts)
-
 
 @dataclass(frozen=True, slots=True)
-class Store:
-    """Pages being written by one driver command: consecutive on the disk, ``parts`` are
-    their frame runs ``(first page, count, first frame)`` (one scatter/gather segment each)."""
+class Store(_Command):
+    """Pages being written by one driver command."""
 
     device: str
     parts: tuple[tuple[int, int, int], ...]
-
-    @property
-    def lba(self) -> int:
-        return self.parts[0][0]
-
-    @property
-    def count(self) -> int:
-        return sum(n for _, n, _ in self.parts)
 
 
 @dataclass(slots=True)

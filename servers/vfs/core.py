@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import errno
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -526,23 +526,23 @@ def page_lba(lba: int, ss: int, align: int) -> int:
     return lba - (lba - origin) % spp
 
 
-def direct_pages(extents: list[FileExtent], ss: int, align: int) -> Iterator[tuple[int, int]]:
-    """(file page, cache page) for every file page that *is* one aligned cache page.
+def direct_spans(extents: list[FileExtent], ss: int, align: int) -> list[tuple[int, int, int]]:
+    """``(first file page, end, its cache page)`` of each extent's pages that *are* cache pages.
 
     A file page qualifies when its 4 KiB lie inside one extent and start on a
-    cache page boundary; within an extent that holds for all pages or for none.
+    cache page boundary; within an extent that holds for all pages or for none,
+    so each extent gives at most one span.
     """
-    spp = PAGE_SIZE // ss
+    out: list[tuple[int, int, int]] = []
     for e in extents:
         first = -(-e.file_offset // PAGE_SIZE)
         end = (e.file_offset + e.count * ss) // PAGE_SIZE
         if first >= end or (first * PAGE_SIZE - e.file_offset) % ss:
             continue
         lba0 = e.lba + (first * PAGE_SIZE - e.file_offset) // ss
-        if page_lba(lba0, ss, align) != lba0:
-            continue
-        for k in range(end - first):
-            yield first + k, lba0 + k * spp
+        if page_lba(lba0, ss, align) == lba0:
+            out.append((first, end, lba0))
+    return out
 
 
 def sources_below(

@@ -283,7 +283,7 @@ class Pager:
         wanted = bytearray(b"\1") * (hi - lo)
         installed: list[int] = []
         try:
-            for first, end, lba0 in _direct_spans(extents, ss, volume.alignment_offset):
+            for first, end, lba0 in core.direct_spans(extents, ss, volume.alignment_offset):
                 for i, run in enumerate(ready.runs):
                     # file page p <-> cache page lba0 + (p - first) * spp <-> run page k
                     a = max(first, lo, first + -(-(run.lba - lba0) // spp))
@@ -524,26 +524,6 @@ class Pager:
                 done.set()
 
         self.spawn(retire)
-
-
-def _direct_spans(
-    extents: list[FileExtent], ss: int, align: int
-) -> list[tuple[int, int, int]]:
-    """``(first file page, end, its cache page)`` of each extent's pages that *are* cache pages.
-
-    The spans of ``core.direct_pages``: within one extent either every file page
-    starts on a cache page boundary or none does.
-    """
-    out: list[tuple[int, int, int]] = []
-    for e in extents:
-        first = -(-e.file_offset // PAGE_SIZE)
-        end = (e.file_offset + e.count * ss) // PAGE_SIZE
-        if first >= end or (first * PAGE_SIZE - e.file_offset) % ss:
-            continue
-        lba0 = e.lba + (first * PAGE_SIZE - e.file_offset) // ss
-        if core.page_lba(lba0, ss, align) == lba0:
-            out.append((first, end, lba0))
-    return out
 
 
 def _release_runs(ready: SectorsReady) -> Release:
