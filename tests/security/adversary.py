@@ -349,9 +349,7 @@ async def scene(image: Path, second: Path) -> AsyncIterator[Scene]:
         await af.read()
         await af.close()  # the handle number stays a live value; the baseline holds no window
         memory = system.memory
-        vfs_frames = [
-            memory.phys_of(i) for i in range(memory.frames_total) if memory._owner[i] == "vfs"
-        ]
+        vfs_frames = memory.frames_of("vfs")
         victim_frames = sorted(set(victim.kernel.windows[vf.handle].mapped_frames().values()))
         devices = [d.name for d in cfg.devices]
         cache = system.server("cache")
