@@ -26,7 +26,14 @@ from microkernel.memory import PhysicalMemory
 from microkernel.process import Process, ProcessTable
 from microkernel.protocol import Ok
 from microkernel.server import Server, handles
-from servers.cache.protocol import CacheFailed, GiveBack, GiveBackDone, Release, SectorsReady
+from servers.cache.protocol import (
+    CacheFailed,
+    GiveBack,
+    GiveBackDone,
+    PageSpan,
+    Release,
+    SectorsReady,
+)
 from servers.fs.protocol import (
     FsClose,
     FsFsync,
@@ -376,7 +383,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         the kernel file driver holds them until the last close.
         """
         paid = set(self.memory.frames_of(leaving.port))
-        frames = [fp.phys for fp in cfile.pages.values() if fp.cache_lba is None and fp.phys in paid]
+        frames = [fp.phys for fp in cfile.pages.copies.values() if fp.phys in paid]
         if not frames:
             return
         for other in {w.proc.port for w in cfile.windows} - {leaving.port}:
@@ -408,7 +415,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             finally:  # a write error is the closer's to see; nothing stays held for it
                 if not kept and (record := self.retained.take(cfile.key)) is not None:
                     self._release_retained([record])
-                self.flusher.drop_pages(cfile, list(cfile.pages))
+                self.flusher.drop_pages(cfile, core.every_span(cfile))
                 self.flusher.forget(cfile)
                 self.memory.release([cfile.state_frame])
                 with anyio.CancelScope(shield=True):
@@ -433,43 +440,41 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         else:
             await self.endpoint.send(cfile.fs, request)
 
-    def _retain(self, cfile: CentralFile) -> list[int]:
+    def _retain(self, cfile: CentralFile) -> list[core.Span]:
         """Keep the clean cache pages of a file at its last close; returns the pages to drop.
 
         Called once the dirty pages are in the cache, before the size is
         published: the record goes into the LRU at once, so a GiveBack the
         publish causes (the file system needs frames) can take its pins back.
         The tail of the last page past the size is zeroed (as a fetch would): a
-        new open maps exactly what a cold read would show.
+        new open maps exactly what a cold read would show. The kept runs move
+        to the record as they are (no work per page).
         """
-        keep = core.retain_plan(cfile) if cfile.retain else {}
+        keep = core.take_retained(cfile) if cfile.retain else None
         if keep:
-            if len(keep) == len(cfile.pages):
-                cfile.pages = {}
-            else:
-                for p in keep:
-                    del cfile.pages[p]
             last = (cfile.size - 1) // PAGE_SIZE
             tail = cfile.size - last * PAGE_SIZE
-            if last in keep and tail < PAGE_SIZE:
-                self.memory.view(keep[last].phys + tail, PAGE_SIZE - tail)[:] = bytes(
-                    PAGE_SIZE - tail
-                )
+            phys = keep.phys_of(last)
+            if phys >= 0 and tail < PAGE_SIZE:
+                self.memory.view(phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
             info = cfile.info
             record = RetainedFile(cfile.key, info.name, cfile.size, info.native, keep)
             self._release_retained(self.retained.put(record))
-        return list(cfile.pages)
+        return core.every_span(cfile)
 
     def _release_retained(self, records: list[RetainedFile]) -> int:
-        """Give the pins of retained records back to the cache; returns how many."""
-        by_device: dict[str, list[int]] = {}
+        """Give the pins of retained records back to the cache, a run at a time; returns how many."""
+        by_device: dict[str, list[PageSpan]] = {}
+        released = 0
         for record in records:
-            lbas = by_device.setdefault(self.volumes[record.key[0]].device, [])
-            lbas.extend(fp.cache_lba for fp in record.pages.values() if fp.cache_lba is not None)
-        for device, lbas in by_device.items():
-            if lbas:
-                self.endpoint.send_nowait(self.cache, Release(device, lbas))
-        return sum(len(lbas) for lbas in by_device.values())
+            spans = by_device.setdefault(self.volumes[record.key[0]].device, [])
+            pins, _ = core.drop_spans_of(record.pages)
+            spans.extend(pins)
+            released += sum(span.count for span in pins)
+        for device, spans in by_device.items():
+            if spans:
+                self.endpoint.send_nowait(self.cache, Release(device, [], spans))
+        return released
 
     def _forget_name(self, fs: str, name: str) -> None:
         """An unlink or a rename onto ``name``: its file's pages are kept no longer.
@@ -499,7 +504,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             self.pager.map_into(window, pages)
         return PartReady(pages[0] * PAGE_SIZE, len(pages) * PAGE_SIZE)
 
-    def _read_ahead(self, window: Window, pages: list[int], wanted_end: int) -> list[int]:
+    def _read_ahead(self, window: Window, pages: range, wanted_end: int) -> list[core.Span]:
         """The pages to fetch after this part's, while this one is fetched and copied.
 
         Only for a reader that reads on: it asked for more than one part holds,
@@ -514,8 +519,9 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         if window.writable or not (sequential or wanted_end > window.next_page * PAGE_SIZE):
             return []
         ahead = core.part_pages(window, window.next_page * PAGE_SIZE, len(pages) * PAGE_SIZE)
-        missing = core.missing_pages(window.file, ahead)
-        return missing if self._cache_room() >= 2 * len(missing) else []
+        missing = core.missing_spans(window.file, core.spans_of(ahead))
+        wanted = sum(hi - lo for lo, hi in missing)
+        return missing if self._cache_room() >= 2 * wanted else []
 
     def _cache_room(self) -> int:
         """Frames the cache may still take without evicting anything."""
@@ -523,7 +529,9 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         quota = self.memory.quota(self.cache)
         return free if quota is None else min(free, quota - self.memory.used(self.cache))
 
-    async def _bring_in(self, window: Window, pages: list[int], ahead: list[int]) -> list[int]:
+    async def _bring_in(
+        self, window: Window, pages: range, ahead: list[core.Span]
+    ) -> range:
         """Fetch the part's pages (then start the ``ahead`` ones); when the cache is short of
         frames, a smaller part.
 

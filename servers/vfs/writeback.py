@@ -73,7 +73,7 @@ class Flusher:
         cfile: CentralFile,
         *,
         durable: bool = False,
-        then_drop: Callable[[CentralFile], list[int]] | None = None,
+        then_drop: Callable[[CentralFile], list[core.Span]] | None = None,
         publish: bool = True,
     ) -> int:
         """Hand the dirty pages to the cache: zero-copy pages are marked, private copies copied.
@@ -142,20 +142,14 @@ class Flusher:
         self.endpoint.send_nowait(self.cache, Release(device, lbas))
         return lbas
 
-    def drop_pages(self, cfile: CentralFile, pages: list[int]) -> int:
-        """Forget cached pages: cache pins go back, private frames are freed. Returns pins."""
-        pins = []
-        for p in pages:
-            fp = cfile.pages.pop(p, None)
-            if fp is None:
-                continue
-            if fp.cache_lba is not None:
-                pins.append(fp.cache_lba)
-            else:
-                self.memory.release([fp.phys])
+    def drop_pages(self, cfile: CentralFile, spans: list[core.Span]) -> int:
+        """Forget cached pages (spans of them): cache pins go back, private frames are freed.
+        Returns pins."""
+        pins, frames = core.drop_spans(cfile, spans)
+        self.memory.release(frames)
         if pins:
-            self.endpoint.send_nowait(self.cache, Release(self.volumes[cfile.fs].device, pins))
-        return len(pins)
+            self.endpoint.send_nowait(self.cache, Release(self.volumes[cfile.fs].device, [], pins))
+        return sum(span.count for span in pins)
 
     # -------------------------------------------------------------------- sizes
     async def set_size(
@@ -283,5 +277,5 @@ class Flusher:
         for cfile in files:
             if released >= wanted:
                 break
-            released += await self.write_back(cfile, then_drop=core.idle_pages)
+            released += await self.write_back(cfile, then_drop=core.idle_spans)
         return released

@@ -226,7 +226,7 @@ class Scene:
     def snapshot(self) -> Snapshot:
         mem = self.system.memory
         frames = self.victim_window_frames()
-        state = {p: (mem._owner[mem.index_of(p)], mem.refcount(p)) for p in frames.values()}
+        state = {p: (mem.owner_of(p), mem.refcount(p)) for p in frames.values()}
         cache = self.system.server("cache")
         # Pages of closed files the kernel file driver keeps (its LRU, docs/architecture.md
         # §6) come and go with any process's opens and closes: every other pin must stay.
