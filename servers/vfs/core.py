@@ -777,6 +777,14 @@ def unmapped_spans_of(spans: list[Span], linked: list[Span]) -> list[Span]:
     return spans
 
 
+def idle_within(cfile: CentralFile, spans: list[Span]) -> list[Span]:
+    """The pages of ``spans`` (sorted, apart) that :func:`idle_spans` would drop."""
+    out: list[Span] = []
+    for a, b in idle_spans(cfile):
+        out.extend((max(a, lo), min(b, hi)) for lo, hi in spans if lo < b and a < hi)
+    return out
+
+
 def idle_pages(cfile: CentralFile) -> list[int]:
     """The pages of :func:`idle_spans` one by one (tests)."""
     return [p for a, b in idle_spans(cfile) for p in range(a, b)]

@@ -128,6 +128,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         self._open_lock = anyio.Lock(fast_acquire=True)  # uncontended: no event-loop turn
         self._exited: weakref.WeakSet[Process] = weakref.WeakSet()  # sent Exit
         self._retiring: dict[tuple[str, int], anyio.Event] = {}
+        self._dropping: dict[tuple[str, int], list[anyio.Event]] = {}  # releases behind readers
         self._idle: dict[int, anyio.Event] = {}  # handle -> set when its last operation ends
         self._closed: dict[int, anyio.Event] = {}  # handle -> set when its close is done
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -493,13 +494,14 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
     @handles(CachePart)
     async def on_cache_part(self, env: Envelope, msg: CachePart) -> PartReady:
         window = self._window(env, msg.handle)
-        pages = core.part_pages(window, msg.position, msg.size)
+        pages = self._call_pages(core.part_pages(window, msg.position, msg.size))
         if not pages:
             return PartReady(msg.position, 0)
         with self._op(window):
             if window.writer.count > PARTS_BEFORE_SCAN:
                 self.pager.second_chance(window)  # the scan also runs on a miss
             ahead = self._read_ahead(window, pages, msg.position + msg.size)
+            await self._room_for(window.file, pages)
             pages = await self._bring_in(window, pages, ahead)
             self.pager.map_into(window, pages)
         return PartReady(pages[0] * PAGE_SIZE, len(pages) * PAGE_SIZE)
@@ -509,10 +511,18 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
 
         Only for a reader that reads on: it asked for more than one part holds,
         or this miss starts where its previous part ended. One part ahead, of this
-        part's length, and only while the cache has free frames for it, so read-ahead
-        never evicts anything (nor runs for writers, whose parts follow their
-        reservation). The fetch is the central file's like any other: the next miss
-        joins it, a close cancels it, its pages are dropped under memory pressure.
+        part's length (nor for writers, whose parts follow their reservation). The
+        fetch is the central file's like any other: the next miss joins it, a close
+        cancels it, its pages are dropped under memory pressure.
+
+        Bounded by the cache size: while the cache has free frames for twice the
+        read-ahead, it takes only those. A sequential reader of more than the cache
+        holds drops its own parts behind it once free frames run short
+        (:meth:`_drop_behind`; only a file too big to be kept at its close, §6),
+        and reads ahead while the pages the kernel file
+        driver pins, plus twice the read-ahead, fit in the cache: the cache then
+        makes room by evicting unpinned pages (those dropped behind first), never
+        by a GiveBack round.
         """
         sequential = window.next_page == pages[0] and pages[0] > 0
         window.next_page = pages[-1] + 1
@@ -521,7 +531,74 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         ahead = core.part_pages(window, window.next_page * PAGE_SIZE, len(pages) * PAGE_SIZE)
         missing = core.missing_spans(window.file, core.spans_of(ahead))
         wanted = sum(hi - lo for lo, hi in missing)
-        return missing if self._cache_room() >= 2 * wanted else []
+        room, capacity = self._cache_room(), self.memory.quota(self.cache)
+        unkept = core.pages_of(window.file.size) > self.retained.max_pages  # not kept at close
+        if sequential and unkept and capacity is not None and room < 4 * len(pages):
+            # the cache fills up: the unmaps take two grace periods, so start them early
+            self._drop_behind(window, pages.start - len(pages))
+        if not wanted or room >= 2 * wanted:
+            return missing
+        if not sequential or capacity is None:
+            return []
+        return missing if self._pinned() + 2 * wanted <= capacity else []
+
+    def _call_pages(self, pages: range) -> range:
+        """At most an eighth of the cache per call: the part, the part read ahead and the
+        parts dropped behind (until their unmaps) then fit in the cache together."""
+        capacity = self.memory.quota(self.cache)
+        return pages if capacity is None else pages[: max(MIN_PART_PAGES, capacity // 8)]
+
+    def _pinned(self) -> int:
+        """Pages the kernel file driver holds (open files' and kept ones): at most its pins."""
+        return sum(len(cfile.pages) for cfile in self.files.values()) + self.retained.pages
+
+    def _drop_behind(self, window: Window, before: int) -> None:
+        """A sequential reader of more than the cache holds: its parts wholly before page
+        ``before`` are unlinked now, and their pages no window links any more go back to
+        the cache once unmapped (after the grace periods, in the background; dirty
+        pages are handed over first). Pages another window maps stay."""
+        victims = [i for i, (first, n) in window.parts.items() if first + n <= before]
+        if not victims:
+            return
+        spans = core.merged_spans(
+            (first, first + n) for i in victims for first, n in (window.parts[i],)
+        )
+        unmapped = self.pager.remove_parts(window, victims)
+        cfile = window.file
+        done = anyio.Event()
+        self._dropping.setdefault(cfile.key, []).append(done)
+
+        async def release() -> None:
+            try:
+                for event in unmapped:
+                    await event.wait()
+                if self.files.get(cfile.key) is not cfile:
+                    return  # retired meanwhile: its last close dropped or kept the pages
+                await self.flusher.write_back(cfile, then_drop=lambda cf: core.idle_within(cf, spans))
+            except OSError as exc:  # the pages stay (and dirty): the writer's fsync or close
+                self.log.warning("drop-behind writeback failed", file=cfile.info.name,
+                                 error=str(exc))
+            finally:
+                pending = self._dropping.get(cfile.key, [])
+                if done in pending:
+                    pending.remove(done)
+                if not pending:
+                    self._dropping.pop(cfile.key, None)
+                done.set()
+
+        self._spawn(release)
+
+    async def _room_for(self, cfile: CentralFile, pages: range) -> None:
+        """Before a fetch the free frames cannot hold: let the pages this file drops behind
+        go back first (at most two grace periods), so the cache evicts them instead of
+        asking every holder to give pages back."""
+        pending = self._dropping.get(cfile.key)
+        if not pending:
+            return
+        need = sum(hi - lo for lo, hi in core.missing_spans(cfile, core.spans_of(pages)))
+        if need > self._cache_room():
+            for event in list(pending):
+                await event.wait()
 
     def _cache_room(self) -> int:
         """Frames the cache may still take without evicting anything."""
