@@ -569,6 +569,10 @@ def _stretch(numbers: list[int], at: int, most: int, by: int = 1) -> int:
     Galloping slice compares against ranges (in C): O(log n) compares per run.
     """
     first, done, step = numbers[at], 0, 8
+    if most > 8 and numbers[at + most] == first + by * most and numbers[
+        at + 1 : at + 1 + most
+    ] == list(range(first + by, first + by * (1 + most), by)):
+        return most  # all of it (a whole run freed or taken at once): one compare
     while step and done < most:
         k = min(step, most - done)
         if numbers[at + 1 + done : at + 1 + done + k] == list(
