@@ -516,13 +516,13 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         cancels it, its pages are dropped under memory pressure.
 
         Bounded by the cache size: while the cache has free frames for twice the
-        read-ahead, it takes only those. A sequential reader of more than the cache
-        holds drops its own parts behind it once free frames run short
-        (:meth:`_drop_behind`; only a file too big to be kept at its close, §6),
-        and reads ahead while the pages the kernel file
-        driver pins, plus twice the read-ahead, fit in the cache: the cache then
-        makes room by evicting unpinned pages (those dropped behind first), never
-        by a GiveBack round.
+        read-ahead, it takes only those. A sequential reader of a file larger than
+        the cache (which can be neither kept at its close nor viewed whole) drops
+        its own parts behind it once free frames run short (:meth:`_drop_behind`).
+        A sequential reader reads ahead while the pages the kernel file driver
+        pins, plus twice the read-ahead, fit in the cache: the cache then makes
+        room by evicting unpinned pages (those dropped behind first), never by a
+        GiveBack round.
         """
         sequential = window.next_page == pages[0] and pages[0] > 0
         window.next_page = pages[-1] + 1
@@ -532,8 +532,9 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         missing = core.missing_spans(window.file, core.spans_of(ahead))
         wanted = sum(hi - lo for lo, hi in missing)
         room, capacity = self._cache_room(), self.memory.quota(self.cache)
-        unkept = core.pages_of(window.file.size) > self.retained.max_pages  # not kept at close
-        if sequential and unkept and capacity is not None and room < 4 * len(pages):
+        # A file larger than the cache: it cannot be kept at its close, nor viewed whole.
+        streaming = capacity is not None and core.pages_of(window.file.size) > capacity
+        if sequential and streaming and room < 4 * len(pages):
             # the cache fills up: the unmaps take two grace periods, so start them early
             self._drop_behind(window, pages.start - len(pages))
         if not wanted or room >= 2 * wanted:
