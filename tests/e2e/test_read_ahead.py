@@ -111,3 +111,21 @@ async def test_a_reader_of_more_than_the_cache_drops_behind_instead_of_a_give_ba
         assert stats.get("GiveBack", 0) == 0
         assert most <= capacity  # never more pinned than the cache holds
         assert vfs.pager.fetches == {} or all(f.done.is_set() for f in vfs.pager.fetches.values())
+
+
+@pytest.mark.anyio
+async def test_a_read_leaves_runs_not_page_records(make_image: ImageFactory) -> None:
+    """The kernel file driver keeps a file's pages as runs: a whole read of an aligned
+    file is a handful of runs (one per delivered frame run at most), no per-page
+    record, a few bytes of heap per page."""
+    image = make_image({"/d.bin": DATA})
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("p")
+        async with await proc.open("/d.bin", "rb") as f:
+            sink = bytearray(len(DATA))
+            assert await f.readinto(sink) == len(DATA) and sink == DATA
+            await fetches_done(system)
+            table = central(system, f).pages
+            assert len(table) == len(DATA) // PAGE and not table.copies
+            assert len(table.first) <= 8
+            assert table.heap_bytes() / len(table) < 8
