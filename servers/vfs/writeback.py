@@ -1,7 +1,7 @@
 """The write path of the kernel file driver: dirty pages to the cache, sizes, give-backs.
 
 Dirt is per 4 KiB page (``core.py``): the dirty maps of a file's windows are
-taken into ``FilePage.dirty``, and only those pages go to the cache: a
+taken into the page runs' ``DIRTY`` flag, and only those pages go to the cache: a
 zero-copy page (a cache frame) is marked dirty there, a private page of the
 copy path is copied back into the cache pages it came from. The cache writes
 what it holds dirty within its writeback interval; ``durable`` (fsync) asks it
