@@ -72,6 +72,7 @@ Span = tuple[int, int]  # file pages [first, end)
 PRIVATE: Final = 1  # run flag: private frames of the copy path (no cache page behind them)
 DIRTY: Final = 2  # run flag: stored into since the last writeback
 _ALL: Final = 1 << 62  # past any file page
+_ANY_TO_ONE: Final = bytes([0] + [1] * 255)  # a translation: non-zero bytes become 1
 
 
 class FilePage(msgspec.Struct, gc=False):
@@ -706,10 +707,14 @@ def take_dirty(window: Window, memory: PhysicalMemory, first: int, count: int) -
         chunk = bytes(view)
         if chunk.count(0) == len(chunk):
             continue
-        for i, byte in enumerate(chunk):
-            if byte:
-                view[i] = 0
-                out.append(lo + i)
+        marks = chunk.translate(_ANY_TO_ONE)  # 1 where the snapshot saw a store
+        a = marks.find(1)
+        while a >= 0:  # clear exactly the bytes seen set, a run at a time
+            b = marks.find(0, a)
+            b = len(marks) if b < 0 else b
+            view[a:b] = bytes(b - a)
+            out.extend(range(lo + a, lo + b))
+            a = marks.find(1, b)
     return out
 
 
