@@ -33,12 +33,13 @@ import anyio
 from microkernel.ipc import Endpoint, Envelope, Router
 from microkernel.memory import PhysicalMemory
 from microkernel.trace import current_corr, log
-from servers.cache.protocol import CacheFailed, PageSpan, Release, SectorsReady
+from servers.cache.protocol import CacheFailed, CacheRead, Extent, PageSpan, Release, SectorsReady
 from servers.fs.protocol import FileExtent, FsVolume, Mapped, MapRange
 from servers.vfs import core
 from servers.vfs.abi import DATA_OFFSET, DIRTY_OFFSET, PAGE_SIZE
 from servers.vfs.core import BadHandle, CentralFile, FilePage, Window
 from servers.vfs.filemap import FileMapFull
+from servers.vfs.opened import extents_for
 from servers.vfs.second_chance import AGE_INITIAL, scan
 
 GRACE_S: Final = 0.02  # removal -> clear entry -> unmap: longer than any prompt reader's lookup
@@ -64,6 +65,7 @@ class Fetch:
     error: OSError | None = None
     installed: bool = False
     owner: str = "vfs"  # who pays for the copy path's private frames (the asking process)
+    extents: list[FileExtent] | None = None  # known at the start (opened.py): no MapRange
 
 
 class Pager:
@@ -102,21 +104,25 @@ class Pager:
         pages: list[int],
         window: Window | None,
         ahead: Iterable[int] = (),
+        known: list[FileExtent] | None = None,
     ) -> None:
         """Bring ``pages`` into ``cfile.pages``: join fetches in flight, start the rest.
 
         Waiting ends early with EBADF when ``window`` starts closing. Pages
         dropped again while we waited (a shrink, a give-back) are fetched again.
         The ``ahead`` pages (read-ahead) are fetched too, started after ours so
-        they queue behind them, and waited for by nobody here.
+        they queue behind them, and waited for by nobody here. ``known``: the
+        file's extents as the open was told them (``opened.py``), for the first
+        round's fetches only.
         """
         owner = window.proc.port if window else "vfs"
         for _ in range(ENSURE_ATTEMPTS):
             waits = {t: self.fetches[t] for t, run in cfile.inflight.items()
                      if pages and core.overlaps(run, pages)}
             for run in core.runs(core.missing_pages(cfile, pages)):
-                fetch = self._start_fetch(cfile, run, owner)
+                fetch = self._start_fetch(cfile, run, owner, known)
                 waits[fetch.tag] = fetch
+            known = None
             if ahead:
                 self.prefetch(cfile, core.missing_pages(cfile, ahead), owner)
                 ahead = ()
@@ -137,10 +143,14 @@ class Pager:
         for run in core.runs(pages):
             self._start_fetch(cfile, run, owner)
 
-    def _start_fetch(self, cfile: CentralFile, run: list[int], owner: str) -> Fetch:
+    def _start_fetch(
+        self, cfile: CentralFile, run: list[int], owner: str, known: list[FileExtent] | None = None
+    ) -> Fetch:
         fetch = Fetch(self._new_tag(), cfile, run, owner=owner)
         self.fetches[fetch.tag] = fetch
         cfile.inflight[fetch.tag] = range(run[0], run[-1] + 1)  # a run: consecutive pages
+        if known:
+            self._read_known(fetch, known)
 
         async def go() -> None:
             await self._run_fetch(fetch)
@@ -148,18 +158,41 @@ class Pager:
         self.spawn(go)
         return fetch
 
+    def _read_known(self, fetch: Fetch, known: list[FileExtent]) -> None:
+        """Ask the cache for the fetch's pages at once where the open's extents name them.
+
+        Sent before the caller awaits anything, so the extents are still the
+        file's (``opened.py``); a full cache inbox leaves it to ``MapRange``.
+        """
+        cfile = fetch.cfile
+        volume = self.volumes[cfile.fs]
+        extents = extents_for(known, fetch.pages[0], len(fetch.pages), cfile.info.size,
+                              volume.logical_sector_size)
+        if extents is None:
+            return
+        request = CacheRead(volume.device, [Extent(e.lba, e.count) for e in extents],
+                            self.endpoint.name, fetch.tag)
+        try:
+            self.endpoint.send_nowait(self.cache, request)
+        except (anyio.WouldBlock, OSError):  # a full inbox, a table without it: as before
+            return
+        fetch.extents = extents
+
     async def _run_fetch(self, fetch: Fetch) -> None:
         cfile = fetch.cfile
         start, length = fetch.pages[0] * PAGE_SIZE, len(fetch.pages) * PAGE_SIZE
         try:
             with fetch.scope:
-                mapped: Mapped = await self.endpoint.call(
-                    cfile.fs,
-                    MapRange(cfile.fs_handle, start, length, self.endpoint.name, fetch.tag,
-                             self._unwritten_from(cfile)),
-                    Mapped,
-                )
-                if not mapped.extents:
+                extents = fetch.extents
+                if extents is None:
+                    mapped: Mapped = await self.endpoint.call(
+                        cfile.fs,
+                        MapRange(cfile.fs_handle, start, length, self.endpoint.name, fetch.tag,
+                                 self._unwritten_from(cfile)),
+                        Mapped,
+                    )
+                    extents = mapped.extents
+                if not extents:
                     raise OSError(
                         errno.EIO,
                         f"{cfile.info.name}: no clusters behind bytes {start}..{start + length}",
@@ -169,7 +202,7 @@ class Pager:
                 if fetch.error is not None:
                     raise fetch.error
                 assert fetch.ready is not None
-                self._install(cfile, fetch.pages, mapped.extents, fetch.ready, fetch.owner)
+                self._install(cfile, fetch.pages, extents, fetch.ready, fetch.owner)
                 fetch.installed = True
         except OSError as exc:
             fetch.error = exc
