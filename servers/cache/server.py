@@ -333,7 +333,8 @@ class CacheServer(Server):
             async with anyio.create_task_group() as tg:
                 for load in admission.to_read:
                     tg.start_soon(self._load, device, load)
-        await done.wait()
+        if not done.is_set():  # a hit (pages read ahead, say) answers without a turn of the loop
+            await done.wait()
         if waiter.error is not None:
             raise DeviceError(f"reading {name}: {waiter.error[1]}", waiter.error[0])
         return waiter

@@ -197,8 +197,9 @@ class Pager:
                         errno.EIO,
                         f"{cfile.info.name}: no clusters behind bytes {start}..{start + length}",
                     )
-                with anyio.fail_after(FETCH_TIMEOUT_S):
-                    await self._traced_wait(fetch.arrived)
+                if not fetch.arrived.is_set():  # a hit asked at the start may be here already
+                    with anyio.fail_after(FETCH_TIMEOUT_S):
+                        await self._traced_wait(fetch.arrived)
                 if fetch.error is not None:
                     raise fetch.error
                 assert fetch.ready is not None
