@@ -24,9 +24,11 @@ def extents_for(
 ) -> list[FileExtent] | None:
     """The extents of file pages ``first_page`` .. ``first_page + count - 1``, cut from ``known``.
 
-    ``known`` covers the whole pages of a file of ``size`` bytes; pages outside
-    them are not known (None: ask the file system). The cut is what ``MapRange``
-    would answer for those pages: the same sectors, clipped to the range.
+    ``known`` is what ``MapRange`` answered, at the open, for the whole pages of
+    a file of ``size`` bytes (clipped to its clusters, as ``MapRange`` clips);
+    pages past them are not known (None: ask the file system). The cut is what
+    ``MapRange`` would answer for those pages: the same sectors, clipped to the
+    range; None when it names none.
     """
     start, end = first_page * PAGE_SIZE, (first_page + count) * PAGE_SIZE
     if not known or count <= 0 or end > -(-size // PAGE_SIZE) * PAGE_SIZE:
