@@ -178,7 +178,7 @@ class FatServer(Server):
             msg.path, create=msg.create, exclusive=msg.exclusive, truncate=msg.truncate
         )
         if not msg.create:
-            await self._read_ahead(handle)
+            self._read_ahead(handle)
         return await self._opened(handle, msg.reserve)
 
     @handles(FsOpenAt)
@@ -187,7 +187,7 @@ class FatServer(Server):
             msg.directory, msg.name, create=msg.create, exclusive=msg.exclusive
         )
         if not msg.create:
-            await self._read_ahead(handle)
+            self._read_ahead(handle)
         return await self._opened(handle, msg.reserve)
 
     async def _opened(self, handle: int, reserve: int) -> FsOpened:
@@ -214,16 +214,20 @@ class FatServer(Server):
         return [FileExtent(e.file_offset, start + e.lba, e.count)
                 for e in self.volume.opened_extents(handle, OPENED_EXTENTS_MAX, PAGE_SIZE)]
 
-    async def _read_ahead(self, handle: int) -> None:
+    def _read_ahead(self, handle: int) -> None:
         """Opens going through a directory: the next small files into the cache, one request.
 
-        Sent before the open's reply, so the opened file's own read joins it.
+        Sent before the open's reply, so the opened file's own read joins it. A
+        hint: a cache whose inbox is full (or that is gone) goes without it.
         """
         spans = self.volume.read_ahead(handle, OPENED_EXTENTS_MAX, PAGE_SIZE, PREFETCH_MAX_PAGES)
         if spans:
             start = self._io.partition_start
             extents = [Extent(start + lba, count) for lba, count in spans]
-            await self.endpoint.send(self.cache, CachePrefetch(self.device, extents))
+            try:
+                self.endpoint.send_nowait(self.cache, CachePrefetch(self.device, extents))
+            except (anyio.WouldBlock, OSError) as exc:
+                self.log.debug("no read-ahead", error=str(exc) or type(exc).__name__)
 
     @handles(FsLookup)
     async def on_lookup(self, env: Envelope, msg: FsLookup) -> FsInfo:

@@ -17,6 +17,7 @@ import pytest
 
 import microkernel
 from microkernel.boot import System
+from microkernel.config import DeviceConfig, SystemConfig, default_capabilities
 from servers.fat.protocol import FIRST_CLUSTER
 from servers.fat.server import FatServer
 from tests.e2e.conftest import ImageFactory, fsck_ok, mtype
@@ -117,3 +118,27 @@ async def test_small_files_on_an_unaligned_volume(make_image: ImageFactory) -> N
         proc = await system.spawn("reader")
         for i in range(N):
             assert await proc.read_file(f"/d/f{i:02d}.bin") == content(i)
+
+
+async def test_a_table_without_read_ahead_or_direct_reads_still_reads_everything(
+    make_image: ImageFactory,
+) -> None:
+    """Both shortcuts are optional: a capability table that lets the file system send no
+    CachePrefetch and the kernel file driver no CacheRead falls back to MapRange, whole."""
+    image = make_image(FILES)
+    table = default_capabilities(["nvme0"], ["fat0"])
+    fs_rules = table["fat0"]
+    vfs_rules = table["vfs"]
+    assert isinstance(fs_rules, dict) and isinstance(vfs_rules, dict)
+    fs_rules["cache"] = [t for t in fs_rules["cache"] if t != "CachePrefetch"]
+    vfs_rules["cache"] = [t for t in vfs_rules["cache"] if t != "CacheRead"]
+    cfg = SystemConfig(memory="64M", devices=[DeviceConfig(image=str(image))],
+                       capabilities=dict(table))
+    async with microkernel.boot(config=cfg) as system:
+        proc = await system.spawn("reader")
+        before = dict(system.statistics().messages_by_type)
+        for i in range(N):
+            assert await proc.read_file(f"/d/f{i:02d}.bin") == content(i)
+        m = moved(system, before)
+        assert m["MapRange"] == N and m.get("CachePrefetch", 0) == 0
+        assert system.statistics().refusals_by_type["CachePrefetch"] >= 1
