@@ -21,7 +21,8 @@ forward stays behind the disk). Batches double from ``BATCH_FIRST`` to
 Pure (no I/O, h11 style): the volume says which entry of which directory was
 opened and how many pages an entry would want; this answers which entries to
 read ahead. Everything is bounded: entries looked at and pages per batch,
-one pass per directory, directories followed. A wrong guess costs clean cache
+one pass at a time per directory (a new one only after as many opens again as
+the last pass read ahead), directories followed. A wrong guess costs clean cache
 pages, reclaimed like any other.
 """
 
@@ -52,6 +53,8 @@ class _Sweep:
     done: bool = False  # the pass is back at its origin: every entry was looked at
     trigger: int = -1  # an open going forward to this entry index or past sends the next batch
     batch: int = BATCH_FIRST
+    chosen: int = 0  # entries the pass read ahead
+    since_done: int = 0  # opens since the pass ended: as many again as it chose is a new pass
 
     def reached(self, index: int) -> bool:
         """Whether the pass has looked at the entry at ``index``."""
@@ -98,6 +101,10 @@ class DirReadAhead:
                 self._sweeps.popitem(last=False)
             return []
         self._sweeps.move_to_end(directory)
+        if sweep.done:  # a reader going through the directory again gets a pass of its own
+            sweep.since_done += 1
+            if sweep.since_done > sweep.chosen:
+                sweep = self._sweeps[directory] = _Sweep(sweep.last)
         previous, sweep.last = sweep.last, index
         forward = index > previous
         if sweep.origin < 0:
@@ -141,6 +148,7 @@ class DirReadAhead:
             scanned += 1
         sweep.trigger = chosen[len(chosen) // 2].index if chosen else sweep.until
         sweep.batch = min(2 * sweep.batch, BATCH_MAX)
+        sweep.chosen += len(chosen)
         return chosen
 
     def forget(self, directory: int) -> None:

@@ -69,6 +69,18 @@ def test_a_reader_in_another_order_is_followed_by_misses() -> None:
     assert hits >= 290  # only opens before the pass got there missed
 
 
+def test_a_second_pass_over_the_directory_reads_ahead_again() -> None:
+    plan, slots = DirReadAhead(), directory(40)
+    first: set[int] = set()
+    for k in range(40):
+        first.update(indexes(plan.opened(3, slots, slots[k].index, one_page, MAX_PAGES)))
+    assert first == set(indexes(slots))  # from the second open to the end, then round
+    again: set[int] = set()
+    for k in range(40):  # the same reader once more: as many opens as the pass chose, then on
+        again.update(indexes(plan.opened(3, slots, slots[k].index, one_page, MAX_PAGES)))
+    assert again and again <= set(indexes(slots))
+
+
 def test_entries_not_worth_it_are_skipped_and_pages_bound_a_batch() -> None:
     plan, slots = DirReadAhead(), directory(100)
 
@@ -93,18 +105,22 @@ def test_directories_followed_are_bounded() -> None:
     opens=st.lists(st.integers(0, 119), max_size=200),
 )
 def test_one_pass_bounded_batches_and_only_wanted_entries(sizes: list[int], opens: list[int]) -> None:
-    """Whatever the opens: no entry is read ahead twice, a batch holds at most BATCH_MAX
-    entries and the page budget, and only entries worth it (pages > 0)."""
+    """Whatever the opens: a batch holds at most BATCH_MAX entries and the page budget,
+    only entries worth it (pages > 0), and an entry is read ahead again only in a new
+    pass, after more opens than there are such entries."""
     plan, slots = DirReadAhead(), directory(len(sizes))
     want = {s.index: n for s, n in zip(slots, sizes, strict=True)}
-    seen: set[int] = set()
-    for k in opens:
+    worth = sum(1 for n in sizes if 0 < n <= 40)
+    last: dict[int, int] = {}  # entry -> the open that last read it ahead
+    for t, k in enumerate(opens):
         batch = plan.opened(0, slots, slots[k % len(slots)].index, lambda s: want[s.index], 40)
         got = indexes(batch)
         assert len(got) <= BATCH_MAX and sum(want[i] for i in got) <= 40
         assert all(want[i] > 0 for i in got)
-        assert not seen & set(got)
-        seen.update(got)
+        assert len(set(got)) == len(got)
+        for i in got:
+            assert i not in last or t - last[i] > worth
+            last[i] = t
 
 
 # ------------------------------------------------------------------ the volume
