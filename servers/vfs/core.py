@@ -467,7 +467,10 @@ class RetainedFiles:
             return [*out, record]
         self.records[record.key] = record
         self.pages += len(record.pages)
-        while len(self.records) > self.max_files or self.pages > self.max_pages:
+        if len(self.records) > self.max_files:  # a sixteenth more at once: one Release for them
+            while len(self.records) > self.max_files - self.max_files // 16:
+                out.append(self._pop_oldest())
+        while self.pages > self.max_pages:
             out.append(self._pop_oldest())
         return out
 

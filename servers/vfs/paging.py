@@ -33,12 +33,13 @@ import anyio
 from microkernel.ipc import Endpoint, Envelope, Router
 from microkernel.memory import PhysicalMemory
 from microkernel.trace import current_corr, log
-from servers.cache.protocol import CacheFailed, PageSpan, Release, SectorsReady
+from servers.cache.protocol import CacheFailed, CacheRead, Extent, PageSpan, Release, SectorsReady
 from servers.fs.protocol import FileExtent, FsVolume, Mapped, MapRange
 from servers.vfs import core
 from servers.vfs.abi import DATA_OFFSET, DIRTY_OFFSET, PAGE_SIZE
 from servers.vfs.core import PRIVATE, BadHandle, CentralFile, FilePage, Span, Window
 from servers.vfs.filemap import FileMapFull
+from servers.vfs.opened import extents_for
 from servers.vfs.second_chance import AGE_INITIAL, scan
 
 GRACE_S: Final = 0.02  # removal -> clear entry -> unmap: longer than any prompt reader's lookup
@@ -64,6 +65,7 @@ class Fetch:
     error: OSError | None = None
     installed: bool = False
     owner: str = "vfs"  # who pays for the copy path's private frames (the asking process)
+    extents: list[FileExtent] | None = None  # known at the start (opened.py): no MapRange
 
 
 class Pager:
@@ -102,13 +104,16 @@ class Pager:
         pages: Sequence[int],
         window: Window | None,
         ahead: Iterable[Span] = (),
+        known: list[FileExtent] | None = None,
     ) -> None:
         """Bring ``pages`` into ``cfile.pages``: join fetches in flight, start the rest.
 
         Waiting ends early with EBADF when ``window`` starts closing. Pages
         dropped again while we waited (a shrink, a give-back) are fetched again.
         The ``ahead`` spans (read-ahead) are fetched too, started after ours so
-        they queue behind them, and waited for by nobody here.
+        they queue behind them, and waited for by nobody here. ``known``: the
+        file's extents as the open was told them (``opened.py``), for the first
+        round's fetches only.
         """
         owner = window.proc.port if window else "vfs"
         spans = core.spans_of(pages)
@@ -116,8 +121,9 @@ class Pager:
             waits = {t: self.fetches[t] for t, run in cfile.inflight.items()
                      if core.overlaps(run, spans)}
             for lo, hi in core.missing_spans(cfile, spans):
-                fetch = self._start_fetch(cfile, lo, hi, owner)
+                fetch = self._start_fetch(cfile, lo, hi, owner, known)
                 waits[fetch.tag] = fetch
+            known = None
             if ahead:
                 self.prefetch(cfile, core.missing_spans(cfile, ahead), owner)
                 ahead = ()
@@ -138,10 +144,15 @@ class Pager:
         for lo, hi in spans:
             self._start_fetch(cfile, lo, hi, owner)
 
-    def _start_fetch(self, cfile: CentralFile, lo: int, hi: int, owner: str) -> Fetch:
+    def _start_fetch(
+        self, cfile: CentralFile, lo: int, hi: int, owner: str,
+        known: list[FileExtent] | None = None,
+    ) -> Fetch:
         fetch = Fetch(self._new_tag(), cfile, range(lo, hi), owner=owner)
         self.fetches[fetch.tag] = fetch
         cfile.inflight[fetch.tag] = fetch.pages  # a run: consecutive pages
+        if known:
+            self._read_known(fetch, known)
 
         async def go() -> None:
             await self._run_fetch(fetch)
@@ -149,28 +160,52 @@ class Pager:
         self.spawn(go)
         return fetch
 
+    def _read_known(self, fetch: Fetch, known: list[FileExtent]) -> None:
+        """Ask the cache for the fetch's pages at once where the open's extents name them.
+
+        Sent before the caller awaits anything, so the extents are still the
+        file's (``opened.py``); a full cache inbox leaves it to ``MapRange``.
+        """
+        cfile = fetch.cfile
+        volume = self.volumes[cfile.fs]
+        extents = extents_for(known, fetch.pages[0], len(fetch.pages), cfile.info.size,
+                              volume.logical_sector_size)
+        if extents is None:
+            return
+        request = CacheRead(volume.device, [Extent(e.lba, e.count) for e in extents],
+                            self.endpoint.name, fetch.tag)
+        try:
+            self.endpoint.send_nowait(self.cache, request)
+        except (anyio.WouldBlock, OSError):  # a full inbox, a table without it: as before
+            return
+        fetch.extents = extents
+
     async def _run_fetch(self, fetch: Fetch) -> None:
         cfile = fetch.cfile
         start, length = fetch.pages[0] * PAGE_SIZE, len(fetch.pages) * PAGE_SIZE
         try:
             with fetch.scope:
-                mapped: Mapped = await self.endpoint.call(
-                    cfile.fs,
-                    MapRange(cfile.fs_handle, start, length, self.endpoint.name, fetch.tag,
-                             self._unwritten_from(cfile)),
-                    Mapped,
-                )
-                if not mapped.extents:
+                extents = fetch.extents
+                if extents is None:
+                    mapped: Mapped = await self.endpoint.call(
+                        cfile.fs,
+                        MapRange(cfile.fs_handle, start, length, self.endpoint.name, fetch.tag,
+                                 self._unwritten_from(cfile)),
+                        Mapped,
+                    )
+                    extents = mapped.extents
+                if not extents:
                     raise OSError(
                         errno.EIO,
                         f"{cfile.info.name}: no clusters behind bytes {start}..{start + length}",
                     )
-                with anyio.fail_after(FETCH_TIMEOUT_S):
-                    await self._traced_wait(fetch.arrived)
+                if not fetch.arrived.is_set():  # a hit asked at the start may be here already
+                    with anyio.fail_after(FETCH_TIMEOUT_S):
+                        await self._traced_wait(fetch.arrived)
                 if fetch.error is not None:
                     raise fetch.error
                 assert fetch.ready is not None
-                self._install(cfile, fetch.pages, mapped.extents, fetch.ready, fetch.owner)
+                self._install(cfile, fetch.pages, extents, fetch.ready, fetch.owner)
                 fetch.installed = True
         except OSError as exc:
             fetch.error = exc

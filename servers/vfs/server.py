@@ -35,6 +35,7 @@ from servers.cache.protocol import (
     SectorsReady,
 )
 from servers.fs.protocol import (
+    FileExtent,
     FsClose,
     FsFsync,
     FsInfo,
@@ -234,7 +235,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         if flags & OpenFlags.WRITE and self.volumes[fs].read_only:
             raise OSError(30, f"{label}: read-only file system")
         async with self._open_lock:
-            cfile, surplus = await self._central(fs, request)
+            cfile, surplus, known = await self._central(fs, request)
             window = self._new_window(proc, cfile, flags)
         # created by this open, empty, its reservation made with it: the writer's
         reserved = 0 if surplus or not request.reserve or cfile.size else cfile.reserved
@@ -247,7 +248,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                 elif flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
                     await self.flusher.set_size(cfile, 0)
                 elif flags & OpenFlags.READ:
-                    await self._map_up_front(window)
+                    await self._map_up_front(window, known)
             if not proc.alive or proc in self._exited:  # it exited while we opened
                 raise BadHandle(f"{label}: process {env.src} exited during its open")
         except BaseException:
@@ -256,13 +257,16 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             raise
         return Opened(window.handle, 0, cfile.size, self.volumes[fs].aligned, reserved)
 
-    async def _central(self, fs: str, request: FsOpen | FsOpenAt) -> tuple[CentralFile, int]:
+    async def _central(
+        self, fs: str, request: FsOpen | FsOpenAt
+    ) -> tuple[CentralFile, int, list[FileExtent]]:
         """The central file of what the request names, found by the file system's identity.
 
         Every open asks the file system (which resolves aliases, case and renamed
         parents to one entry and says which file that is); a second handle onto a
-        file already open is given back. Returns the central file and the file
-        system handle to give back (0: none).
+        file already open is given back. Returns the central file, the file
+        system handle to give back (0: none) and, for a central file made from
+        this very answer, the small file's extents it carried (``opened.py``).
         """
         opened: FsOpened = await self.endpoint.call(fs, request, FsOpened)
         key = (fs, opened.info.file_id)
@@ -270,10 +274,10 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         if retiring is not None:  # the last close is writing back: its size is not final yet
             await retiring.wait()
             info: FsInfo = await self.endpoint.call(fs, FsStatHandle(opened.handle), FsInfo)
-            opened = FsOpened(opened.handle, info)
+            opened = FsOpened(opened.handle, info)  # the extents may be stale: none
         cfile = self.files.get(key)
         if cfile is not None:
-            return cfile, opened.handle
+            return cfile, opened.handle, []
         (frame,) = self.memory.alloc("vfs", 1)
         self.memory.zero([frame])
         state = FileStatePage(self.memory.view(frame), writable=True)
@@ -287,14 +291,15 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             self._release_retained([record])
         cfile.publish()
         self.files[key] = cfile
-        return cfile, 0
+        return cfile, 0, opened.extents
 
-    async def _map_up_front(self, window: Window) -> None:
+    async def _map_up_front(self, window: Window, known: list[FileExtent]) -> None:
         """Map what the first reads will want before the open replies: no miss for them.
 
         The pages the file already has (kept from its last close, or another
         opener's), each contiguous run as one part, and a small file whole
-        (fetched here, so its open, read and close cost no ``CachePart``). An
+        (fetched here, so its open, read and close cost no ``CachePart``; with
+        the extents the open was told, ``known``, not even a ``MapRange``). An
         error here is the first read's to report, not the open's.
         """
         cfile = window.file
@@ -303,7 +308,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             return
         try:
             if len(pages) <= core.SMALL_FILE_PAGES and any(p not in cfile.pages for p in pages):
-                await self.pager.ensure_pages(cfile, pages, window)
+                await self.pager.ensure_pages(cfile, pages, window, known=known)
             self.pager.map_into(window, pages)
         except OSError as exc:
             self.log.debug("nothing mapped at open", file=cfile.info.name, error=str(exc))

@@ -285,6 +285,16 @@ def test_kept_files_are_an_lru_bounded_by_files_and_pages() -> None:
     assert taken is not None and kept.pages == 0 and kept.take(("fat0", 6)) is None
 
 
+def test_kept_files_past_the_bound_go_a_sixteenth_at_once() -> None:
+    """Reading many small files: one Release per 16 closes past the bound, not one each."""
+    kept = core.RetainedFiles(max_files=32, max_pages=1000)
+    for key in range(32):
+        assert kept.put(_record(key, 1)) == []
+    assert [r.key[1] for r in kept.put(_record(32, 1))] == [0, 1, 2]  # down to 30
+    assert len(kept) == 30
+    assert kept.put(_record(33, 1)) == [] and kept.put(_record(34, 1)) == []
+
+
 @given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 5)), max_size=40))
 @settings(max_examples=60, deadline=None)
 def test_kept_pages_are_counted_exactly(ops: list[tuple[int, int]]) -> None:
