@@ -209,6 +209,7 @@ class CacheSectorIO:
         return first <= page and page + self._per_page <= last
 
     async def _change_page(self, page: int, lba: int, data: memoryview) -> None:
+        self._check_writing()
         follow = self._follow_for(page)
         first = self._order.needs_first(page, follow)
         if first:  # a cycle: those pages go out now, before this change touches the page
@@ -263,9 +264,22 @@ class CacheSectorIO:
         async with self._lock:
             await self._write_groups(None if pages is None else set(pages))
 
-    async def _write_groups(self, pages: set[int] | None) -> None:
+    def _check_writing(self) -> None:
+        """Refuse any change or write-out once a group's write-out failed (lazy).
+
+        The failed group's pages were handed to the cache as dirty (``MarkDirty``)
+        and stay in ``_frames``: the cache writes them back on its own, which is
+        safe only for the bytes they held then (their prerequisites are durable).
+        A later change to such a page (an operation already running when the
+        write-out failed) would land in a dirty cache page and reach the disk
+        without the pages it must follow (docs/sim.md, seed 319). Nothing written
+        after a failed group could be ordered after it anyway, so nothing is.
+        """
         if self.write_failure is not None:
             raise OSError(5, f"metadata writes stopped after a failure ({self.write_failure})")
+
+    async def _write_groups(self, pages: set[int] | None) -> None:
+        self._check_writing()
         for group in self._order.plan(pages):
             ours = [p for p in group if not self._order.is_foreign(p)]
             try:

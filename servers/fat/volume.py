@@ -298,6 +298,7 @@ class FatVolume:
                 if self.write_error is None and self.io_error is None:
                     raise
         self._mounted = False  # no new operation; one still in flight may write below
+        self._note_write_failure()
         if not self.read_only and self.write_error is None:
             if self.boot.fat_type == 32:
                 await self._write_fsinfo()
@@ -370,12 +371,16 @@ class FatVolume:
         spc = self.boot.sectors_per_cluster
         return [(self.boot.cluster_to_sector(c), n * spc) for c, n in self.fat.runs(clusters)]
 
-    def _writable(self) -> None:
-        """Check the volume may change; a new operation starts (``SectorIO.begin``)."""
+    def _note_write_failure(self) -> None:
+        """A write-out that failed in the background (``SectorIO.write_failure``) stops writing."""
         if self.io.write_failure is not None and self.write_error is None:
             self.write_error = self.io.write_failure
             self.problems.append(f"metadata write failed, volume stopped writing: "
                                  f"{self.write_error}")
+
+    def _writable(self) -> None:
+        """Check the volume may change; a new operation starts (``SectorIO.begin``)."""
+        self._note_write_failure()
         if self.read_only:
             raise ReadOnlyVolume("volume is mounted read-only")
         if not self._mounted:
