@@ -1691,8 +1691,9 @@ class FatVolume:
         kept name is in; a mark left on a single name (a cut before the new name
         was written) is cleared. A file whose chain is longer than its size loses
         the tail, one whose chain is shorter (or cut by a free cluster) is shrunk
-        to the chain; allocated clusters no entry reaches (an allocation or a free
-        cut short) are freed. Each repair is a problem entry and counts in
+        to the chain, one whose first cluster is free is emptied, and a directory
+        entry whose first cluster is free is removed; allocated clusters no entry
+        reaches (an allocation or a free cut short) are freed. Each repair is a problem entry and counts in
         ``repairs``. Damage no write order explains (cycles, directory loops,
         cross-links inside chains) is left for ``check`` and EIO.
         """
@@ -1719,6 +1720,13 @@ class FatVolume:
                 if slot.entry.is_dot or slot.entry.is_label:
                     continue
                 child, cl = f"{path}/{slot.name}", slot.entry.cluster
+                if slot.entry.is_dir and cl and self._first_cluster_free(cl):
+                    # The name reached the disk, the directory's FAT entry did not (or was
+                    # freed first): what its cluster holds is no directory; the name goes.
+                    await self._delete_slot(d, slot)
+                    self._repaired(f"{child}: directory's first cluster {cl} is free; "
+                                   "entry removed")
+                    continue
                 named = _Named(child, d.key, slot)
                 if cl and cl in names:
                     if not await self._keep_one_name(names[cl], named):
