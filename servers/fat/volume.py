@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from microkernel.trace import log
@@ -353,12 +353,35 @@ class FatVolume:
         await self._barrier()  # zero fill before links, entries before frees (docs/fat.md)
         active = self.boot.active_fat
         copies = [active] if active is not None else range(self.boot.num_fats)
+        self._one_write_per_page(copies)
+        runs = self.fat.dirty_runs()
         for n in copies:
             base = self.boot.fat_start + n * self.boot.fat_size
             for first, data in runs:
                 await self._write(base + first, data)
         self.fat.clear_dirty()
         await self._discard_freed()
+
+    def _one_write_per_page(self, copies: Iterable[int]) -> None:
+        """Dirty FAT sectors that share a 4 KiB page of a copy become one run (one write).
+
+        ``_link`` writes a new chain and its link without a barrier when they lie
+        in one page, since a page reaches the disk whole. Through the cache that
+        holds only if one write carries both: with eager barriers the cache may
+        write the page back between two writes of it (a link to a cluster still
+        free on the disk; the power-cut sweep found it on FAT12, seed 3). The
+        sectors between are rewritten with what the disk already holds.
+        """
+        bps = self.boot.bytes_per_sector
+        dirty = sorted(self.fat.dirty_sectors)
+        for n in copies:
+            base = self.io.partition_offset + (self.boot.fat_start + n * self.boot.fat_size) * bps
+            by_page: dict[int, list[int]] = {}
+            for sector in dirty:
+                by_page.setdefault((base + sector * bps) // PAGE_BYTES, []).append(sector)
+            for sectors in by_page.values():
+                for sector in range(sectors[0], sectors[-1] + 1):
+                    self.fat.mark_sector_dirty(sector)
 
     async def _discard_freed(self) -> None:
         """Freed clusters' cached pages are dropped, so nothing is written back for them."""
