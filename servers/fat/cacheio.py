@@ -86,7 +86,9 @@ class CacheSectorIO:
         self._frames: dict[int, int] = {}  # page held (pinned, pending) -> its frame
         self._since: set[int] = set()  # lazy: pages this operation changed since its barrier
         self._follow: set[int] = set()  # lazy: pages this operation's next changes follow
-        self._lock = anyio.Lock()  # a write-out and a change never interleave
+        # A write-out and a change never interleave. No checkpoint when the lock is free:
+        # cheaper, and a legal task order the code must be right under (docs/sim.md).
+        self._lock = anyio.Lock(fast_acquire=True)
         self._sealed = False  # unmount queued its last writes (seal)
         self._copies: list[tuple[int, int]] = []  # device lba, count of each FAT copy
         self._data_start = 0  # first device page that file data may share (set_layout)
@@ -209,6 +211,7 @@ class CacheSectorIO:
         return first <= page and page + self._per_page <= last
 
     async def _change_page(self, page: int, lba: int, data: memoryview) -> None:
+        self._check_writing()
         follow = self._follow_for(page)
         first = self._order.needs_first(page, follow)
         if first:  # a cycle: those pages go out now, before this change touches the page
@@ -263,9 +266,22 @@ class CacheSectorIO:
         async with self._lock:
             await self._write_groups(None if pages is None else set(pages))
 
-    async def _write_groups(self, pages: set[int] | None) -> None:
+    def _check_writing(self) -> None:
+        """Refuse any change or write-out once a group's write-out failed (lazy).
+
+        The failed group's pages were handed to the cache as dirty (``MarkDirty``)
+        and stay in ``_frames``: the cache writes them back on its own, which is
+        safe only for the bytes they held then (their prerequisites are durable).
+        A later change to such a page (an operation already running when the
+        write-out failed) would land in a dirty cache page and reach the disk
+        without the pages it must follow (docs/sim.md, seed 319). Nothing written
+        after a failed group could be ordered after it anyway, so nothing is.
+        """
         if self.write_failure is not None:
             raise OSError(5, f"metadata writes stopped after a failure ({self.write_failure})")
+
+    async def _write_groups(self, pages: set[int] | None) -> None:
+        self._check_writing()
         for group in self._order.plan(pages):
             ours = [p for p in group if not self._order.is_foreign(p)]
             try:

@@ -373,6 +373,10 @@ class FatTable:
             out.append((first, bytes(self._raw[first * ss:(first + n) * ss])))
         return out
 
+    @property
+    def dirty_sectors(self) -> frozenset[int]:
+        return frozenset(self._dirty)
+
     def mark_sector_dirty(self, index: int) -> None:
         self._dirty.add(index)
 

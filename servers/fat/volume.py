@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from microkernel.trace import log
@@ -300,6 +300,7 @@ class FatVolume:
                 if self.write_error is None and self.io_error is None:
                     raise
         self._mounted = False  # no new operation; one still in flight may write below
+        self._note_write_failure()
         if not self.read_only and self.write_error is None:
             if self.boot.fat_type == 32:
                 await self._write_fsinfo()
@@ -354,12 +355,35 @@ class FatVolume:
         await self._barrier()  # zero fill before links, entries before frees (docs/fat.md)
         active = self.boot.active_fat
         copies = [active] if active is not None else range(self.boot.num_fats)
+        self._one_write_per_page(copies)
+        runs = self.fat.dirty_runs()
         for n in copies:
             base = self.boot.fat_start + n * self.boot.fat_size
             for first, data in runs:
                 await self._write(base + first, data)
         self.fat.clear_dirty()
         await self._discard_freed()
+
+    def _one_write_per_page(self, copies: Iterable[int]) -> None:
+        """Dirty FAT sectors that share a 4 KiB page of a copy become one run (one write).
+
+        ``_link`` writes a new chain and its link without a barrier when they lie
+        in one page, since a page reaches the disk whole. Through the cache that
+        holds only if one write carries both: with eager barriers the cache may
+        write the page back between two writes of it (a link to a cluster still
+        free on the disk; the power-cut sweep found it on FAT12, seed 3). The
+        sectors between are rewritten with what the disk already holds.
+        """
+        bps = self.boot.bytes_per_sector
+        dirty = sorted(self.fat.dirty_sectors)
+        for n in copies:
+            base = self.io.partition_offset + (self.boot.fat_start + n * self.boot.fat_size) * bps
+            by_page: dict[int, list[int]] = {}
+            for sector in dirty:
+                by_page.setdefault((base + sector * bps) // PAGE_BYTES, []).append(sector)
+            for sectors in by_page.values():
+                for sector in range(sectors[0], sectors[-1] + 1):
+                    self.fat.mark_sector_dirty(sector)
 
     async def _discard_freed(self) -> None:
         """Freed clusters' cached pages are dropped, so nothing is written back for them."""
@@ -372,12 +396,16 @@ class FatVolume:
         spc = self.boot.sectors_per_cluster
         return [(self.boot.cluster_to_sector(c), n * spc) for c, n in self.fat.runs(clusters)]
 
-    def _writable(self) -> None:
-        """Check the volume may change; a new operation starts (``SectorIO.begin``)."""
+    def _note_write_failure(self) -> None:
+        """A write-out that failed in the background (``SectorIO.write_failure``) stops writing."""
         if self.io.write_failure is not None and self.write_error is None:
             self.write_error = self.io.write_failure
             self.problems.append(f"metadata write failed, volume stopped writing: "
                                  f"{self.write_error}")
+
+    def _writable(self) -> None:
+        """Check the volume may change; a new operation starts (``SectorIO.begin``)."""
+        self._note_write_failure()
         if self.read_only:
             raise ReadOnlyVolume("volume is mounted read-only")
         if not self._mounted:
@@ -1743,8 +1771,9 @@ class FatVolume:
         kept name is in; a mark left on a single name (a cut before the new name
         was written) is cleared. A file whose chain is longer than its size loses
         the tail, one whose chain is shorter (or cut by a free cluster) is shrunk
-        to the chain; allocated clusters no entry reaches (an allocation or a free
-        cut short) are freed. Each repair is a problem entry and counts in
+        to the chain, one whose first cluster is free is emptied, and a directory
+        entry whose first cluster is free is removed; allocated clusters no entry
+        reaches (an allocation or a free cut short) are freed. Each repair is a problem entry and counts in
         ``repairs``. Damage no write order explains (cycles, directory loops,
         cross-links inside chains) is left for ``check`` and EIO.
         """
@@ -1771,6 +1800,13 @@ class FatVolume:
                 if slot.entry.is_dot or slot.entry.is_label:
                     continue
                 child, cl = f"{path}/{slot.name}", slot.entry.cluster
+                if slot.entry.is_dir and cl and self._first_cluster_free(cl):
+                    # The name reached the disk, the directory's FAT entry did not (or was
+                    # freed first): what its cluster holds is no directory; the name goes.
+                    await self._delete_slot(d, slot)
+                    self._repaired(f"{child}: directory's first cluster {cl} is free; "
+                                   "entry removed")
+                    continue
                 named = _Named(child, d.key, slot)
                 if cl and cl in names:
                     if not await self._keep_one_name(names[cl], named):

@@ -7,13 +7,15 @@ pending group are not handed out again until the free is durable.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 
 import microkernel
 from microkernel.config import CacheConfig, DeviceConfig, SystemConfig
-from servers.cache.protocol import PageRef
+from microkernel.crashcheck import damage, fsck
+from servers.cache.protocol import MarkDirty, PageRef, Writeback
 from servers.fat.cacheio import CacheSectorIO
 from servers.fat.fat_table import FatTable
 from servers.fat.server import FatServer
@@ -180,3 +182,49 @@ async def test_an_operation_stopped_part_way_hands_its_order_to_the_next(
         # The cleared entry is durable already (written out first) or goes in an earlier group.
         assert all(e not in where or where[e] < where[f]
                    for e in entry_pages for f in fat_pages), groups
+
+
+async def test_a_change_after_a_failed_write_out_does_not_reach_its_dirty_pages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background write-out fails after its last group was handed to the cache as dirty
+    (``MarkDirty``) while a mkdir, already past its start, waits for a page. The mkdir's
+    later changes must not land in those dirty pages (still held): the cache writes them
+    back on its own, and the root's new entry would reach the disk without the FAT entry
+    it names (an entry naming a free cluster: docs/sim.md, seed 319)."""
+    require_tool("fsck.fat")
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=16 * 2**20, fat=16)
+    async with microkernel.boot(config=_quiet(image)) as system:
+        io = _io(system)
+        fat = system.server("fat0")
+        assert isinstance(fat, FatServer)
+        vol = fat.volume
+        scale = vol.boot.bytes_per_sector // io.sector_size
+        root_page = io._page_of(io.partition_start + vol.boot.root_dir_start * scale)
+        await vol.mkdir("/a")  # pending: its cluster, then both FAT copies, then the root
+        assert root_page in io._order
+        real_call, real_map = io._idempotent, io._map
+
+        async def root_group_fails(msg: MarkDirty | Writeback, timeout: float) -> None:
+            if isinstance(msg, Writeback) and root_page in msg.pages:
+                raise OSError(errno.EIO, "the device refused the group (simulated)")
+            await real_call(msg, timeout)
+
+        async def write_out_fails_meanwhile(lba: int, count: int, *,
+                                            zero_fill: bool) -> list[PageRef]:
+            refs = await real_map(lba, count, zero_fill=zero_fill)
+            if io.write_failure is None:  # the background writer ran while this map waited
+                with pytest.raises(OSError):
+                    await io._write_groups(None)
+            return refs
+
+        monkeypatch.setattr(io, "_idempotent", root_group_fails)
+        monkeypatch.setattr(io, "_map", write_out_fails_meanwhile)
+        with pytest.raises(OSError) as stopped:
+            await vol.mkdir("/b")  # its new cluster's page, then the FAT: refused
+        assert stopped.value.errno == errno.EIO
+        assert io.write_failure is not None
+        with pytest.raises(OSError):
+            await vol.mkdir("/c")
+    _, lines = fsck(image)
+    assert damage(lines) == [], lines

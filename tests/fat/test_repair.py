@@ -125,6 +125,29 @@ async def test_an_entry_whose_first_cluster_is_free_is_emptied(tmp_path: Path, f
 
 
 @FATS
+async def test_a_directory_entry_whose_first_cluster_is_free_is_removed(
+        tmp_path: Path, fat: int) -> None:
+    """A mkdir's name reached the disk but its cluster's FAT entry did not (docs/sim.md,
+    seed 319, before its fix; fsck: 'Contains a free cluster'): the name is removed."""
+    image = _image(tmp_path, fat)
+    vol, io = await _crashed(image)
+    await vol.mkdir("/keep")
+    await vol.mkdir("/gone")
+    await vol.create("/keep/f.bin")
+    await vol.write("/keep/f.bin", 0, b"k" * 100)
+    first = (await vol.stat("/gone")).first_cluster
+    vol.fat.set(first, 0)  # the directory's FAT entry lost, its name kept
+    await vol.fsync()
+    io.close()
+    vol = await _remount(image)
+    assert vol.repairs >= 1 and any("is free; entry removed" in p for p in vol.problems)
+    with pytest.raises(FileNotFoundError):
+        await vol.stat("/gone")
+    assert await vol.read("/keep/f.bin") == b"k" * 100
+    await _finish(vol, image)
+
+
+@FATS
 async def test_a_rename_cut_between_its_entries_keeps_one_name(tmp_path: Path, fat: int) -> None:
     image = _image(tmp_path, fat)
     vol, io = await _crashed(image)
