@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -405,6 +406,9 @@ def stale_pages(window: Window, generations: dict[int, int]) -> list[int]:
 
 
 # ------------------------------------------------------------------ dirty pages
+_SET_BYTES: Final = re.compile(rb"[^\x00]+")
+
+
 def take_dirty(window: Window, memory: PhysicalMemory, first: int, count: int) -> list[int]:
     """Read and clear the dirty-map bytes of pages ``first .. first+count-1``.
 
@@ -419,13 +423,10 @@ def take_dirty(window: Window, memory: PhysicalMemory, first: int, count: int) -
             continue
         lo, hi = max(first, m * PAGES_PER_MAP_PAGE), min(end, (m + 1) * PAGES_PER_MAP_PAGE)
         view = memory.view(frame + lo - m * PAGES_PER_MAP_PAGE, hi - lo)
-        chunk = bytes(view)
-        if chunk.count(0) == len(chunk):
-            continue
-        for i, byte in enumerate(chunk):
-            if byte:
-                view[i] = 0
-                out.append(lo + i)
+        for run in _SET_BYTES.finditer(bytes(view)):  # runs of set bytes, found in C
+            a, b = run.span()
+            view[a:b] = bytes(b - a)
+            out.extend(range(lo + a, lo + b))
     return out
 
 
