@@ -194,13 +194,20 @@ class FatServer(Server):
         """
         vol = self.volume
         info = self._info(await vol.stat(handle))
+        reserved: list[FileExtent] = []
         if reserve > 0 and info.size == 0 and vol.allocated(handle) == 0 and not vol.read_only:
             try:
-                await vol.set_size(handle, reserve, zero_fill=True, allocate_only=True)
+                start = self._io.partition_start
+                reserved = [
+                    FileExtent(e.file_offset, start + e.lba, e.count)
+                    for e in await vol.set_size(handle, reserve, zero_fill=True,
+                                                allocate_only=True)
+                ]
             except OSError as exc:
                 self.log.debug("no reservation at open", file=info.name, error=str(exc))
             info = self._info(await vol.stat(handle))
-        return FsOpened(handle, msgspec.structs.replace(info, alloc_size=vol.allocated(handle)))
+        info = msgspec.structs.replace(info, alloc_size=vol.allocated(handle))
+        return FsOpened(handle, info, reserved)
 
     @handles(FsLookup)
     async def on_lookup(self, env: Envelope, msg: FsLookup) -> FsInfo:

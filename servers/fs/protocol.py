@@ -275,8 +275,13 @@ FsRequest = (
 
 # ------------------------------------------------------------------- replies
 class FsOpened(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Reply to FsOpen/FsOpenAt. ``reserved``: the clusters of the reservation the open
+    made (device-absolute, as ``Mapped``'s), never written: their pages are zeros the
+    cache hands out without a ``MapRange``."""
+
     handle: int
     info: FsInfo
+    reserved: list[FileExtent] = msgspec.field(default_factory=list)
 
 
 class FsDir(msgspec.Struct, frozen=True, gc=False, tag=True):

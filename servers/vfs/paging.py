@@ -33,7 +33,7 @@ import anyio
 from microkernel.ipc import Endpoint, Envelope, Router
 from microkernel.memory import PhysicalMemory
 from microkernel.trace import current_corr, log
-from servers.cache.protocol import CacheFailed, PageSpan, Release, SectorsReady
+from servers.cache.protocol import CacheFailed, CacheRead, Extent, PageSpan, Release, SectorsReady
 from servers.fs.protocol import FileExtent, FsVolume, Mapped, MapRange
 from servers.vfs import core
 from servers.vfs.abi import DATA_OFFSET, DIRTY_OFFSET, PAGE_SIZE
@@ -64,6 +64,7 @@ class Fetch:
     error: OSError | None = None
     installed: bool = False
     owner: str = "vfs"  # who pays for the copy path's private frames (the asking process)
+    zeros: list[FileExtent] | None = None  # unwritten clusters, known: no MapRange (a create)
 
 
 class Pager:
@@ -102,20 +103,23 @@ class Pager:
         pages: list[int],
         window: Window | None,
         ahead: Iterable[int] = (),
+        zeros: list[FileExtent] | None = None,
     ) -> None:
         """Bring ``pages`` into ``cfile.pages``: join fetches in flight, start the rest.
 
         Waiting ends early with EBADF when ``window`` starts closing. Pages
         dropped again while we waited (a shrink, a give-back) are fetched again.
         The ``ahead`` pages (read-ahead) are fetched too, started after ours so
-        they queue behind them, and waited for by nobody here.
+        they queue behind them, and waited for by nobody here. ``zeros``: the
+        clusters behind ``pages`` (one run), reserved and never written, whose
+        zero pages the cache hands out without asking the file system.
         """
         owner = window.proc.port if window else "vfs"
         for _ in range(ENSURE_ATTEMPTS):
             waits = {t: self.fetches[t] for t, run in cfile.inflight.items()
                      if pages and core.overlaps(run, pages)}
             for run in core.runs(core.missing_pages(cfile, pages)):
-                fetch = self._start_fetch(cfile, run, owner)
+                fetch = self._start_fetch(cfile, run, owner, zeros if run == pages else None)
                 waits[fetch.tag] = fetch
             if ahead:
                 self.prefetch(cfile, core.missing_pages(cfile, ahead), owner)
@@ -137,8 +141,11 @@ class Pager:
         for run in core.runs(pages):
             self._start_fetch(cfile, run, owner)
 
-    def _start_fetch(self, cfile: CentralFile, run: list[int], owner: str) -> Fetch:
-        fetch = Fetch(self._new_tag(), cfile, run, owner=owner)
+    def _start_fetch(
+        self, cfile: CentralFile, run: list[int], owner: str,
+        zeros: list[FileExtent] | None = None,
+    ) -> Fetch:
+        fetch = Fetch(self._new_tag(), cfile, run, owner=owner, zeros=zeros)
         self.fetches[fetch.tag] = fetch
         cfile.inflight[fetch.tag] = range(run[0], run[-1] + 1)  # a run: consecutive pages
 
@@ -153,12 +160,18 @@ class Pager:
         start, length = fetch.pages[0] * PAGE_SIZE, len(fetch.pages) * PAGE_SIZE
         try:
             with fetch.scope:
-                mapped: Mapped = await self.endpoint.call(
-                    cfile.fs,
-                    MapRange(cfile.fs_handle, start, length, self.endpoint.name, fetch.tag,
-                             self._unwritten_from(cfile)),
-                    Mapped,
-                )
+                if fetch.zeros is not None:  # a reservation's clusters: straight to the cache
+                    device, me = self.volumes[cfile.fs].device, self.endpoint.name
+                    found = [Extent(e.lba, e.count) for e in fetch.zeros]
+                    await self.endpoint.send(self.cache, CacheRead(device, found, me, fetch.tag, True))
+                    mapped = Mapped(fetch.tag, cfile.info.size, fetch.zeros)
+                else:
+                    mapped = await self.endpoint.call(
+                        cfile.fs,
+                        MapRange(cfile.fs_handle, start, length, self.endpoint.name, fetch.tag,
+                                 self._unwritten_from(cfile)),
+                        Mapped,
+                    )
                 if not mapped.extents:
                     raise OSError(
                         errno.EIO,
