@@ -89,11 +89,17 @@ class Release(msgspec.Struct, frozen=True, gc=False, tag=True):
 
 
 class MarkDirty(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """The sender changed these pages' bytes in place; they must be written back."""
+    """The sender changed these pages' bytes in place; they must be written back.
+
+    ``write``: write them now, as ``Writeback`` of the same pages would (no flush):
+    the reply comes once they are on the device, so the sender meets a write
+    error, and one message does both.
+    """
 
     device: str
     pages: list[int]
     runs: list[PageSpan] = msgspec.field(default_factory=list)  # and these page runs
+    write: bool = False
 
 
 class Writeback(msgspec.Struct, frozen=True, gc=False, tag=True):

@@ -499,7 +499,11 @@ class CacheServer(Server):
 
     @handles(MarkDirty)
     async def on_mark_dirty(self, env: Envelope, msg: MarkDirty) -> None:
-        self.core.mark_dirty_runs(msg.device, self._runs(msg.device, msg.pages, msg.runs))
+        runs = self._runs(msg.device, msg.pages, msg.runs)
+        self.core.mark_dirty_runs(msg.device, runs)
+        if msg.write and runs:
+            device = self._device(msg.device)
+            await self._writeback(device, merge_runs(runs, device.pages.spp))
 
     @handles(Invalidate)
     async def on_invalidate(self, env: Envelope, msg: Invalidate) -> None:
@@ -553,9 +557,12 @@ class CacheServer(Server):
             return
         errors: list[OSError] = []
         try:
-            async with anyio.create_task_group() as tg:
-                for store in stores:
-                    tg.start_soon(self._store, device, store, errors)
+            if len(stores) == 1:  # the usual small write: no task group to start
+                await self._store(device, stores[0], errors)
+            else:
+                async with anyio.create_task_group() as tg:
+                    for store in stores:
+                        tg.start_soon(self._store, device, store, errors)
         finally:
             self._signal_settled()
         if errors:

@@ -223,9 +223,12 @@ class FatServer(Server):
             await self.volume.close(msg.handle)
             return
         written = (msg.write_start, msg.write_end) if 0 <= msg.write_start < msg.write_end else None
+        io = self._io
+        io.data_written = msg.data_written and written is not None
         try:
             await self.volume.set_size(msg.handle, msg.size, zero_fill=True, written=written)
         finally:  # the handle goes whatever the publish met; its error is the reply
+            io.data_written = False
             await self.volume.close(msg.handle)
 
     @handles(FsStat)

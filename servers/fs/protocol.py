@@ -90,13 +90,17 @@ class FsClose(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
     The publish is the growing ``FsSetSize`` of a last close (``write_start``/
     ``write_end`` as there): the file system writes the data pages before the
     entry and stamps the modification time; the handle is closed even when
-    the publish fails, and the publish's error is the reply.
+    the publish fails, and the publish's error is the reply. ``data_written``:
+    the sender has written those data pages to the device (``MarkDirty(write=True)``,
+    not flushed) and met any error itself, so the file system writes them no
+    second time; they are still flushed before the entry, as always.
     """
 
     handle: int
     size: int = -1
     write_start: int = -1
     write_end: int = -1
+    data_written: bool = False  # the sender wrote those data pages to the device already
 
 
 class FsStat(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):

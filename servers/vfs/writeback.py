@@ -85,7 +85,10 @@ class Flusher:
         into ``FsClose``, :meth:`close_request`).
         """
         async with self._lock(cfile):
-            await self._write_back(cfile, durable)
+            # A last close (no publish here) writes a growth's pages at once: it must meet
+            # their write error, and the file system then need not write them again.
+            grows = not publish and cfile.size > cfile.info.size
+            cfile.data_written = await self._write_back(cfile, durable, write=grows) and grows
             released = self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
             if publish:
                 await self.publish(cfile)  # the pins went back first: the file system needs frames
@@ -107,22 +110,31 @@ class Flusher:
         cfile.published = size
         cfile.info = msgspec.structs.replace(cfile.info, size=size)
         cfile.modified = False  # the publish stamps the modification time
-        return FsClose(cfile.fs_handle, size, disk, size)
+        return FsClose(cfile.fs_handle, size, disk, size, cfile.data_written)
 
-    async def _write_back(self, cfile: CentralFile, durable: bool) -> None:
+    async def _write_back(self, cfile: CentralFile, durable: bool, *, write: bool = False) -> bool:
+        """Hand the dirty pages over; with ``durable`` or ``write`` also onto the device.
+
+        Returns whether every page handed over is on the device (``write``, and no
+        private page copied back: those pages may hold bytes of an earlier handover).
+        """
         self.collect(cfile)
         marked, private = core.writeback_plan(cfile)
         volume = self.volumes[cfile.fs]
         written: list[int] = []
         for fp in private:
             written.extend(await self._copy_back(volume, fp))
-        if marked:
-            await self.endpoint.call(self.cache, MarkDirty(volume.device, marked), Ok)
-        if durable and (marked or written):
-            lbas = sorted({*marked, *written})
+        now = durable or write
+        if marked:  # marked and, for an fsync or a close's growth, written in one message
             await self.endpoint.call(
-                self.cache, Writeback(volume.device, lbas), Ok, timeout=WRITEBACK_TIMEOUT_S
+                self.cache, MarkDirty(volume.device, marked, write=now), Ok,
+                timeout=WRITEBACK_TIMEOUT_S if now else 30.0,
             )
+        if now and written:
+            await self.endpoint.call(
+                self.cache, Writeback(volume.device, written), Ok, timeout=WRITEBACK_TIMEOUT_S
+            )
+        return write and not private
 
     async def _copy_back(self, volume: FsVolume, fp: FilePage) -> list[int]:
         ss, device = volume.logical_sector_size, volume.device
