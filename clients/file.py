@@ -395,15 +395,15 @@ class File:
 
         Each reservation's room beyond its write is at least double the last
         one's (bounded by ``RESERVE_MAX``): N extending writes cost O(log N)
-        reservations up to the bound. The kernel maps the pages of the bytes
-        ``start`` to ``end`` (the write about to be stored) in the same call, so
-        the write needs no ``CachePart``. Only those: a page the cache supplies
-        as zeros is dirty there, so mapping the room too would write zeros to
-        disk for every page of it the file never fills.
+        reservations up to the bound. The kernel maps the pages from ``start``
+        (the write about to be stored) to the end of the room in the same call,
+        so neither this write nor the next ones inside the room need a
+        ``CachePart``: the cache hands reserved pages out as clean zeros, which
+        write nothing unless this process stores into them.
         """
         slack = min(max(end - self.size, RESERVE_MIN, 2 * self._slack), RESERVE_MAX)
         try:
-            await self._call(SetSize(self.handle, end + slack, True, start, end), SizeSet)
+            await self._call(SetSize(self.handle, end + slack, True, start, end + slack), SizeSet)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise

@@ -62,7 +62,9 @@ class CacheRead(msgspec.Struct, frozen=True, gc=False, tag=True):
     """Bring the pages covering ``extents`` in; answer ``notify`` with ``SectorsReady(tag)``.
 
     ``zero_fill``: the extents are newly allocated space, so pages lying wholly
-    inside them are zero-filled frames, never read from the disk.
+    inside them are zero-filled frames, never read from the disk. Those pages
+    are handed out clean (zeros that write nothing unless the holder marks them
+    dirty): a writer may map reserved room it never fills.
     """
 
     device: str
@@ -73,7 +75,8 @@ class CacheRead(msgspec.Struct, frozen=True, gc=False, tag=True):
 
 
 class CacheMap(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """Same as ``CacheRead`` but answered to the caller with ``Pages`` (metadata access)."""
+    """Same as ``CacheRead`` but answered to the caller with ``Pages`` (metadata access);
+    zero-filled pages are dirty (the zeros are written)."""
 
     device: str
     extents: list[Extent]

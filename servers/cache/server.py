@@ -231,7 +231,9 @@ class CacheServer(Server):
         key = next(self._read_ids)
         self._open_reads[key] = msg  # left behind only if a crash cancels us: restart() answers
         try:
-            waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill, msg.notify)
+            # a file's pages: zero-filled ones stay clean until their holder marks them
+            waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill, msg.notify,
+                                       zero_dirty=False)
         except OSError as exc:
             del self._open_reads[key]
             err, message = _errno_of(exc)
@@ -262,17 +264,19 @@ class CacheServer(Server):
         return True
 
     async def _fetch(
-        self, name: str, extents: list[Extent], zero_fill: bool, holder: str
+        self, name: str, extents: list[Extent], zero_fill: bool, holder: str,
+        *, zero_dirty: bool = True,
     ) -> Waiter:
         """Admit a request, load what is missing, wait for what others load; return it pinned
-        for ``holder``."""
+        for ``holder``. ``zero_dirty=False``: zero-filled pages are handed out clean
+        (``PageCache.admit_runs``)."""
         device = self._device(name)
         runs = device.pages.page_runs(extents)
         total = sum(n for _, n in runs)
         if total > self.capacity:
             raise CacheFull(f"request for {total} pages exceeds the cache of {self.capacity}")
         whole = device.pages.whole_pages(extents) if zero_fill else set()
-        admission = await self._admit(device, runs, whole, holder)
+        admission = await self._admit(device, runs, whole, holder, zero_dirty)
         waiter = admission.waiter
         self.memory.zero(admission.zero)
         self._count(hits=admission.hits, misses=sum(load.count for load in admission.to_read))
@@ -316,7 +320,8 @@ class CacheServer(Server):
 
     # -------------------------------------------------------------- admission
     async def _admit(
-        self, device: CachedDevice, runs: list[tuple[int, int]], whole: set[int], holder: str
+        self, device: CachedDevice, runs: list[tuple[int, int]], whole: set[int], holder: str,
+        zero_dirty: bool = True,
     ) -> Admission:
         """Find frames for the absent pages, reclaiming as needed, then admit without awaiting."""
         for _ in range(_ADMIT_ATTEMPTS):
@@ -324,7 +329,8 @@ class CacheServer(Server):
             frames = self._allocate(device, need)
             if frames is not None:
                 admission = self.core.admit_runs(
-                    device.name, runs, whole, frames, holder, device.max_pages
+                    device.name, runs, whole, frames, holder, device.max_pages,
+                    zero_dirty=zero_dirty,
                 )
                 if self._free_count() < self._low:
                     self._kick()

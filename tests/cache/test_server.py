@@ -25,7 +25,7 @@ from servers.cache.protocol import (
     Release,
     Writeback,
 )
-from tests.cache.harness import GUARD_S, CountingAhci, System, booted
+from tests.cache.harness import GUARD_S, CountingAhci, System, booted, sector_pattern
 
 pytestmark = pytest.mark.anyio
 
@@ -133,15 +133,28 @@ async def test_unknown_device_and_oversized_requests_are_typed_errors(tmp_path: 
 
 
 async def test_zero_fill_pages_are_not_read_from_disk(tmp_path: Path) -> None:
+    """CacheRead (a file's reserved room): clean zeros, written only once marked dirty."""
     async with booted(tmp_path) as s:
         ready = await s.read(4, 24, zero_fill=True)  # page 0 and 24 partly, 8 and 16 wholly
         assert [(r.lba, r.count) for r in s.reads] == [(0, 8), (24, 8)]
         frames = {p.lba: s.frame(p.phys) for p in ready.pages}
         assert frames[8] == frames[16] == bytes(PAGE_SIZE)
         assert frames[0] == s.expected_page(0) and frames[24] == s.expected_page(24)
-        assert s.cache.cache_stats().pages_dirty == 2  # the zeros must reach the disk
+        assert s.cache.cache_stats().pages_dirty == 0  # clean: nothing written unless marked
         await s.call(Writeback("disk"))
-        assert s.disk_sector(8) == bytes(512) and s.disk_sector(0) != bytes(512)
+        assert s.disk_sector(8) == sector_pattern(8, 512) == s.expected_page(8)[:512]
+        await s.call(MarkDirty("disk", [16]))  # the holder stored into it: now it goes out
+        await s.call(Writeback("disk"))
+        assert s.disk_sector(16) == bytes(512) and s.disk_sector(8) == sector_pattern(8, 512)
+
+
+async def test_zero_fill_of_a_cache_map_is_dirty(tmp_path: Path) -> None:
+    """CacheMap (metadata, zero fills of the file system): the zeros must reach the disk."""
+    async with booted(tmp_path) as s:
+        await s.map(8, 16, zero_fill=True)
+        assert s.reads == [] and s.cache.cache_stats().pages_dirty == 2
+        await s.call(Writeback("disk"))
+        assert s.disk_sector(8) == bytes(512) and s.disk_sector(16) == bytes(512)
 
 
 # ------------------------------------------------------------- replacement
