@@ -148,6 +148,7 @@ class CacheServer(Server):
         self._frames = 0
         self._waiting: dict[Waiter, anyio.Event] = {}
         self._open_reads: dict[int, CacheRead] = {}
+        self._flushed: set[str] = set()  # devices with no write completed since a flush was sent
         self._read_ids = itertools.count()
         self.quarantined: list[int] = []  # frames a crash left to a driver's in-flight DMA
         self._rounds: dict[int, _GiveBackRound] = {}
@@ -539,13 +540,29 @@ class CacheServer(Server):
         runs = merge_runs(self._runs(msg.device, msg.pages, msg.runs), device.pages.spp)
         await self._writeback(device, runs or None)
         if msg.flush:
-            await self._command(device, Flush())
+            await self._flush(device)
 
     @handles(FlushDevice)
     async def on_flush(self, env: Envelope, msg: FlushDevice) -> None:
         device = self._device(msg.device)
         await self._writeback(device, None)
-        await self._command(device, Flush())
+        await self._flush(device)
+
+    async def _flush(self, device: CachedDevice) -> None:
+        """Flush the device, unless no write completed since the last flush was sent.
+
+        Every write goes through this cache, so a flush after none adds nothing
+        (an fsync's last group is flushed, then ``FlushDevice`` would flush again).
+        A write completing while the flush is in flight marks the device again.
+        """
+        if device.name in self._flushed:
+            return
+        self._flushed.add(device.name)
+        try:
+            await self._command(device, Flush())
+        except BaseException:
+            self._flushed.discard(device.name)
+            raise
 
     async def _writeback(self, device: CachedDevice, runs: list[tuple[int, int]] | None) -> None:
         """Write the pages until none of them is dirty or in flight (writes by others included)."""
@@ -583,6 +600,7 @@ class CacheServer(Server):
             errors.append(exc)
         else:
             self._write_bytes += count * device.pages.sector_size
+            self._flushed.discard(device.name)
             self.core.written(store)
 
     async def _settled(self) -> None:

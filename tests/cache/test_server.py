@@ -436,3 +436,23 @@ async def test_writeback_with_flush_is_a_barrier_for_exactly_the_named_pages(
         assert s.cache.cache_stats().pages_dirty == 1  # page 64 waits for its own turn
         await s.call(Writeback("disk", [64]))
         assert [(e.offset, e.is_flush) for e in log.entries][2:] == [(64 * 512, False)]
+
+
+async def test_a_flush_with_no_write_since_the_last_one_reaches_no_device(tmp_path: Path) -> None:
+    """An fsync's last group is flushed; its FlushDevice then has nothing to add."""
+    async with booted(tmp_path) as s:
+
+        def flushes() -> int:
+            return s.router.counters.messages_by_type["Flush"]
+
+        await s.call(FlushDevice("disk"))
+        first = flushes()
+        assert first >= 1  # the first one goes out whatever came before
+        await s.call(FlushDevice("disk"))
+        await s.call(Writeback("disk", [], flush=True))
+        assert flushes() == first
+        page = (await s.map(0, 8))[0]
+        s.memory.view(page.phys, 4)[:] = b"\xab" * 4
+        await s.call(MarkDirty("disk", [0]))
+        await s.call(Writeback("disk", [0], flush=True))  # a write since: flushed
+        assert flushes() == first + 1 and s.disk_sector(0)[:4] == b"\xab" * 4
