@@ -86,7 +86,9 @@ class CacheSectorIO:
         self._frames: dict[int, int] = {}  # page held (pinned, pending) -> its frame
         self._since: set[int] = set()  # lazy: pages this operation changed since its barrier
         self._follow: set[int] = set()  # lazy: pages this operation's next changes follow
-        self._lock = anyio.Lock()  # a write-out and a change never interleave
+        # a write-out and a change never interleave; an uncontended change (the usual case)
+        # takes it without an event-loop turn (fast_acquire): ~14 turns per create saved
+        self._lock = anyio.Lock(fast_acquire=True)
         self._sealed = False  # unmount queued its last writes (seal)
         self._copies: list[tuple[int, int]] = []  # device lba, count of each FAT copy
         self._data_start = 0  # first device page that file data may share (set_layout)
