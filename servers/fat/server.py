@@ -193,9 +193,8 @@ class FatServer(Server):
         meets the error there.
         """
         vol = self.volume
-        info = self._info(await vol.stat(handle))
         reserved: list[FileExtent] = []
-        if reserve > 0 and info.size == 0 and vol.allocated(handle) == 0 and not vol.read_only:
+        if reserve > 0 and vol.allocated(handle) == 0 and not vol.read_only:  # empty, no cluster
             try:
                 start = self._io.partition_start
                 reserved = [
@@ -204,9 +203,9 @@ class FatServer(Server):
                                                 allocate_only=True)
                 ]
             except OSError as exc:
-                self.log.debug("no reservation at open", file=info.name, error=str(exc))
-            info = self._info(await vol.stat(handle))
-        info = msgspec.structs.replace(info, alloc_size=vol.allocated(handle))
+                self.log.debug("no reservation at open", handle=handle, error=str(exc))
+        info = msgspec.structs.replace(self._info(await vol.stat(handle)),
+                                       alloc_size=vol.allocated(handle))
         return FsOpened(handle, info, reserved)
 
     @handles(FsLookup)
