@@ -308,8 +308,13 @@ class FatServer(Server):
         # zero frames without a disk read (CacheSectorIO maps writes with zero_fill).
         written = (msg.write_start, msg.write_end) if 0 <= msg.write_start < msg.write_end else None
         vol = self.volume
-        await vol.set_size(msg.handle, msg.size, zero_fill=True,
-                           allocate_only=msg.allocate_only, written=written)
+        io = self._io
+        io.data_written = msg.data_written and written is not None
+        try:
+            await vol.set_size(msg.handle, msg.size, zero_fill=True,
+                               allocate_only=msg.allocate_only, written=written)
+        finally:
+            io.data_written = False
         info = self._info(await vol.stat(msg.handle))
         return msgspec.structs.replace(info, alloc_size=vol.allocated(msg.handle))
 

@@ -166,6 +166,7 @@ class FsSetSize(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True
     allocate_only: bool = False
     write_start: int = -1
     write_end: int = -1
+    data_written: bool = False  # as FsClose's: those data pages are on the device already
 
 
 class FsSetTimes(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):

@@ -88,10 +88,11 @@ class Flusher:
             # A last close (no publish here) writes a growth's pages at once: it must meet
             # their write error, and the file system then need not write them again.
             grows = not publish and cfile.size > cfile.info.size
-            cfile.data_written = await self._write_back(cfile, durable, write=grows) and grows
+            on_device = await self._write_back(cfile, durable, write=grows)
+            cfile.data_written = on_device and grows
             released = self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
-            if publish:
-                await self.publish(cfile)  # the pins went back first: the file system needs frames
+            if publish:  # the pins went back first: the file system needs frames
+                await self.publish(cfile, data_written=on_device)
             return released
 
     async def close_request(self, cfile: CentralFile) -> FsClose:
@@ -134,7 +135,7 @@ class Flusher:
             await self.endpoint.call(
                 self.cache, Writeback(volume.device, written), Ok, timeout=WRITEBACK_TIMEOUT_S
             )
-        return write and not private
+        return (write or durable) and not private
 
     async def _copy_back(self, volume: FsVolume, fp: FilePage) -> list[int]:
         ss, device = volume.logical_sector_size, volume.device
@@ -224,19 +225,23 @@ class Flusher:
             cfile.info = info
             cfile.published = start
 
-    async def publish(self, cfile: CentralFile) -> None:
+    async def publish(self, cfile: CentralFile, *, data_written: bool = False) -> None:
         """Make the size on disk the size processes see (under the file's lock).
 
         Growing, the file system writes the data pages of the new bytes before
         the directory entry (they are in the cache: ``_write_back`` ran), and
-        nothing is zero-filled since all of them were written. Shrinking, the
+        nothing is zero-filled since all of them were written; ``data_written``
+        (an fsync's writeback just wrote them): it orders them, writes no more.
+        Every earlier handover of pages was published right after it, so the
+        new bytes are exactly what that writeback handed over. Shrinking, the
         entry goes first and the clusters past it, reservation included, are freed.
         """
         disk, size = cfile.info.size, cfile.size
         if size == disk:
             return
         if size > disk:
-            request = FsSetSize(cfile.fs_handle, size, write_start=disk, write_end=size)
+            request = FsSetSize(cfile.fs_handle, size, write_start=disk, write_end=size,
+                                data_written=data_written)
         else:
             request = FsSetSize(cfile.fs_handle, size)
             cfile.reserved = 0
