@@ -96,13 +96,16 @@ class MarkDirty(msgspec.Struct, frozen=True, gc=False, tag=True):
 
     ``write``: write them now, as ``Writeback`` of the same pages would (no flush):
     the reply comes once they are on the device, so the sender meets a write
-    error, and one message does both.
+    error, and one message does both. ``release``: then drop one of the sender's
+    pins on each of these pages, as a ``Release`` would (a last close's marking
+    and letting go in one message).
     """
 
     device: str
     pages: list[int]
     runs: list[PageSpan] = msgspec.field(default_factory=list)  # and these page runs
     write: bool = False
+    release: list[int] = msgspec.field(default_factory=list)
 
 
 class Writeback(msgspec.Struct, frozen=True, gc=False, tag=True):

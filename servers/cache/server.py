@@ -490,9 +490,11 @@ class CacheServer(Server):
     @handles(Release)
     async def on_release(self, env: Envelope, msg: Release) -> None:
         """Drop the sender's own pins; pins it does not hold are refused, counted, left alone."""
-        runs = self._runs(msg.device, msg.pages, msg.runs)
+        self._release(env, msg.device, self._runs(msg.device, msg.pages, msg.runs))
+
+    def _release(self, env: Envelope, device: str, runs: list[tuple[int, int]]) -> None:
         try:
-            self._released += self.core.release_runs(msg.device, runs, env.src)
+            self._released += self.core.release_runs(device, runs, env.src)
         except CacheError as exc:
             self._released += exc.released
             if isinstance(exc, NotPinHolder):
@@ -507,7 +509,15 @@ class CacheServer(Server):
     @handles(MarkDirty)
     async def on_mark_dirty(self, env: Envelope, msg: MarkDirty) -> None:
         runs = self._runs(msg.device, msg.pages, msg.runs)
-        self.core.mark_dirty_runs(msg.device, runs)
+        try:
+            self.core.mark_dirty_runs(msg.device, runs)
+        finally:  # the pins go whatever the marking met (the sender has let go of them);
+            # dirty pages are never evicted unwritten, so they may go before the write
+            if msg.release:
+                try:
+                    self._release(env, msg.device, self._runs(msg.device, msg.release, []))
+                except CacheError as exc:  # as for a posted Release: counted, not the caller's
+                    self.log.warning("release with MarkDirty refused", error=str(exc))
         if msg.write and runs:
             device = self._device(msg.device)
             await self._writeback(device, merge_runs(runs, device.pages.spp))

@@ -88,9 +88,9 @@ class Flusher:
             # A last close (no publish here) writes a growth's pages at once: it must meet
             # their write error, and the file system then need not write them again.
             grows = not publish and cfile.size > cfile.info.size
-            on_device = await self._write_back(cfile, durable, write=grows)
+            on_device, released = await self._write_back(cfile, durable, write=grows,
+                                                         then_drop=then_drop)
             cfile.data_written = on_device and grows
-            released = self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
             if publish:  # the pins went back first: the file system needs frames
                 await self.publish(cfile, data_written=on_device)
             return released
@@ -113,11 +113,20 @@ class Flusher:
         cfile.modified = False  # the publish stamps the modification time
         return FsClose(cfile.fs_handle, size, disk, size, cfile.data_written)
 
-    async def _write_back(self, cfile: CentralFile, durable: bool, *, write: bool = False) -> bool:
+    async def _write_back(
+        self,
+        cfile: CentralFile,
+        durable: bool,
+        *,
+        write: bool = False,
+        then_drop: Callable[[CentralFile], list[int]] | None = None,
+    ) -> tuple[bool, int]:
         """Hand the dirty pages over; with ``durable`` or ``write`` also onto the device.
 
         Returns whether every page handed over is on the device (``write``, and no
-        private page copied back: those pages may hold bytes of an earlier handover).
+        private page copied back: those pages may hold bytes of an earlier handover),
+        and how many pins ``then_drop``'s pages gave back: once the private copies are
+        done, their pins go back with the ``MarkDirty`` (one message) or a ``Release``.
         """
         self.collect(cfile)
         marked, private = core.writeback_plan(cfile)
@@ -125,17 +134,20 @@ class Flusher:
         written: list[int] = []
         for fp in private:
             written.extend(await self._copy_back(volume, fp))
+        pins = self._take_pages(cfile, then_drop(cfile)) if then_drop else []
         now = durable or write
         if marked:  # marked and, for an fsync or a close's growth, written in one message
             await self.endpoint.call(
-                self.cache, MarkDirty(volume.device, marked, write=now), Ok,
+                self.cache, MarkDirty(volume.device, marked, write=now, release=pins), Ok,
                 timeout=WRITEBACK_TIMEOUT_S if now else 30.0,
             )
+        elif pins:
+            self.endpoint.send_nowait(self.cache, Release(volume.device, pins))
         if now and written:
             await self.endpoint.call(
                 self.cache, Writeback(volume.device, written), Ok, timeout=WRITEBACK_TIMEOUT_S
             )
-        return (write or durable) and not private
+        return (write or durable) and not private, len(pins)
 
     async def _copy_back(self, volume: FsVolume, fp: FilePage) -> list[int]:
         ss, device = volume.logical_sector_size, volume.device
@@ -157,6 +169,13 @@ class Flusher:
 
     def drop_pages(self, cfile: CentralFile, pages: list[int]) -> int:
         """Forget cached pages: cache pins go back, private frames are freed. Returns pins."""
+        pins = self._take_pages(cfile, pages)
+        if pins:
+            self.endpoint.send_nowait(self.cache, Release(self.volumes[cfile.fs].device, pins))
+        return len(pins)
+
+    def _take_pages(self, cfile: CentralFile, pages: list[int]) -> list[int]:
+        """Forget cached pages: private frames are freed; returns the cache pins to give back."""
         pins = []
         for p in pages:
             fp = cfile.pages.pop(p, None)
@@ -166,9 +185,7 @@ class Flusher:
                 pins.append(fp.cache_lba)
             else:
                 self.memory.release([fp.phys])
-        if pins:
-            self.endpoint.send_nowait(self.cache, Release(self.volumes[cfile.fs].device, pins))
-        return len(pins)
+        return pins
 
     # -------------------------------------------------------------------- sizes
     async def set_size(

@@ -456,3 +456,18 @@ async def test_a_flush_with_no_write_since_the_last_one_reaches_no_device(tmp_pa
         await s.call(MarkDirty("disk", [0]))
         await s.call(Writeback("disk", [0], flush=True))  # a write since: flushed
         assert flushes() == first + 1 and s.disk_sector(0)[:4] == b"\xab" * 4
+
+
+async def test_mark_dirty_can_release_the_senders_pins_and_only_its_own(tmp_path: Path) -> None:
+    """``MarkDirty(release=)`` is a Release in the same message: the sender's pins go, a pin
+    it does not hold is refused and counted (as for Release), and the marking stands."""
+    async with booted(tmp_path) as s:
+        await s.map(0, 8)  # page 0, pinned once for the file system
+        await s.read(8, 8)  # page 8, pinned for the holder (the VFS stand-in), not for us
+        assert s.cache.cache_stats().pages_pinned == 2
+        await s.call(MarkDirty("disk", [0], release=[0]))
+        stats = s.cache.cache_stats()
+        assert stats.pages_pinned == 1 and stats.pages_dirty == 1 and stats.pins_refused == 0
+        await s.call(MarkDirty("disk", [8], release=[8]))  # not our pin: refused, still marked
+        stats = s.cache.cache_stats()
+        assert stats.pages_pinned == 1 and stats.pins_refused == 1 and stats.pages_dirty == 2
