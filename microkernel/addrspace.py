@@ -143,24 +143,32 @@ class AddressSpace:
         """
         self._check_open()
         self._check(offset, len(frames) * PAGE_SIZE)
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        for i, j in _contiguous_runs(frames):
+            self.map_run(offset + i * PAGE_SIZE, j - i, frames[i], writable=writable)
+
+    def map_run(self, offset: int, count: int, phys: int, *, writable: bool) -> None:
+        """Map ``count`` physically consecutive frames from ``phys`` at ``offset``: one
+        ``mmap(MAP_FIXED)`` and one entry, whatever ``count`` is."""
+        self._check_open()
+        self._check(offset, count * PAGE_SIZE)
+        if count <= 0:
+            return
         mem = self.memory
-        for i, j in _contiguous_runs(frames):
-            start = mem.index_of(frames[i])
-            mem.index_of(frames[j - 1])  # the run's last frame must be RAM as well
-            _mmap(
-                self.base + offset + i * PAGE_SIZE,
-                (j - i) * PAGE_SIZE,
-                prot,
-                MAP_FIXED | mmap.MAP_SHARED,
-                mem.fd,
-                start * PAGE_SIZE,
-            )
-        self._cut(offset, offset + len(frames) * PAGE_SIZE)
-        for i, j in _contiguous_runs(frames):
-            at = offset + i * PAGE_SIZE
-            bisect.insort(self._starts, at)
-            self._runs[at] = (j - i, frames[i])
+        start = mem.index_of(phys)
+        if mem.index_of(phys + (count - 1) * PAGE_SIZE) != start + count - 1:
+            raise BadAddress(f"{count} frames from {phys:#x} are not one run of RAM")
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        _mmap(
+            self.base + offset,
+            count * PAGE_SIZE,
+            prot,
+            MAP_FIXED | mmap.MAP_SHARED,
+            mem.fd,
+            start * PAGE_SIZE,
+        )
+        self._cut(offset, offset + count * PAGE_SIZE)
+        bisect.insort(self._starts, offset)
+        self._runs[offset] = (count, phys)
 
     def _cut(self, lo: int, hi: int) -> list[int]:
         """Forget what is mapped in bytes ``lo..hi`` (page aligned), splitting runs that
@@ -318,6 +326,9 @@ class StitchedAddressSpace(AddressSpace):
             self.memory.index_of(phys)
             self._frames[offset + k * PAGE_SIZE] = phys
             self._writable[offset + k * PAGE_SIZE] = writable
+
+    def map_run(self, offset: int, count: int, phys: int, *, writable: bool) -> None:
+        self.map(offset, range(phys, phys + count * PAGE_SIZE, PAGE_SIZE), writable=writable)
 
     def unmap(self, offset: int, npages: int, *, discard: bool = False) -> list[int]:
         self._check(offset, npages * PAGE_SIZE)

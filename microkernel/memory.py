@@ -138,7 +138,11 @@ class PhysicalMemory:
         self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._view = memoryview(self._map)
         self._refs = array("i", bytes(4 * self.frames_total))
-        self._owner: list[str | None] = [None] * self.frames_total
+        # Who holds each frame, as an owner number per frame (0: nobody): one array, no
+        # Python object per frame; ``frames_of`` scans it at C speed.
+        self._owner = array("I", bytes(4 * self.frames_total))
+        self._owner_names: list[str | None] = [None]
+        self._owner_ids: dict[str, int] = {}
         # Free stacks: pop() hands out the lowest addresses first, which keeps runs contiguous.
         self._free_low = list(range(self.low_frames - 1, -1, -1))
         self._free_high = list(range(self.frames_total - 1, self.low_frames - 1, -1))
@@ -146,7 +150,6 @@ class PhysicalMemory:
         self._low_quota: dict[str, int] = {}
         self._used: dict[str, int] = {}
         self._low_used: dict[str, int] = {}
-        self._held: dict[str, set[int]] = {}  # owner -> frame numbers (release_owner, audits)
         self._populator: Populator | None = None
         if populate:
             self._populator = Populator(self._map, self._population_order())
@@ -210,10 +213,10 @@ class PhysicalMemory:
             raise ValueError("negative frame count")
         self.check_quota(owner, count)
         high, low = self._takes(owner, count, zone)
-        held = self._held.setdefault(owner, set())
-        out = self._pop_run(self._free_high, high, owner, held) if high else []
+        oid = self._owner_id(owner)
+        out = self._pop_run(self._free_high, high, oid) if high else []
         if low:
-            out += self._pop_run(self._free_low, low, owner, held)
+            out += self._pop_run(self._free_low, low, oid)
             self._low_used[owner] = self._low_used.get(owner, 0) + low
         self._used[owner] = self._used.get(owner, 0) + count
         return out
@@ -244,7 +247,15 @@ class PhysicalMemory:
             )
         raise OutOfFrames(f"{count} frames wanted in zone {zone.value}, not enough free")
 
-    def _pop_run(self, stack: list[int], take: int, owner: str, held: set[int]) -> list[int]:
+    def _owner_id(self, owner: str) -> int:
+        """The number standing for ``owner`` in the per-frame owner array."""
+        oid = self._owner_ids.get(owner)
+        if oid is None:
+            oid = self._owner_ids[owner] = len(self._owner_names)
+            self._owner_names.append(owner)
+        return oid
+
+    def _pop_run(self, stack: list[int], take: int, oid: int) -> list[int]:
         """Pop ``take`` frames off a free stack for ``owner``; their physical addresses.
 
         The frames are the same, in the same order, as popping them one at a time;
@@ -256,14 +267,13 @@ class PhysicalMemory:
         indices = stack[len(stack) - take :]
         del stack[len(stack) - take :]
         indices.reverse()
-        held.update(indices)
         out: list[int] = []
         at = 0
         while at < take:
             first = indices[at]
             n = 1 + _stretch(indices, at, take - at - 1)
             refs[first : first + n] = array("i", [1]) * n
-            owners[first : first + n] = [owner] * n
+            owners[first : first + n] = array("I", [oid]) * n
             # one stack holds one zone, so the run's addresses are consecutive too
             base = self.phys_of(first)
             out.extend(range(base, base + n * PAGE_SIZE, PAGE_SIZE))
@@ -282,28 +292,43 @@ class PhysicalMemory:
         for index, address in zip(indices, phys, strict=True):
             if self._refs[index] <= 0:
                 raise BadAddress(f"frame {address:#x} is not allocated")
-        moving = [i for i in set(indices) if self._owner[i] != owner]
+        oid = self._owner_id(owner)
+        moving = [i for i in set(indices) if self._owner[i] != oid]
         self.check_quota(owner, len(moving))
         low_limit = self._low_quota.get(owner)
         low_moving = sum(1 for i in moving if i < self.low_frames)
         if low_limit is not None and self._low_used.get(owner, 0) + low_moving > low_limit:
             raise QuotaExceeded(f"{owner} may hold {low_limit} low frames; {low_moving} more "
                                 f"would exceed its share of the low zone")
-        held = self._held.setdefault(owner, set())
         for index in moving:
             self._disown(index)
-            self._owner[index] = owner
-            held.add(index)
+            self._owner[index] = oid
             self._used[owner] = self._used.get(owner, 0) + 1
             if index < self.low_frames:
                 self._low_used[owner] = self._low_used.get(owner, 0) + 1
 
     def owner_of(self, phys: int) -> str | None:
-        return self._owner[self.index_of(phys)]
+        return self._owner_names[self._owner[self.index_of(phys)]]
+
+    def _indices_of(self, owner: str) -> list[int]:
+        """Frame numbers ``owner`` holds, ascending: a scan of the owner array at C speed."""
+        oid = self._owner_ids.get(owner)
+        if oid is None or not self._used.get(owner):
+            return []
+        raw, pattern = self._owner.tobytes(), array("I", [oid]).tobytes()
+        out: list[int] = []
+        at = raw.find(pattern)
+        while at >= 0:
+            if at % 4:  # a match straddling two entries: not this owner's
+                at = raw.find(pattern, at + 1)
+                continue
+            out.append(at // 4)
+            at = raw.find(pattern, at + 4)
+        return out
 
     def frames_of(self, owner: str) -> list[int]:
         """Physical addresses of every frame ``owner`` holds."""
-        return [self.phys_of(i) for i in sorted(self._held.get(owner, ()))]
+        return [self.phys_of(i) for i in self._indices_of(owner)]
 
     def release_owner(self, owner: str) -> int:
         """Free every frame ``owner`` holds, whatever its reference count; returns how many.
@@ -312,7 +337,7 @@ class PhysicalMemory:
         frames is gone (its address spaces closed), since a freed frame goes
         to the next allocation.
         """
-        indices = sorted(self._held.get(owner, ()))
+        indices = self._indices_of(owner)
         for index in indices:
             self._refs[index] = 1
         return self.release([self.phys_of(i) for i in indices])
@@ -325,20 +350,23 @@ class PhysicalMemory:
         return freed
 
     def _disown(self, index: int) -> None:
-        owner = self._owner[index]
-        if owner is None:
+        oid = self._owner[index]
+        if not oid:
             return
-        self._owner[index] = None
-        self._used[owner] -= 1
-        held = self._held.get(owner)
-        if held is not None:
-            held.discard(index)
-            if not held:  # processes come and go: no empty sets left behind
-                del self._held[owner]
-                if not self._used[owner]:
-                    del self._used[owner]
-        if index < self.low_frames:
-            self._low_used[owner] -= 1
+        owner = self._owner_names[oid]
+        assert owner is not None
+        self._owner[index] = 0
+        self._disowned(owner, 1, index < self.low_frames)
+
+    def _disowned(self, owner: str, count: int, low: bool) -> None:
+        """``owner`` holds ``count`` frames (all low or all high) fewer."""
+        used = self._used[owner] - count
+        if used:
+            self._used[owner] = used
+        else:  # processes come and go: no zero counts left behind
+            del self._used[owner]
+        if low:
+            self._low_used[owner] -= count
 
     def ref(self, phys: int) -> None:
         """Take one more reference on an allocated frame (a mapping, a pin)."""
@@ -348,7 +376,46 @@ class PhysicalMemory:
         self._refs[index] += 1
 
     def release(self, frames: Iterable[int]) -> int:
-        """Drop one reference on each frame; frames reaching zero go back to their zone. Returns freed."""
+        """Drop one reference on each frame; frames reaching zero go back to their zone. Returns freed.
+
+        Frames that follow each other (up or down, the cache gives back runs
+        highest first) with one reference and one owner are freed a run at a
+        time: slice stores on the arrays, the same free-stack order as one by one.
+        """
+        phys = frames if isinstance(frames, list) else list(frames)
+        freed, at, n = 0, 0, len(phys)
+        while at < n:
+            step = PAGE_SIZE if at + 1 < n and phys[at + 1] > phys[at] else -PAGE_SIZE
+            m = 1 + _stretch(phys, at, n - at - 1, step)
+            freed += self._release_run(phys, at, m)
+            at += m
+        return freed
+
+    def _release_run(self, phys: list[int], at: int, m: int) -> int:
+        """``release`` of ``phys[at:at+m]``, consecutive addresses going up or down."""
+        first, last = self.index_of(phys[at]), self.index_of(phys[at + m - 1])
+        lo, hi = min(first, last), max(first, last) + 1
+        refs, owners = self._refs, self._owner
+        oid = owners[lo]
+        if (
+            m > 1
+            and hi - lo == m
+            and refs[lo:hi].count(1) == m
+            and oid
+            and owners[lo:hi].count(oid) == m
+        ):
+            refs[lo:hi] = array("i", bytes(4 * m))
+            owners[lo:hi] = array("I", bytes(4 * m))
+            owner = self._owner_names[oid]
+            assert owner is not None
+            low = lo < self.low_frames
+            self._disowned(owner, m, low)
+            stack = self._free_low if low else self._free_high
+            stack.extend(range(lo, hi) if first <= last else range(hi - 1, lo - 1, -1))
+            return m
+        return self._release_each(phys[at : at + m])
+
+    def _release_each(self, frames: list[int]) -> int:
         freed = 0
         for phys in frames:
             index = self.index_of(phys)
@@ -496,16 +563,20 @@ def _libc_madvise() -> ctypes._NamedFuncPointer | None:
     return fn
 
 
-def _stretch(numbers: list[int], at: int, most: int) -> int:
-    """How many entries after ``numbers[at]`` go on counting up by one (at most ``most``).
+def _stretch(numbers: list[int], at: int, most: int, by: int = 1) -> int:
+    """How many entries after ``numbers[at]`` go on counting by ``by`` (at most ``most``).
 
     Galloping slice compares against ranges (in C): O(log n) compares per run.
     """
     first, done, step = numbers[at], 0, 8
+    if most > 8 and numbers[at + most] == first + by * most and numbers[
+        at + 1 : at + 1 + most
+    ] == list(range(first + by, first + by * (1 + most), by)):
+        return most  # all of it (a whole run freed or taken at once): one compare
     while step and done < most:
         k = min(step, most - done)
         if numbers[at + 1 + done : at + 1 + done + k] == list(
-            range(first + 1 + done, first + 1 + done + k)
+            range(first + by * (1 + done), first + by * (1 + done + k), by)
         ):
             done += k
             step *= 2

@@ -519,6 +519,27 @@ class PageCache:
         table = self.table(device)
         return sum(m for lba, n in runs for _, m, phys in table.pieces(lba, n) if phys < 0)
 
+    def absent_pieces(
+        self, device: str, runs: Iterable[tuple[int, int]], limit: int
+    ) -> list[tuple[int, int]]:
+        """The pages of ``runs`` not in the table, as runs: at most ``limit`` pages, first first.
+
+        What a read-ahead may admit: pages already present (or on their way)
+        are left as they are, unpinned and unreferenced.
+        """
+        table = self.table(device)
+        out: list[tuple[int, int]] = []
+        for lba, n in runs:
+            for plba, m, phys in table.pieces(lba, n):
+                if phys >= 0:
+                    continue
+                take = min(m, limit)
+                if take <= 0:
+                    return out
+                out.append((plba, take))
+                limit -= take
+        return out
+
     def admit(
         self,
         device: str,

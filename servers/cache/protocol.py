@@ -13,6 +13,7 @@ the file system. Each page listed in ``SectorsReady`` or ``Pages`` carries one
 pin for the receiver, dropped with ``Release``; a pinned page is never evicted.
 ``SectorsReady`` names pages as runs (``PageRun``); ``Release``, ``MarkDirty``,
 ``Invalidate`` and ``Writeback`` take single pages, runs (``PageSpan``), or both.
+``CachePrefetch`` reads pages ahead for nobody in particular: they arrive unpinned.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class MarkDirty(msgspec.Struct, frozen=True, gc=False, tag=True):
     pages: list[int]
     runs: list[PageSpan] = msgspec.field(default_factory=list)  # and these page runs
     write: bool = False
-    release: list[int] = msgspec.field(default_factory=list)
+    release: list[PageSpan] = msgspec.field(default_factory=list)  # page runs
 
 
 class Writeback(msgspec.Struct, frozen=True, gc=False, tag=True):
@@ -136,6 +137,24 @@ class Invalidate(msgspec.Struct, frozen=True, gc=False, tag=True):
     runs: list[PageSpan] = msgspec.field(default_factory=list)  # and these page runs
 
 
+class CachePrefetch(msgspec.Struct, frozen=True, gc=False, tag=True):
+    """Read-ahead: bring the absent pages covering ``extents`` in, pin none, answer nobody.
+
+    A hint (a file system reading ahead of opens that go through a directory):
+    at most ``PREFETCH_MAX_PAGES`` pages, only into frames that are free without
+    evicting anything (the rest is left out), read with one driver command per
+    run of pages that follow each other on the disk. The pages arrive clean and
+    unpinned, reclaimable like any other; a later ``CacheRead`` of them is a hit
+    (or joins their read while it is in flight).
+    """
+
+    device: str
+    extents: list[Extent]
+
+
+PREFETCH_MAX_PAGES = 256  # pages one CachePrefetch may bring in (1 MiB)
+
+
 class GetCacheStats(msgspec.Struct, frozen=True, gc=False, tag=True):
     """Ask for ``CacheStats``."""
 
@@ -160,6 +179,7 @@ CacheRequest = (
     | Invalidate
     | GetCacheStats
     | GiveBackDone
+    | CachePrefetch
 )
 
 

@@ -42,8 +42,10 @@ from servers.cache.pages import (
     page_runs,
 )
 from servers.cache.protocol import (
+    PREFETCH_MAX_PAGES,
     CacheFailed,
     CacheMap,
+    CachePrefetch,
     CacheRead,
     CacheRequest,
     CacheStats,
@@ -94,6 +96,17 @@ def _zone_for(geometry: Geometry) -> Zone:
     """High frames for a controller that reaches them; a 32-bit one gets low frames while the
     cache's share of the low zone lasts, then high frames its driver bounces."""
     return Zone.PREFER_LOW if geometry.dma_bits <= 32 else Zone.ANY
+
+
+def _first_pages(runs: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """The first ``limit`` pages of sorted page runs, as runs."""
+    out: list[tuple[int, int]] = []
+    for lba, n in runs:
+        if limit <= 0:
+            break
+        out.append((lba, min(n, limit)))
+        limit -= n
+    return out
 
 
 def _errno_of(exc: OSError) -> tuple[int, str]:
@@ -256,6 +269,43 @@ class CacheServer(Server):
             for k in range(n)
         ])
 
+    @handles(CachePrefetch)
+    async def on_prefetch(self, env: Envelope, msg: CachePrefetch) -> None:
+        """Read ahead (a hint): absent pages only, into frames free without evicting anything.
+
+        The cache pins the pages itself while they are read (a ``CacheRead`` of
+        them meanwhile joins the read, as it joins any) and drops the pins once
+        they are in: clean, unpinned, reclaimable like any other page. Nobody is
+        answered; a failed read leaves the pages absent for the next reader to
+        meet the error. Bounded: ``PREFETCH_MAX_PAGES`` pages asked for at most,
+        and never below the high-water mark of free frames (read-ahead must not
+        make the reclaimer run).
+        """
+        device = self._device(msg.device)
+        wanted = _first_pages(
+            device.pages.page_runs(msg.extents[:PREFETCH_MAX_PAGES]), PREFETCH_MAX_PAGES
+        )
+        runs = self.core.absent_pieces(device.name, wanted, self._free_count() - self._high)
+        need = sum(n for _, n in runs)
+        frames = self._allocate(device, need) if need else None
+        if frames is None:
+            return
+        admission = self.core.admit_runs(
+            device.name, runs, set(), frames, self.name, device.max_pages
+        )
+        waiter = admission.waiter
+        self.memory.zero(admission.zero)
+        self._count(misses=need)
+        done = self._waiting[waiter] = anyio.Event()
+        if waiter.done:  # nothing to read (pages past the disk's edges come zeroed)
+            self._wake([waiter])
+        async with anyio.create_task_group() as tg:
+            for load in admission.to_read:
+                tg.start_soon(self._load, device, load)
+        await done.wait()
+        if waiter.error is None:  # a failed read already dropped its pins
+            self.core.release_runs(device.name, waiter.runs, self.name)
+
     async def _notify(self, port: str, msg: SectorsReady | CacheFailed) -> bool:
         try:
             await self.endpoint.send(port, msg)
@@ -288,7 +338,8 @@ class CacheServer(Server):
             async with anyio.create_task_group() as tg:
                 for load in admission.to_read:
                     tg.start_soon(self._load, device, load)
-        await done.wait()
+        if not done.is_set():  # a hit (pages read ahead, say) answers without a turn of the loop
+            await done.wait()
         if waiter.error is not None:
             raise DeviceError(f"reading {name}: {waiter.error[1]}", waiter.error[0])
         return waiter
@@ -515,7 +566,7 @@ class CacheServer(Server):
             # dirty pages are never evicted unwritten, so they may go before the write
             if msg.release:
                 try:
-                    self._release(env, msg.device, self._runs(msg.device, msg.release, []))
+                    self._release(env, msg.device, self._runs(msg.device, [], msg.release))
                 except CacheError as exc:  # as for a posted Release: counted, not the caller's
                     self.log.warning("release with MarkDirty refused", error=str(exc))
         if msg.write and runs:

@@ -17,11 +17,12 @@ from drivers.protocol import Geometry, Identify
 from microkernel.ipc import Envelope, Router
 from microkernel.memory import PAGE_SIZE, PhysicalMemory
 from microkernel.server import Server, handles
-from servers.cache.protocol import CacheRead, Extent
+from servers.cache.protocol import PREFETCH_MAX_PAGES, CachePrefetch, CacheRead, Extent
 from servers.fat.cacheio import CacheSectorIO
 from servers.fat.protocol import FAT_TYPE, entry_native
 from servers.fat.volume import FatVolume, FileInfo
 from servers.fs.protocol import (
+    OPENED_EXTENTS_MAX,
     FileExtent,
     FsClose,
     FsDir,
@@ -176,6 +177,8 @@ class FatServer(Server):
         handle = await self.volume.open(
             msg.path, create=msg.create, exclusive=msg.exclusive, truncate=msg.truncate
         )
+        if not msg.create:
+            self._read_ahead(handle)
         return await self._opened(handle, msg.reserve)
 
     @handles(FsOpenAt)
@@ -183,6 +186,8 @@ class FatServer(Server):
         handle = await self.volume.open_at(
             msg.directory, msg.name, create=msg.create, exclusive=msg.exclusive
         )
+        if not msg.create:
+            self._read_ahead(handle)
         return await self._opened(handle, msg.reserve)
 
     async def _opened(self, handle: int, reserve: int) -> FsOpened:
@@ -206,7 +211,28 @@ class FatServer(Server):
                 self.log.debug("no reservation at open", handle=handle, error=str(exc))
         info = msgspec.structs.replace(self._info(await vol.stat(handle)),
                                        alloc_size=vol.allocated(handle))
-        return FsOpened(handle, info, reserved)
+        return FsOpened(handle, info, self._opened_extents(handle), reserved)
+
+    def _opened_extents(self, handle: int) -> list[FileExtent]:
+        """A small file's extents for the open's reply: its fetch needs no ``MapRange``."""
+        start = self._io.partition_start
+        return [FileExtent(e.file_offset, start + e.lba, e.count)
+                for e in self.volume.opened_extents(handle, OPENED_EXTENTS_MAX, PAGE_SIZE)]
+
+    def _read_ahead(self, handle: int) -> None:
+        """Opens going through a directory: the next small files into the cache, one request.
+
+        Sent before the open's reply, so the opened file's own read joins it. A
+        hint: a cache whose inbox is full (or that is gone) goes without it.
+        """
+        spans = self.volume.read_ahead(handle, OPENED_EXTENTS_MAX, PAGE_SIZE, PREFETCH_MAX_PAGES)
+        if spans:
+            start = self._io.partition_start
+            extents = [Extent(start + lba, count) for lba, count in spans]
+            try:
+                self.endpoint.send_nowait(self.cache, CachePrefetch(self.device, extents))
+            except (anyio.WouldBlock, OSError) as exc:
+                self.log.debug("no read-ahead", error=str(exc) or type(exc).__name__)
 
     @handles(FsLookup)
     async def on_lookup(self, env: Envelope, msg: FsLookup) -> FsInfo:

@@ -75,6 +75,7 @@ from servers.fat.names import (
     lfn_checksum,
     validate_long_name,
 )
+from servers.fat.readahead import DirReadAhead
 from servers.fat.sectorio import SectorIO
 from servers.fs.protocol import ROOT_FILE_ID
 
@@ -213,6 +214,7 @@ class FatVolume:
         self._forgotten: set[int] = set()  # ids forgotten while open: dropped at last close
         self._handles: dict[int, _Node] = {}
         self._next_handle = itertools.count(1)
+        self._read_ahead = DirReadAhead()  # opens going through a directory (read_ahead)
         self._mounted = True
 
     # ================================================================ mount
@@ -916,6 +918,61 @@ class FatVolume:
         if slot.entry.is_dir:
             raise IsADirectory(f"{name}: is a directory")
         return self._open_node(d, slot)
+
+    # ================================================================ the read side of an open
+    def opened_extents(self, handle: int, max_bytes: int, page: int) -> list[Extent]:
+        """Where an opened small file's whole ``page``-sized pages are, as ``extents`` would
+        answer for them: for a regular file of 1..``max_bytes`` bytes, else none.
+
+        None either when its chain cannot be resolved: the read then asks and meets the
+        error itself, the open does not fail for it.
+        """
+        node = self._handle(handle)
+        size = node.entry.size
+        if node.entry.is_dir or not 0 < size <= max_bytes:
+            return []
+        try:
+            return self._extents(node, 0, -(-size // page) * page)
+        except FatError:
+            return []
+
+    def read_ahead(self, handle: int, max_bytes: int, page: int,
+                   max_pages: int) -> list[tuple[int, int]]:
+        """An open of an existing file: the device sectors to read ahead, as (first, count).
+
+        When the opens of its directory go forward (:class:`DirReadAhead`), the
+        clusters of the next regular files of 1..``max_bytes`` bytes from this
+        one on, at most ``max_pages`` pages of ``page`` bytes; files that follow
+        each other on the disk make one span. Bounded chain walks; an entry whose
+        chain is damaged is left out (its own open reports it).
+        """
+        node = self._handle(handle)
+        d = self._dirs.get(self._key_to_cluster(node.dir_key))
+        if d is None:
+            return []
+
+        def pages(slot: DirSlot) -> int:
+            e = slot.entry
+            if e.is_dir or e.is_label or e.is_dot or e.cluster < 2 or not 0 < e.size <= max_bytes:
+                return 0
+            return -(-e.size // page)
+
+        chosen = self._read_ahead.opened(node.dir_key, d.listing.slots, node.index, pages,
+                                         max_pages)
+        cs, spc = self.boot.cluster_size, self.boot.sectors_per_cluster
+        spans: list[tuple[int, int]] = []
+        for slot in chosen:
+            try:
+                runs = self.fat.chain_runs(slot.entry.cluster, -(-slot.entry.size // cs))
+            except FatError:
+                continue
+            for first, n in runs:
+                sector, count = self.boot.cluster_to_sector(first) * self._scale, n * spc * self._scale
+                if spans and spans[-1][0] + spans[-1][1] == sector:
+                    spans[-1] = (spans[-1][0], spans[-1][1] + count)
+                else:
+                    spans.append((sector, count))
+        return spans
 
     def _node(self, d: _Dir, slot: DirSlot) -> _Node:
         loc = (self._cluster_to_key(d.key), slot.index)

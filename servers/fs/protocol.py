@@ -26,6 +26,9 @@ from typing import Final
 import msgspec
 
 ROOT_FILE_ID: Final = 1  # the file id of every volume's root directory
+# A file of at most this many bytes comes with its extents in ``FsOpened``: the kernel
+# file driver fetches such a file whole at its open, and needs no ``MapRange`` for it.
+OPENED_EXTENTS_MAX: Final = 64 * 1024
 
 
 class FsInfo(msgspec.Struct, frozen=True, gc=False, tag=True):
@@ -280,12 +283,21 @@ FsRequest = (
 
 # ------------------------------------------------------------------- replies
 class FsOpened(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """Reply to FsOpen/FsOpenAt. ``reserved``: the clusters of the reservation the open
-    made (device-absolute, as ``Mapped``'s), never written: their pages are zeros the
-    cache hands out without a ``MapRange``."""
+    """Reply to FsOpen/FsOpenAt.
+
+    ``extents``: for a regular file of 1..``OPENED_EXTENTS_MAX`` bytes, where its
+    pages are (what ``MapRange`` of its whole pages would answer), so the kernel
+    file driver asks the cache for them at once, without a ``MapRange``; empty
+    otherwise (and whenever the chain could not be resolved: a read reports that).
+    They are true when the reply is sent; a change of the file's size makes them stale.
+    ``reserved``: the clusters of the reservation a create made (``FsOpen.reserve``;
+    device sectors, as ``Mapped``'s), never written: their pages are zeros the cache
+    hands out without a ``MapRange`` either.
+    """
 
     handle: int
     info: FsInfo
+    extents: list[FileExtent] = msgspec.field(default_factory=list)
     reserved: list[FileExtent] = msgspec.field(default_factory=list)
 
 

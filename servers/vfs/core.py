@@ -15,19 +15,22 @@ ones, nothing is mapped into a window that is not ``OPEN``, and the window's
 frames are released only once the count is back to zero (``CLOSED``).
 
 A central file is found by (file system, file id) and holds the file's pages
-(file page -> frame). Dirt is tracked per 4 KiB page: the library sets a byte in
-the window's dirty map (``abi.py``) for each page it stores into; the driver
-takes those bytes into ``FilePage.dirty`` and hands exactly those pages to the
-cache.
+as runs (:class:`FilePages`: first file page, count, first frame, first cache
+page, flags), not one object per page. Dirt is tracked per 4 KiB page: the
+library sets a byte in the window's dirty map (``abi.py``) for each page it
+stores into; the driver takes those bytes into the pages' ``DIRTY`` flag
+(splitting runs where pages differ) and hands exactly those pages to the cache.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
-import re
+import sys
+from array import array
+from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -37,6 +40,7 @@ from microkernel.addrspace import AddressSpace
 from microkernel.errors import KernelError
 from microkernel.memory import PhysicalMemory
 from microkernel.process import Process
+from servers.cache.protocol import PageSpan
 from servers.fs.protocol import FileExtent, FsInfo
 from servers.vfs.abi import PAGE_SIZE, PAGES_PER_MAP_PAGE, WINDOW_DATA, map_pages_for
 from servers.vfs.filemap_writer import FileMapWriter
@@ -64,11 +68,19 @@ class WindowState(enum.Enum):
     CLOSED = "closed"
 
 
-class FilePage(msgspec.Struct, gc=False):
-    """One cached 4 KiB page of a file: a cache frame (zero-copy) or a private copy.
+Span = tuple[int, int]  # file pages [first, end)
+PRIVATE: Final = 1  # run flag: private frames of the copy path (no cache page behind them)
+DIRTY: Final = 2  # run flag: stored into since the last writeback
+_ALL: Final = 1 << 62  # past any file page
+_ANY_TO_ONE: Final = bytes([0] + [1] * 255)  # a translation: non-zero bytes become 1
 
-    Untracked by the garbage collector (``gc=False``: no cycles), since a large
-    read creates thousands at once.
+
+class FilePage(msgspec.Struct, gc=False):
+    """One cached 4 KiB page of a file, as one record: a private copy (copy path) or a
+    snapshot of a zero-copy page (:meth:`FilePages.get`).
+
+    Only the copy path keeps these (a private page knows the cache bytes it came
+    from, ``sources``); zero-copy pages live in :class:`FilePages` runs.
     """
 
     phys: int
@@ -78,6 +90,255 @@ class FilePage(msgspec.Struct, gc=False):
     dirty: bool = False
 
 
+class FilePages:
+    """A file's cached pages as sorted runs: (first page, end, first frame, first cache page, flags).
+
+    File page ``first + k`` of a run is frame ``phys + k * 4096`` and cache page
+    ``lba + k * spp`` (or a private frame when the run is ``PRIVATE``). Runs never
+    overlap; neighbours merge when they continue each other in both and have the
+    same flags, and a change to some pages splits a run at their edges, so the
+    per-page flags stay exact. Five array columns, no object per page: a 256 MiB
+    file read in 16 MiB calls is a few dozen runs. Private pages of the copy path
+    also keep their :class:`FilePage` record (``copies``: where their bytes go back).
+    """
+
+    __slots__ = ("copies", "end", "first", "flags", "lba", "pages", "phys", "spp")
+
+    def __init__(self) -> None:
+        self.first = array("q")
+        self.end = array("q")
+        self.phys = array("q")
+        self.lba = array("q")
+        self.flags = bytearray()
+        self.spp = 1  # sectors per cache page (the volume's, set by the first put)
+        self.pages = 0
+        self.copies: dict[int, FilePage] = {}
+
+    # -- reading
+    def __len__(self) -> int:
+        return self.pages
+
+    def __bool__(self) -> bool:
+        return self.pages > 0
+
+    def __contains__(self, page: object) -> bool:
+        return isinstance(page, int) and self._find(page) >= 0
+
+    def __iter__(self) -> Iterator[int]:
+        """Every page, ascending (audits and tests; the driver works on runs)."""
+        for a, b in zip(self.first, self.end, strict=True):
+            yield from range(a, b)
+
+    def _find(self, page: int) -> int:
+        j = bisect_right(self.first, page) - 1
+        return j if j >= 0 and page < self.end[j] else -1
+
+    def phys_of(self, page: int) -> int:
+        """The frame holding ``page``, or -1."""
+        j = self._find(page)
+        return -1 if j < 0 else self.phys[j] + (page - self.first[j]) * PAGE_SIZE
+
+    def get(self, page: int) -> FilePage | None:
+        """One page as a record: a private page's own, or a snapshot of a cache page."""
+        j = self._find(page)
+        if j < 0:
+            return None
+        if self.flags[j] & PRIVATE:
+            return self.copies[page]
+        k = page - self.first[j]
+        return FilePage(
+            self.phys[j] + k * PAGE_SIZE, self.lba[j] + k * self.spp, dirty=bool(self.flags[j] & DIRTY)
+        )
+
+    def items(self) -> list[tuple[int, FilePage]]:
+        """(page, record) of every page (tests and audits)."""
+        return [(p, fp) for p in self if (fp := self.get(p)) is not None]
+
+    def values(self) -> list[FilePage]:
+        """The record of every page (tests and audits)."""
+        return [fp for _, fp in self.items()]
+
+    def pieces(self, lo: int = 0, hi: int = _ALL) -> list[tuple[int, int, int, int, int]]:
+        """``(first, end, frame of first, cache page of first, flags)`` of the runs in ``[lo, hi)``."""
+        first, end, spp = self.first, self.end, self.spp
+        j = max(0, bisect_right(first, lo) - 1)
+        out = []
+        while j < len(first) and first[j] < hi:
+            a, b = max(first[j], lo), min(end[j], hi)
+            if a < b:
+                k = a - first[j]
+                out.append((a, b, self.phys[j] + k * PAGE_SIZE, self.lba[j] + k * spp, self.flags[j]))
+            j += 1
+        return out
+
+    def gaps(self, lo: int, hi: int) -> list[Span]:
+        """The spans of ``[lo, hi)`` holding no page."""
+        out: list[Span] = []
+        at = lo
+        for a, b, *_ in self.pieces(lo, hi):
+            if a > at:
+                out.append((at, a))
+            at = b
+        if at < hi:
+            out.append((at, hi))
+        return out
+
+    def covers(self, lo: int, hi: int) -> bool:
+        return not self.gaps(lo, hi)
+
+    # -- changing
+    def _split(self, page: int) -> int:
+        """Make ``page`` start a run if it is inside one; the index of the first run at or after it."""
+        j = bisect_right(self.first, page) - 1
+        if j < 0 or page >= self.end[j]:
+            return j + 1
+        start = self.first[j]
+        if start == page:
+            return j
+        k = page - start
+        self.first.insert(j + 1, page)
+        self.end.insert(j + 1, self.end[j])
+        self.phys.insert(j + 1, self.phys[j] + k * PAGE_SIZE)
+        self.lba.insert(j + 1, self.lba[j] + k * self.spp)
+        self.flags.insert(j + 1, self.flags[j])
+        self.end[j] = page
+        return j + 1
+
+    def _span(self, lo: int, hi: int) -> tuple[int, int]:
+        """Split at ``lo`` and ``hi``: runs ``i .. k-1`` then lie wholly inside ``[lo, hi)``."""
+        i = self._split(lo)
+        return i, self._split(hi)
+
+    def _merge(self, i: int, k: int) -> None:
+        """Merge runs ``i-1 .. k`` with their left neighbours wherever they continue them."""
+        first, end, phys, lba, flags = self.first, self.end, self.phys, self.lba, self.flags
+        for j in range(min(k, len(first) - 1), max(i, 1) - 1, -1):
+            n = end[j - 1] - first[j - 1]
+            if (
+                end[j - 1] == first[j]
+                and flags[j - 1] == flags[j]
+                and phys[j] == phys[j - 1] + n * PAGE_SIZE
+                and (flags[j] & PRIVATE or lba[j] == lba[j - 1] + n * self.spp)
+            ):
+                end[j - 1] = end[j]
+                del first[j], end[j], phys[j], lba[j], flags[j]
+
+    def put(self, page: int, count: int, phys: int, lba: int, spp: int, flags: int = 0) -> None:
+        """``count`` pages from ``page`` are frames from ``phys``, cache pages from ``lba``
+        (``spp`` sectors apart); whatever held them before is forgotten."""
+        if count <= 0:
+            return
+        self.spp = spp
+        i, k = self._span(page, page + count)
+        gone = sum(self.end[j] - self.first[j] for j in range(i, k))
+        for j in range(i, k):
+            if self.flags[j] & PRIVATE:
+                for p in range(self.first[j], self.end[j]):
+                    self.copies.pop(p, None)
+        self.first[i:k] = array("q", [page])
+        self.end[i:k] = array("q", [page + count])
+        self.phys[i:k] = array("q", [phys])
+        self.lba[i:k] = array("q", [lba])
+        self.flags[i:k] = bytes([flags])
+        self.pages += count - gone
+        self._merge(i, i + 1)
+
+    def put_private(self, page: int, record: FilePage) -> None:
+        """A private page of the copy path (its record keeps where its bytes go back)."""
+        self.put(page, 1, record.phys, -1, self.spp, PRIVATE)
+        self.copies[page] = record
+
+    def remove(self, lo: int, hi: int) -> list[tuple[int, int, int, int, int]]:
+        """Forget the pages in ``[lo, hi)``; returns them as :meth:`pieces`."""
+        out = self.pieces(lo, hi)
+        if not out:
+            return out
+        i, k = self._span(lo, hi)
+        for a, b, _, _, fl in out:
+            self.pages -= b - a
+            if fl & PRIVATE:
+                for p in range(a, b):
+                    self.copies.pop(p, None)
+        del self.first[i:k], self.end[i:k], self.phys[i:k], self.lba[i:k], self.flags[i:k]
+        self._merge(i, i)
+        return out
+
+    def change(self, lo: int, hi: int, add: int = 0, drop: int = 0) -> None:
+        """Set the flag bits ``add`` and clear ``drop`` on the pages in ``[lo, hi)``."""
+        if not self.pieces(lo, hi):
+            return
+        i, k = self._span(lo, hi)
+        flags = self.flags
+        for j in range(i, k):
+            flags[j] = (flags[j] | add) & ~drop & 0xFF
+        self._merge(i, k)
+
+    def take(self, keep: Callable[[int, int, int], bool]) -> FilePages:
+        """Move the runs for which ``keep(first, end, flags)`` holds into a new table."""
+        out = FilePages()
+        out.spp = self.spp
+        for a, b, phys, lba, fl in self.pieces():
+            if keep(a, b, fl):
+                self.remove(a, b)
+                out.put(a, b - a, phys, lba, self.spp, fl)
+        return out
+
+    def heap_bytes(self) -> int:
+        """Bytes of Python heap the table takes (for the per-page figure)."""
+        columns = (self.first, self.end, self.phys, self.lba, self.flags, self.copies)
+        return sys.getsizeof(self) + sum(sys.getsizeof(c) for c in columns)
+
+
+class PageSerials:
+    """The serial of the latest mapping of each file page of a window, as runs.
+
+    A part's pages get one serial when they are mapped; a removed part's unmap
+    (after its grace periods) spares the pages mapped again since (another serial).
+    """
+
+    __slots__ = ("end", "first", "serial")
+
+    def __init__(self) -> None:
+        self.first = array("q")
+        self.end = array("q")
+        self.serial = array("q")
+
+    def assign(self, lo: int, hi: int, serial: int) -> None:
+        first, end, ser = self.first, self.end, self.serial
+        i = bisect_right(first, lo) - 1
+        if i >= 0 and end[i] > lo:  # a run reaching into [lo, hi): keep its head
+            if first[i] < lo:
+                first.insert(i + 1, lo)
+                end.insert(i + 1, end[i])
+                ser.insert(i + 1, ser[i])
+                end[i] = lo
+                i += 1
+        else:
+            i += 1
+        k = i
+        while k < len(first) and first[k] < hi:
+            k += 1
+        if k > i and end[k - 1] > hi:  # the last one reaches past: keep its tail
+            first.insert(k, hi)
+            end.insert(k, end[k - 1])
+            ser.insert(k, ser[k - 1])
+        self.first[i:k] = array("q", [lo])
+        self.end[i:k] = array("q", [hi])
+        self.serial[i:k] = array("q", [serial])
+
+    def pieces(self, lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """``(first, end, serial)`` of the runs in ``[lo, hi)``."""
+        first, end = self.first, self.end
+        j = max(0, bisect_right(first, lo) - 1)
+        out = []
+        while j < len(first) and first[j] < hi:
+            a, b = max(first[j], lo), min(end[j], hi)
+            if a < b:
+                out.append((a, b, self.serial[j]))
+            j += 1
+        return out
+
+
 @dataclass(eq=False, slots=True)
 class CentralFile:
     key: tuple[str, int]  # (file system server, the file system's file id)
@@ -85,7 +346,7 @@ class CentralFile:
     info: FsInfo
     state_frame: int
     state: FileStatePage
-    pages: dict[int, FilePage] = field(default_factory=dict)
+    pages: FilePages = field(default_factory=FilePages)
     inflight: dict[int, range] = field(default_factory=dict)  # fetch tag -> its file pages
     windows: set[Window] = field(default_factory=set)
     modified: bool = False
@@ -139,8 +400,7 @@ class Window:
     state: WindowState = WindowState.OPENING
     ops: int = 0  # operations admitted and not yet finished
     dirty_frames: dict[int, int] = field(default_factory=dict)  # dirty-map page -> frame
-    mapped: set[int] = field(default_factory=set)  # file pages linked into a FileMap part
-    generation: dict[int, int] = field(default_factory=dict)  # page -> serial of its mapping
+    serials: PageSerials = field(default_factory=PageSerials)  # pages -> serial of their mapping
     serial: int = 0  # mappings made into this window so far
     parts: dict[int, tuple[int, int]] = field(default_factory=dict)  # part -> (first page, n)
     ages: dict[int, int] = field(default_factory=dict)
@@ -154,6 +414,12 @@ class Window:
     def frames(self) -> list[int]:
         """Every frame the window owns (control pages and dirty map)."""
         return [self.filemap_frame, self.procpage_frame, *self.dirty_frames.values()]
+
+    @property
+    def mapped(self) -> set[int]:
+        """The file pages linked into a FileMap part (audits and tests; the driver
+        works on the parts' spans, :func:`linked_spans`)."""
+        return {p for first, n in self.parts.values() for p in range(first, first + n)}
 
 
 @dataclass(eq=False, slots=True)
@@ -172,7 +438,7 @@ class RetainedFile:
     name: str
     size: int
     native: dict[str, str | int]
-    pages: dict[int, FilePage]
+    pages: FilePages
 
     def matches(self, info: FsInfo) -> bool:
         """The file the file system opened is still the one whose pages these are."""
@@ -202,7 +468,10 @@ class RetainedFiles:
             return [*out, record]
         self.records[record.key] = record
         self.pages += len(record.pages)
-        while len(self.records) > self.max_files or self.pages > self.max_pages:
+        if len(self.records) > self.max_files:  # a sixteenth more at once: one Release for them
+            while len(self.records) > self.max_files - self.max_files // 16:
+                out.append(self._pop_oldest())
+        while self.pages > self.max_pages:
             out.append(self._pop_oldest())
         return out
 
@@ -248,18 +517,16 @@ class RetainedFiles:
         return record
 
 
-def retain_plan(cfile: CentralFile) -> dict[int, FilePage]:
-    """The pages of a closing file worth keeping: clean cache pages inside the size.
+def take_retained(cfile: CentralFile) -> FilePages:
+    """Move the pages of a closing file worth keeping out of it: clean cache pages inside the size.
 
     Private frames of the copy path are not kept (they are charged to a
     process); pages past the size held a reservation the last close frees.
     """
     end = pages_of(cfile.size)
-    return {
-        p: fp
-        for p, fp in cfile.pages.items()
-        if p < end and fp.cache_lba is not None and not fp.dirty
-    }
+    if end < _ALL:
+        cfile.pages._split(end)
+    return cfile.pages.take(lambda a, b, fl: b <= end and not fl & (PRIVATE | DIRTY))
 
 
 def up_front_pages(cfile: CentralFile, limit: int = UP_FRONT_PAGES) -> list[int]:
@@ -272,12 +539,9 @@ def up_front_pages(cfile: CentralFile, limit: int = UP_FRONT_PAGES) -> list[int]
     end = min(pages_of(cfile.size), limit, WINDOW_DATA // PAGE_SIZE)
     if end <= SMALL_FILE_PAGES:
         return list(range(end))
-    pages = cfile.pages
-    out = [p for p in range(end) if p in pages] if pages else []
-    if out and out[-1] - out[0] != len(out) - 1:  # more than one run: keep the first few
-        breaks = [i for i in range(1, len(out)) if out[i] != out[i - 1] + 1]
-        if len(breaks) >= UP_FRONT_RUNS:
-            out = out[: breaks[UP_FRONT_RUNS - 1]]
+    out: list[int] = []
+    for a, b in merged_spans((a, b) for a, b, *_ in cfile.pages.pieces(0, end))[:UP_FRONT_RUNS]:
+        out.extend(range(a, b))
     return out
 
 
@@ -332,7 +596,7 @@ def check_range(position: int, size: int) -> None:
         raise OSError(errno.EINVAL, f"bad file range {position}+{size}")
 
 
-def part_pages(window: Window, position: int, size: int) -> list[int]:
+def part_pages(window: Window, position: int, size: int) -> range:
     """The file pages a ``CachePart`` at ``position`` maps (empty: at or past the end).
 
     A writer may map its reservation (beyond the published size); one call
@@ -343,73 +607,93 @@ def part_pages(window: Window, position: int, size: int) -> list[int]:
     cfile = window.file
     limit = cfile.fat_size if window.writable else cfile.size
     if position >= limit:
-        return []
+        return range(0)
     first = position // PAGE_SIZE
     end = min(position + max(size, 1), round_up(limit), WINDOW_DATA)
-    return list(range(first, min(pages_of(end), first + MAX_CALL_PAGES)))
+    return range(first, min(pages_of(end), first + MAX_CALL_PAGES))
 
 
-def missing_pages(cfile: CentralFile, pages: Iterable[int]) -> list[int]:
-    """Pages neither cached nor being fetched (fetches are runs: one range test per fetch)."""
-    cached = cfile.pages
-    out = [p for p in pages if p not in cached] if cached else list(pages)
+def missing_spans(cfile: CentralFile, spans: Iterable[Span]) -> list[Span]:
+    """The parts of ``spans`` neither cached nor being fetched (runs, not pages)."""
+    out = [g for lo, hi in spans for g in cfile.pages.gaps(lo, hi)]
     for run in cfile.inflight.values():
-        if out and overlaps(run, out):
-            out = [p for p in out if not run.start <= p < run.stop]
+        out = [piece for lo, hi in out for piece in _minus(lo, hi, run.start, run.stop)]
     return out
 
 
-def overlaps(run: range, pages: list[int]) -> bool:
-    """Whether ``run`` (consecutive pages) holds any of ``pages`` (non-empty)."""
-    if run.start > max(pages) or run.stop <= min(pages):
-        return False
-    return any(run.start <= p < run.stop for p in pages)
+def missing_pages(cfile: CentralFile, pages: Sequence[int]) -> list[int]:
+    """Pages neither cached nor being fetched (tests; the driver uses :func:`missing_spans`)."""
+    return [p for a, b in missing_spans(cfile, spans_of(pages)) for p in range(a, b)]
 
 
-def unmapped_runs(window: Window, pages: Iterable[int]) -> list[list[int]]:
-    """Runs of the pages not yet linked into the window."""
-    mapped = window.mapped
-    return runs([p for p in pages if p not in mapped] if mapped else pages)
+def _minus(lo: int, hi: int, a: int, b: int) -> list[Span]:
+    """``[lo, hi)`` without ``[a, b)``."""
+    if b <= lo or a >= hi:
+        return [(lo, hi)]
+    return [s for s in ((lo, a), (b, hi)) if s[0] < s[1]]
 
 
-def dirty_map_pages_needed(window: Window, run: list[int]) -> list[int]:
+def overlaps(run: range, spans: Iterable[Span]) -> bool:
+    """Whether ``run`` (consecutive pages) meets any of ``spans``."""
+    return any(run.start < hi and lo < run.stop for lo, hi in spans)
+
+
+def linked_spans(window: Window) -> list[Span]:
+    """The spans of file pages linked into the window's FileMap parts, sorted and merged."""
+    return merged_spans(sorted((first, first + n) for first, n in window.parts.values()))
+
+
+def unmapped_spans(window: Window, spans: Iterable[Span]) -> list[Span]:
+    """The parts of ``spans`` not yet linked into the window."""
+    out = list(spans)
+    for a, b in linked_spans(window):
+        out = [piece for lo, hi in out for piece in _minus(lo, hi, a, b)]
+    return out
+
+
+def unmapped_runs(window: Window, pages: Sequence[int]) -> list[list[int]]:
+    """Runs of the pages not yet linked into the window (tests; see :func:`unmapped_spans`)."""
+    return [list(range(a, b)) for a, b in unmapped_spans(window, spans_of(pages))]
+
+
+def dirty_map_pages_needed(window: Window, first: int, count: int) -> list[int]:
     """Dirty-map pages a new part needs that the window does not have yet."""
-    return [m for m in map_pages_for(run[0], len(run)) if m not in window.dirty_frames]
+    return [m for m in map_pages_for(first, count) if m not in window.dirty_frames]
 
 
-def record_mapping(window: Window, run: list[int], index: int) -> None:
+def record_mapping(window: Window, first: int, count: int, index: int) -> None:
     """A run of pages is mapped and linked as FileMap part ``index``."""
-    window.mapped.update(run)
     window.serial += 1  # one new serial for the whole run: a page mapped again differs
-    window.generation.update(dict.fromkeys(run, window.serial))
-    window.parts[index] = (run[0], len(run))
+    window.serials.assign(first, first + count, window.serial)
+    window.parts[index] = (first, count)
 
 
-def forget_part(window: Window, index: int) -> tuple[int, int, dict[int, int]]:
-    """Unlink part ``index``: (first page, count, generations to unmap after the grace).
+def forget_part(window: Window, index: int) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """Unlink part ``index``: (first page, count, serials to unmap after the grace).
 
     The pages count as unmapped at once (a miss maps them again under a new
     part); the real unmap waits out the grace and spares pages mapped again.
     """
     first, n = window.parts.pop(index)
     window.ages.pop(index, None)
-    window.mapped.difference_update(range(first, first + n))
-    return first, n, {p: window.generation.get(p, 0) for p in range(first, first + n)}
+    return first, n, window.serials.pieces(first, first + n)
 
 
-def stale_pages(window: Window, generations: dict[int, int]) -> list[int]:
+def stale_spans(window: Window, serials: list[tuple[int, int, int]]) -> list[Span]:
     """Pages of a removed part still unmapped since: safe to unmap now."""
-    return [
-        p
-        for p, g in generations.items()
-        if p not in window.mapped and window.generation.get(p) == g
-    ]
+    linked = linked_spans(window)
+    out: list[Span] = []
+    for lo, hi, serial in serials:
+        for a, b, now in window.serials.pieces(lo, hi):
+            if now == serial:
+                pieces = [(a, b)]
+                for x, y in linked:
+                    pieces = [q for u, v in pieces for q in _minus(u, v, x, y)]
+                out.extend(pieces)
+    return merged_spans(out)
 
 
 # ------------------------------------------------------------------ dirty pages
-_SET_BYTES: Final = re.compile(rb"[^\x00]+")
-
-
 def take_dirty(window: Window, memory: PhysicalMemory, first: int, count: int) -> list[int]:
     """Read and clear the dirty-map bytes of pages ``first .. first+count-1``.
 
@@ -424,10 +708,17 @@ def take_dirty(window: Window, memory: PhysicalMemory, first: int, count: int) -
             continue
         lo, hi = max(first, m * PAGES_PER_MAP_PAGE), min(end, (m + 1) * PAGES_PER_MAP_PAGE)
         view = memory.view(frame + lo - m * PAGES_PER_MAP_PAGE, hi - lo)
-        for run in _SET_BYTES.finditer(bytes(view)):  # runs of set bytes, found in C
-            a, b = run.span()
+        chunk = bytes(view)
+        if chunk.count(0) == len(chunk):
+            continue
+        marks = chunk.translate(_ANY_TO_ONE)  # 1 where the snapshot saw a store
+        a = marks.find(1)
+        while a >= 0:  # clear exactly the bytes seen set, a run at a time
+            b = marks.find(0, a)
+            b = len(marks) if b < 0 else b
             view[a:b] = bytes(b - a)
             out.extend(range(lo + a, lo + b))
+            a = marks.find(1, b)
     return out
 
 
@@ -444,10 +735,10 @@ def collect_window(window: Window, memory: PhysicalMemory) -> list[int]:
 
 
 def mark_dirty(cfile: CentralFile, pages: Iterable[int]) -> None:
-    for p in pages:
-        fp = cfile.pages.get(p)
-        if fp is not None:
-            fp.dirty = True
+    """The pages were stored into: their runs take the ``DIRTY`` flag (split at their edges)."""
+    for a, b in spans_of(pages if isinstance(pages, Sequence) else list(pages)):
+        if cfile.pages.pieces(a, b):
+            cfile.pages.change(a, b, add=DIRTY)
             cfile.modified = True
 
 
@@ -462,30 +753,80 @@ def writeback_plan(cfile: CentralFile) -> tuple[list[int], list[FilePage]]:
     private: list[FilePage] = []
     if not cfile.modified:  # ``mark_dirty`` sets it with any dirty flag: nothing to take
         return marked, private
-    for p, fp in cfile.pages.items():
-        if not fp.dirty:
+    table = cfile.pages
+    clusters = pages_of(cfile.fat_size)
+    on_disk = cfile.info.size // PAGE_SIZE  # the first page reaching past the size on disk
+    for a, b, _, lba, fl in table.pieces():
+        if not fl & DIRTY:
             continue
-        fp.dirty = False
-        if p * PAGE_SIZE >= cfile.fat_size:
+        table.change(a, b, drop=DIRTY)
+        b = min(b, clusters)
+        if a >= b:
             continue
-        if (p + 1) * PAGE_SIZE > cfile.info.size:
-            cfile.handed.add(p)
-        if fp.cache_lba is not None:
-            marked.append(fp.cache_lba)
+        if b > on_disk:
+            cfile.handed.update(range(max(a, on_disk), b))
+        if fl & PRIVATE:
+            private.extend(table.copies[p] for p in range(a, b))
         else:
-            private.append(fp)
+            marked.extend(range(lba, lba + (b - a) * table.spp, table.spp))
     return marked, private
 
 
-def idle_pages(cfile: CentralFile) -> list[int]:
+def idle_spans(cfile: CentralFile) -> list[Span]:
     """Cached pages no window has linked: what a give-back may drop."""
-    return [p for p in cfile.pages if not any(p in w.mapped for w in cfile.windows)]
+    out = merged_spans((a, b) for a, b, *_ in cfile.pages.pieces())
+    for window in cfile.windows:
+        out = unmapped_spans_of(out, linked_spans(window))
+    return out
 
 
-def pages_from(cfile: CentralFile, size: int) -> list[int]:
+def unmapped_spans_of(spans: list[Span], linked: list[Span]) -> list[Span]:
+    for a, b in linked:
+        spans = [piece for lo, hi in spans for piece in _minus(lo, hi, a, b)]
+    return spans
+
+
+def idle_within(cfile: CentralFile, spans: list[Span]) -> list[Span]:
+    """The pages of ``spans`` (sorted, apart) that :func:`idle_spans` would drop."""
+    out: list[Span] = []
+    for a, b in idle_spans(cfile):
+        out.extend((max(a, lo), min(b, hi)) for lo, hi in spans if lo < b and a < hi)
+    return out
+
+
+def idle_pages(cfile: CentralFile) -> list[int]:
+    """The pages of :func:`idle_spans` one by one (tests)."""
+    return [p for a, b in idle_spans(cfile) for p in range(a, b)]
+
+
+def every_span(cfile: CentralFile) -> list[Span]:
+    """All of a file's pages (a last close drops what it does not keep)."""
+    return [(0, _ALL)]
+
+
+def pages_from(cfile: CentralFile, size: int) -> list[Span]:
     """Cached pages at or past a new size (dropped by a shrink)."""
-    keep = pages_of(size)
-    return [p for p in cfile.pages if p >= keep]
+    return [(pages_of(size), _ALL)]
+
+
+def drop_spans(cfile: CentralFile, spans: Iterable[Span]) -> tuple[list[PageSpan], list[int]]:
+    """Forget the pages in ``spans``: (cache page spans to release, private frames to free)."""
+    return drop_spans_of(cfile.pages, spans)
+
+
+def drop_spans_of(
+    table: FilePages, spans: Iterable[Span] = ((0, _ALL),)
+) -> tuple[list[PageSpan], list[int]]:
+    """:func:`drop_spans` on a page table (a retained record's, say)."""
+    pins: list[PageSpan] = []
+    frames: list[int] = []
+    for lo, hi in spans:
+        for a, b, phys, lba, fl in table.remove(lo, hi):
+            if fl & PRIVATE:
+                frames.extend(range(phys, phys + (b - a) * PAGE_SIZE, PAGE_SIZE))
+            else:
+                pins.append(PageSpan(lba, b - a))
+    return pins, frames
 
 
 def parts_reaching(window: Window, size: int) -> list[int]:
@@ -501,6 +842,30 @@ def pages_of(nbytes: int) -> int:
 
 def round_up(nbytes: int) -> int:
     return pages_of(nbytes) * PAGE_SIZE
+
+
+def spans_of(pages: Sequence[int]) -> list[Span]:
+    """``[first, end)`` spans of page numbers (a range or a sorted run: one step in C)."""
+    if isinstance(pages, range) and pages.step == 1:
+        return [(pages.start, pages.stop)] if pages else []
+    if not pages:
+        return []
+    lo, hi = pages[0], pages[-1] + 1
+    if hi - lo == len(pages) and list(pages) == list(range(lo, hi)):
+        return [(lo, hi)]
+    return [(r[0], r[-1] + 1) for r in runs(pages)]
+
+
+def merged_spans(spans: Iterable[Span]) -> list[Span]:
+    """Sorted spans with the ones that touch or overlap joined."""
+    out: list[Span] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
 
 
 def runs(pages: Iterable[int]) -> list[list[int]]:

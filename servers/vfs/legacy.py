@@ -8,6 +8,7 @@ or overflowing offset or size).
 
 from __future__ import annotations
 
+import errno
 from contextlib import AbstractContextManager
 
 from microkernel.ipc import Envelope
@@ -15,7 +16,7 @@ from microkernel.memory import PhysicalMemory
 from microkernel.server import handles
 from servers.vfs import core
 from servers.vfs.abi import PAGE_SIZE
-from servers.vfs.core import Window
+from servers.vfs.core import CentralFile, Window
 from servers.vfs.paging import Pager
 from servers.vfs.protocol import Data, Read, Write, Written
 from servers.vfs.writeback import Flusher
@@ -52,7 +53,7 @@ class LegacyMixin:
                     lo, hi = max(p * PAGE_SIZE, msg.position), min((p + 1) * PAGE_SIZE, end)
                     self.memory.copy(
                         memoryview(out)[lo - msg.position : hi - msg.position],
-                        self.memory.view(cfile.pages[p].phys + lo - p * PAGE_SIZE, hi - lo),
+                        self.memory.view(_frame(cfile, p) + lo - p * PAGE_SIZE, hi - lo),
                         reason="legacy-read",
                     )
             return Data(bytes(out))
@@ -71,12 +72,20 @@ class LegacyMixin:
                 for p in pages:
                     lo, hi = max(p * PAGE_SIZE, msg.position), min((p + 1) * PAGE_SIZE, end)
                     self.memory.copy(
-                        self.memory.view(cfile.pages[p].phys + lo - p * PAGE_SIZE, hi - lo),
+                        self.memory.view(_frame(cfile, p) + lo - p * PAGE_SIZE, hi - lo),
                         src[lo - msg.position : hi - msg.position],
                         reason="legacy-write",
                     )
                 core.mark_dirty(cfile, pages)  # before the next await: a give-back writes them
             return Written(len(msg.data))
+
+
+def _frame(cfile: CentralFile, page: int) -> int:
+    """The frame of a page the caller just brought in (no await since)."""
+    phys = cfile.pages.phys_of(page)
+    if phys < 0:
+        raise OSError(errno.EAGAIN, f"{cfile.info.name}: page {page} went away")
+    return phys
 
 
 def _chunks(start: int, end: int) -> list[list[int]]:

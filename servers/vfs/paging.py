@@ -24,7 +24,7 @@ import errno
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -37,8 +37,9 @@ from servers.cache.protocol import CacheFailed, CacheRead, Extent, PageSpan, Rel
 from servers.fs.protocol import FileExtent, FsVolume, Mapped, MapRange
 from servers.vfs import core
 from servers.vfs.abi import DATA_OFFSET, DIRTY_OFFSET, PAGE_SIZE
-from servers.vfs.core import BadHandle, CentralFile, FilePage, Window
+from servers.vfs.core import PRIVATE, BadHandle, CentralFile, FilePage, Span, Window
 from servers.vfs.filemap import FileMapFull
+from servers.vfs.opened import extents_for
 from servers.vfs.second_chance import AGE_INITIAL, scan
 
 GRACE_S: Final = 0.02  # removal -> clear entry -> unmap: longer than any prompt reader's lookup
@@ -56,7 +57,7 @@ class Fetch:
 
     tag: int
     cfile: CentralFile
-    pages: list[int]
+    pages: range
     arrived: anyio.Event = field(default_factory=anyio.Event)  # SectorsReady or CacheFailed
     done: anyio.Event = field(default_factory=anyio.Event)  # pages installed (or failed)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -64,7 +65,7 @@ class Fetch:
     error: OSError | None = None
     installed: bool = False
     owner: str = "vfs"  # who pays for the copy path's private frames (the asking process)
-    zeros: list[FileExtent] | None = None  # unwritten clusters, known: no MapRange (a create)
+    extents: list[FileExtent] | None = None  # known at the start (opened.py): no MapRange
 
 
 class Pager:
@@ -100,54 +101,64 @@ class Pager:
     async def ensure_pages(
         self,
         cfile: CentralFile,
-        pages: list[int],
+        pages: Sequence[int],
         window: Window | None,
-        ahead: Iterable[int] = (),
+        ahead: Iterable[Span] = (),
+        known: list[FileExtent] | None = None,
         zeros: list[FileExtent] | None = None,
     ) -> None:
         """Bring ``pages`` into ``cfile.pages``: join fetches in flight, start the rest.
 
         Waiting ends early with EBADF when ``window`` starts closing. Pages
         dropped again while we waited (a shrink, a give-back) are fetched again.
-        The ``ahead`` pages (read-ahead) are fetched too, started after ours so
-        they queue behind them, and waited for by nobody here. ``zeros``: the
-        clusters behind ``pages`` (one run), reserved and never written, whose
-        zero pages the cache hands out without asking the file system.
+        The ``ahead`` spans (read-ahead) are fetched too, started after ours so
+        they queue behind them, and waited for by nobody here. ``known``: the
+        file's extents as the open was told them (``opened.py``), for the first
+        round's fetches only. ``zeros``: clusters a create reserved, never written
+        (``FsOpened.reserved``): their pages are zero-filled by the cache, asked at
+        once like ``known`` ones.
         """
         owner = window.proc.port if window else "vfs"
+        spans = core.spans_of(pages)
         for _ in range(ENSURE_ATTEMPTS):
             waits = {t: self.fetches[t] for t, run in cfile.inflight.items()
-                     if pages and core.overlaps(run, pages)}
-            for run in core.runs(core.missing_pages(cfile, pages)):
-                fetch = self._start_fetch(cfile, run, owner, zeros if run == pages else None)
+                     if core.overlaps(run, spans)}
+            for lo, hi in core.missing_spans(cfile, spans):
+                fetch = self._start_fetch(cfile, lo, hi, owner, known, zeros)
                 waits[fetch.tag] = fetch
+            known = zeros = None
             if ahead:
-                self.prefetch(cfile, core.missing_pages(cfile, ahead), owner)
+                self.prefetch(cfile, core.missing_spans(cfile, ahead), owner)
                 ahead = ()
             for fetch in waits.values():
                 await self._wait(fetch.done, window)
                 if fetch.error is not None:
                     raise OSError(fetch.error.errno, fetch.error.strerror)
-            if all(map(cfile.pages.__contains__, pages)):
+            if all(cfile.pages.covers(lo, hi) for lo, hi in spans):
                 return
         raise OSError(errno.EAGAIN, f"{cfile.info.name}: pages keep being dropped while read")
 
-    def prefetch(self, cfile: CentralFile, pages: list[int], owner: str) -> None:
-        """Start fetches for ``pages`` (none cached nor in flight) and wait for none of them.
+    def prefetch(self, cfile: CentralFile, spans: list[Span], owner: str) -> None:
+        """Start fetches for ``spans`` (none cached nor in flight) and wait for none of them.
 
         Read-ahead: whoever later wants these pages joins the fetch as
         :meth:`ensure_pages` joins any fetch in flight (and gets its error).
         """
-        for run in core.runs(pages):
-            self._start_fetch(cfile, run, owner)
+        for lo, hi in spans:
+            self._start_fetch(cfile, lo, hi, owner)
 
     def _start_fetch(
-        self, cfile: CentralFile, run: list[int], owner: str,
+        self, cfile: CentralFile, lo: int, hi: int, owner: str,
+        known: list[FileExtent] | None = None,
         zeros: list[FileExtent] | None = None,
     ) -> Fetch:
-        fetch = Fetch(self._new_tag(), cfile, run, owner=owner, zeros=zeros)
+        fetch = Fetch(self._new_tag(), cfile, range(lo, hi), owner=owner)
         self.fetches[fetch.tag] = fetch
-        cfile.inflight[fetch.tag] = range(run[0], run[-1] + 1)  # a run: consecutive pages
+        cfile.inflight[fetch.tag] = fetch.pages  # a run: consecutive pages
+        if zeros:
+            self._read_known(fetch, zeros, zero_fill=True)
+        elif known:
+            self._read_known(fetch, known)
 
         async def go() -> None:
             await self._run_fetch(fetch)
@@ -155,34 +166,57 @@ class Pager:
         self.spawn(go)
         return fetch
 
+    def _read_known(
+        self, fetch: Fetch, known: list[FileExtent], *, zero_fill: bool = False
+    ) -> None:
+        """Ask the cache for the fetch's pages at once where the open's extents name them.
+
+        Sent before the caller awaits anything, so the extents are still the
+        file's (``opened.py``); a full cache inbox leaves it to ``MapRange``.
+        ``zero_fill``: they are a create's reserved clusters (past the size: the
+        cache hands their pages out as clean zeros).
+        """
+        cfile = fetch.cfile
+        volume = self.volumes[cfile.fs]
+        size = cfile.info.size if not zero_fill else (fetch.pages[-1] + 1) * PAGE_SIZE
+        extents = extents_for(known, fetch.pages[0], len(fetch.pages), size,
+                              volume.logical_sector_size)
+        if extents is None:
+            return
+        request = CacheRead(volume.device, [Extent(e.lba, e.count) for e in extents],
+                            self.endpoint.name, fetch.tag, zero_fill)
+        try:
+            self.endpoint.send_nowait(self.cache, request)
+        except (anyio.WouldBlock, OSError):  # a full inbox, a table without it: as before
+            return
+        fetch.extents = extents
+
     async def _run_fetch(self, fetch: Fetch) -> None:
         cfile = fetch.cfile
         start, length = fetch.pages[0] * PAGE_SIZE, len(fetch.pages) * PAGE_SIZE
         try:
             with fetch.scope:
-                if fetch.zeros is not None:  # a reservation's clusters: straight to the cache
-                    device, me = self.volumes[cfile.fs].device, self.endpoint.name
-                    found = [Extent(e.lba, e.count) for e in fetch.zeros]
-                    await self.endpoint.send(self.cache, CacheRead(device, found, me, fetch.tag, True))
-                    mapped = Mapped(fetch.tag, cfile.info.size, fetch.zeros)
-                else:
-                    mapped = await self.endpoint.call(
+                extents = fetch.extents
+                if extents is None:
+                    mapped: Mapped = await self.endpoint.call(
                         cfile.fs,
                         MapRange(cfile.fs_handle, start, length, self.endpoint.name, fetch.tag,
                                  self._unwritten_from(cfile)),
                         Mapped,
                     )
-                if not mapped.extents:
+                    extents = mapped.extents
+                if not extents:
                     raise OSError(
                         errno.EIO,
                         f"{cfile.info.name}: no clusters behind bytes {start}..{start + length}",
                     )
-                with anyio.fail_after(FETCH_TIMEOUT_S):
-                    await self._traced_wait(fetch.arrived)
+                if not fetch.arrived.is_set():  # a hit asked at the start may be here already
+                    with anyio.fail_after(FETCH_TIMEOUT_S):
+                        await self._traced_wait(fetch.arrived)
                 if fetch.error is not None:
                     raise fetch.error
                 assert fetch.ready is not None
-                self._install(cfile, fetch.pages, mapped.extents, fetch.ready, fetch.owner)
+                self._install(cfile, fetch.pages, extents, fetch.ready, fetch.owner)
                 fetch.installed = True
         except OSError as exc:
             fetch.error = exc
@@ -280,21 +314,22 @@ class Pager:
     def _install(
         self,
         cfile: CentralFile,
-        pages: list[int],
+        pages: range,
         extents: list[FileExtent],
         ready: SectorsReady,
         owner: str,
     ) -> None:
         """Turn the delivered cache page runs into file pages: mapped as is, or copied when not
         aligned. Works a run at a time: an aligned extent meets a delivered run in one
-        interval of file pages, each of which *is* the cache page (no lookup per page)."""
+        interval of file pages, each of which *is* the cache page (one table entry per run)."""
         volume = self.volumes[cfile.fs]
         ss = volume.logical_sector_size
         spp = PAGE_SIZE // ss
-        lo, hi = pages[0], pages[-1] + 1  # a fetch is one run of consecutive file pages
+        lo, hi = pages.start, pages.stop  # a fetch is one run of consecutive file pages
         used = [bytearray(run.count) for run in ready.runs]
         wanted = bytearray(b"\1") * (hi - lo)
-        installed: list[int] = []
+        table = cfile.pages
+        installed: list[Span] = []
         try:
             for first, end, lba0 in core.direct_spans(extents, ss, volume.alignment_offset):
                 for i, run in enumerate(ready.runs):
@@ -304,40 +339,25 @@ class Pager:
                     if a >= b or (run.lba - lba0) % spp:
                         continue
                     k = (lba0 - run.lba) // spp + (a - first)
-                    n = b - a
-                    if wanted.find(0, a - lo, b - lo) < 0:  # the usual case: all of it, at once
-                        phys, lba = run.phys + k * PAGE_SIZE, run.lba + k * spp
-                        cfile.pages.update(zip(range(a, b), map(
-                            FilePage,
-                            range(phys, phys + n * PAGE_SIZE, PAGE_SIZE),
-                            range(lba, lba + n * spp, spp),
-                        ), strict=True))
-                        installed.extend(range(a, b))
-                        used[i][k : k + n] = b"\1" * n
-                        wanted[a - lo : b - lo] = bytes(n)
-                        continue
-                    for j in range(n):
-                        page = a + j
-                        if wanted[page - lo]:
-                            cfile.pages[page] = FilePage(
-                                run.phys + (k + j) * PAGE_SIZE, run.lba + (k + j) * spp
-                            )
-                            installed.append(page)
-                            used[i][k + j] = 1
-                            wanted[page - lo] = 0
-            rest = [lo + i for i, w in enumerate(wanted) if w]
+                    for x, y in _one_spans(wanted, a - lo, b - lo):  # usually all of it, at once
+                        at = k + x - (a - lo)
+                        table.put(lo + x, y - x, run.phys + at * PAGE_SIZE, run.lba + at * spp, spp)
+                        installed.append((lo + x, lo + y))
+                        used[i][at : at + y - x] = b"\1" * (y - x)
+                        wanted[x:y] = bytes(y - x)
+            rest = [lo + i for i, w in enumerate(wanted) if w] if wanted.find(1) >= 0 else []
             if rest:
                 frames = {ref.lba: ref.phys for run in ready.runs for ref in run.refs(spp)}
                 for page in rest:
-                    cfile.pages[page] = self._copy_page(cfile, page, extents, frames, ss, owner)
-                    installed.append(page)
+                    table.put_private(page, self._copy_page(cfile, page, extents, frames, ss, owner))
+                    installed.append((page, page + 1))
         except OSError:  # the owner's quota: undo; the fetch gives every pin back
-            for page in installed:
-                fp = cfile.pages.pop(page)
-                if fp.cache_lba is None:
-                    self.memory.release([fp.phys])
+            for a, b in installed:
+                for x, y, phys, _, fl in table.remove(a, b):
+                    if fl & PRIVATE:
+                        self.memory.release(list(range(phys, phys + (y - x) * PAGE_SIZE, PAGE_SIZE)))
             raise
-        self._zero_past_eof_runs(cfile, pages[max(0, cfile.info.size // PAGE_SIZE - pages[0]):])
+        self._zero_past_eof_span(cfile, max(lo, cfile.info.size // PAGE_SIZE), hi)
         extra = [
             PageSpan(run.lba + a * spp, b - a)
             for run, marks in zip(ready.runs, used, strict=True)
@@ -385,9 +405,9 @@ class Pager:
         unused (the page's new bytes are zeros or the writer's, never the disk's).
         """
         page, lo = old_limit // PAGE_SIZE, old_limit // PAGE_SIZE * PAGE_SIZE
-        fp = cfile.pages.get(page)
+        fp = cfile.pages.copies.get(page)
         hi = min(lo + PAGE_SIZE, cfile.fat_size)
-        if fp is None or fp.cache_lba is not None or hi <= old_limit:
+        if fp is None or hi <= old_limit:
             return
         volume = self.volumes[cfile.fs]
         tag = self._new_tag()
@@ -404,7 +424,7 @@ class Pager:
         ):
             plba = core.page_lba(src_lba, ss, align)
             added.append((plba, (src_lba - plba) * ss + src_off, old_limit - lo + dst_off, n))
-        if cfile.pages.get(page) is fp:
+        if cfile.pages.copies.get(page) is fp:
             fp.sources = core.sources_below(fp.sources, old_limit - lo) + tuple(added)
 
     def zero_past_eof(self, cfile: CentralFile, page: int) -> None:
@@ -414,73 +434,73 @@ class Pager:
         it), so the cache delivers whatever the disk held there; nobody may see it.
         """
         tail = max(0, cfile.info.size - page * PAGE_SIZE)
-        fp = cfile.pages.get(page)
-        if tail < PAGE_SIZE and fp is not None and page not in cfile.handed:
-            self.memory.view(fp.phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
+        phys = cfile.pages.phys_of(page)
+        if tail < PAGE_SIZE and phys >= 0 and page not in cfile.handed:
+            self.memory.view(phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
 
-    def _zero_past_eof_runs(self, cfile: CentralFile, pages: list[int]) -> None:
-        """``zero_past_eof`` for new pages, one store per run of pages wholly past the size
-        in consecutive frames (a reservation being written is thousands of such pages)."""
-        whole_from = -(-cfile.info.size // PAGE_SIZE)
-        run_phys, run_len = 0, 0
-        for page in pages:
-            fp = cfile.pages.get(page)
-            if page < whole_from or fp is None or page in cfile.handed:
-                self.zero_past_eof(cfile, page)
+    def _zero_past_eof_span(self, cfile: CentralFile, lo: int, hi: int) -> None:
+        """``zero_past_eof`` for new pages ``lo .. hi-1``, one store per run of frames wholly
+        past the size (a reservation being written is thousands of such pages)."""
+        if lo >= hi:
+            return
+        whole_from = core.pages_of(cfile.info.size)
+        if lo < whole_from:  # the page the size ends inside
+            self.zero_past_eof(cfile, lo)
+        for a, b, phys, _, _ in cfile.pages.pieces(max(lo, whole_from), hi):
+            if not cfile.handed:
+                self._zero_frames(phys, b - a)
                 continue
-            if run_len and fp.phys == run_phys + run_len * PAGE_SIZE:
-                run_len += 1
-                continue
-            self._zero_frames(run_phys, run_len)
-            run_phys, run_len = fp.phys, 1
-        self._zero_frames(run_phys, run_len)
+            for page in range(a, b):
+                if page not in cfile.handed:
+                    self._zero_frames(phys + (page - a) * PAGE_SIZE, 1)
 
     def _zero_frames(self, phys: int, count: int) -> None:
         if count:
             self.memory.view(phys, count * PAGE_SIZE)[:] = bytes(count * PAGE_SIZE)
 
     # ------------------------------------------------------------------- parts
-    def map_into(self, window: Window, pages: list[int]) -> None:
+    def map_into(self, window: Window, pages: Sequence[int]) -> None:
         """Map the file pages into the window and publish them as FileMap parts (each at most
         ``MAX_PART_PAGES``: second chance ages and drops parts of that size at most)."""
         if not core.may_map(window):
             raise BadHandle(f"handle {window.handle} is {window.state.value}: nothing is mapped")
         step = core.MAX_PART_PAGES
-        for whole in core.unmapped_runs(window, pages):
-            for at in range(0, len(whole), step):
-                self._map_part(window, whole[at : at + step])
+        for lo, hi in core.unmapped_spans(window, core.spans_of(pages)):
+            for at in range(lo, hi, step):
+                self._map_part(window, at, min(at + step, hi))
 
-    def _map_part(self, window: Window, run: list[int]) -> None:
-        self._back_dirty_map(window, run)
-        file_pages = list(map(window.file.pages.__getitem__, run))
-        frames = [fp.phys for fp in file_pages]
-        window.space.map(DATA_OFFSET + run[0] * PAGE_SIZE, frames, writable=window.writable)
-        zero_copy = len(run) - [fp.cache_lba for fp in file_pages].count(None)
+    def _map_part(self, window: Window, lo: int, hi: int) -> None:
+        """One part: one ``mmap(MAP_FIXED)`` per run of the file's page table in it."""
+        pieces = window.file.pages.pieces(lo, hi)
+        if sum(b - a for a, b, *_ in pieces) != hi - lo:
+            raise OSError(errno.EAGAIN, f"{window.file.info.name}: pages {lo}..{hi} went away")
+        self._back_dirty_map(window, lo, hi - lo)
+        zero_copy = 0
+        for a, b, phys, _, fl in pieces:
+            window.space.map_run(DATA_OFFSET + a * PAGE_SIZE, b - a, phys, writable=window.writable)
+            if not fl & PRIVATE:
+                zero_copy += b - a
         self.router.counters.bytes_zero_copy += zero_copy * PAGE_SIZE
-        core.record_mapping(window, run, self._insert_part(window, run))
+        core.record_mapping(window, lo, hi - lo, self._insert_part(window, lo, hi - lo))
 
-    def _back_dirty_map(self, window: Window, run: list[int]) -> None:
+    def _back_dirty_map(self, window: Window, first: int, count: int) -> None:
         """A writable window gets dirty-map frames for the pages it maps (zeroed, once)."""
         if not window.writable:
             return
-        for m in core.dirty_map_pages_needed(window, run):
+        for m in core.dirty_map_pages_needed(window, first, count):
             (frame,) = self.memory.alloc("vfs", 1)
             self.memory.zero([frame])
             window.space.map(DIRTY_OFFSET + m * PAGE_SIZE, [frame], writable=True)
             window.dirty_frames[m] = frame
 
-    def _insert_part(self, window: Window, run: list[int]) -> int:
+    def _insert_part(self, window: Window, first: int, count: int) -> int:
         if window.writer.free_count == 0:
             self.evict_parts(window, max(1, len(window.parts) // 8))
         try:
-            index = window.writer.insert(
-                run[0] * PAGE_SIZE, len(run) * PAGE_SIZE, run[0] * PAGE_SIZE
-            )
+            index = window.writer.insert(first * PAGE_SIZE, count * PAGE_SIZE, first * PAGE_SIZE)
         except FileMapFull:
             self.evict_parts(window, len(window.parts) // 4 + 1)
-            index = window.writer.insert(
-                run[0] * PAGE_SIZE, len(run) * PAGE_SIZE, run[0] * PAGE_SIZE
-            )
+            index = window.writer.insert(first * PAGE_SIZE, count * PAGE_SIZE, first * PAGE_SIZE)
         window.procpage.reset_part(index)
         window.ages[index] = AGE_INITIAL
         return index
@@ -504,9 +524,9 @@ class Pager:
             first, n = window.parts[index]
             core.mark_dirty(window.file, core.take_dirty(window, self.memory, first, n))
             window.writer.remove(index)
-            _, _, generations = core.forget_part(window, index)
+            _, _, serials = core.forget_part(window, index)
             done = anyio.Event()
-            self._retire_part(window, index, first, n, generations, done)
+            self._retire_part(window, index, first, n, serials, done)
             events.append(done)
         return events
 
@@ -516,7 +536,7 @@ class Pager:
         index: int,
         first: int,
         n: int,
-        generations: dict[int, int],
+        serials: list[tuple[int, int, int]],
         done: anyio.Event,
     ) -> None:
         """Clear the entry after one grace period and unmap after another (unless closed)."""
@@ -531,8 +551,8 @@ class Pager:
                     window.writer.clear_part(index)
                 await anyio.sleep(GRACE_S)
                 if core.may_map(window):
-                    for run in core.runs(core.stale_pages(window, generations)):
-                        window.space.unmap(DATA_OFFSET + run[0] * PAGE_SIZE, len(run), discard=True)
+                    for lo, hi in core.stale_spans(window, serials):
+                        window.space.unmap(DATA_OFFSET + lo * PAGE_SIZE, hi - lo, discard=True)
             finally:
                 done.set()
 
@@ -542,6 +562,18 @@ class Pager:
 def _release_runs(ready: SectorsReady) -> Release:
     """Give back every pin of a delivery, a run at a time."""
     return Release(ready.device, [], [PageSpan(run.lba, run.count) for run in ready.runs])
+
+
+def _one_spans(marks: bytearray, lo: int, hi: int) -> list[tuple[int, int]]:
+    """``[a, b)`` index ranges inside ``[lo, hi)`` where ``marks`` is 1 (pages still wanted)."""
+    out: list[tuple[int, int]] = []
+    start = marks.find(1, lo, hi)
+    while start >= 0:
+        end = marks.find(0, start, hi)
+        end = hi if end < 0 else end
+        out.append((start, end))
+        start = marks.find(1, end, hi)
+    return out
 
 
 def _zero_spans(marks: bytearray) -> list[tuple[int, int]]:

@@ -26,7 +26,14 @@ from microkernel.memory import PhysicalMemory
 from microkernel.process import Process, ProcessTable
 from microkernel.protocol import Ok
 from microkernel.server import Server, handles
-from servers.cache.protocol import CacheFailed, GiveBack, GiveBackDone, Release, SectorsReady
+from servers.cache.protocol import (
+    CacheFailed,
+    GiveBack,
+    GiveBackDone,
+    PageSpan,
+    Release,
+    SectorsReady,
+)
 from servers.fs.protocol import (
     FileExtent,
     FsClose,
@@ -126,6 +133,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         self._open_lock = anyio.Lock(fast_acquire=True)  # uncontended: no event-loop turn
         self._exited: weakref.WeakSet[Process] = weakref.WeakSet()  # sent Exit
         self._retiring: dict[tuple[str, int], anyio.Event] = {}
+        self._dropping: dict[tuple[str, int], list[anyio.Event]] = {}  # releases behind readers
         self._idle: dict[int, anyio.Event] = {}  # handle -> set when its last operation ends
         self._closed: dict[int, anyio.Event] = {}  # handle -> set when its close is done
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -231,7 +239,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         if flags & OpenFlags.WRITE and self.volumes[fs].read_only:
             raise OSError(30, f"{label}: read-only file system")
         async with self._open_lock:
-            cfile, surplus, zeros = await self._central(fs, request)
+            cfile, surplus, known, zeros = await self._central(fs, request)
             window = self._new_window(proc, cfile, flags)
         # created by this open, empty, its reservation made with it: the writer's
         reserved = 0 if surplus or not request.reserve or cfile.size else cfile.reserved
@@ -244,7 +252,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                 elif flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
                     await self.flusher.set_size(cfile, 0)
                 elif flags & OpenFlags.READ:
-                    await self._map_up_front(window)
+                    await self._map_up_front(window, known)
             if not proc.alive or proc in self._exited:  # it exited while we opened
                 raise BadHandle(f"{label}: process {env.src} exited during its open")
         except BaseException:
@@ -255,14 +263,15 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
 
     async def _central(
         self, fs: str, request: FsOpen | FsOpenAt
-    ) -> tuple[CentralFile, int, list[FileExtent]]:
+    ) -> tuple[CentralFile, int, list[FileExtent], list[FileExtent]]:
         """The central file of what the request names, found by the file system's identity.
 
         Every open asks the file system (which resolves aliases, case and renamed
         parents to one entry and says which file that is); a second handle onto a
-        file already open is given back. Returns the central file and the file
-        system handle to give back (0: none), and the clusters of a reservation
-        the open made (``FsOpened.reserved``).
+        file already open is given back. Returns the central file, the file
+        system handle to give back (0: none) and, for a central file made from
+        this very answer, the small file's extents it carried (``opened.py``) and
+        the clusters of a reservation the open made (``FsOpened.reserved``).
         """
         opened: FsOpened = await self.endpoint.call(fs, request, FsOpened)
         key = (fs, opened.info.file_id)
@@ -270,10 +279,10 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         if retiring is not None:  # the last close is writing back: its size is not final yet
             await retiring.wait()
             info: FsInfo = await self.endpoint.call(fs, FsStatHandle(opened.handle), FsInfo)
-            opened = FsOpened(opened.handle, info)
+            opened = FsOpened(opened.handle, info)  # the extents may be stale: none
         cfile = self.files.get(key)
         if cfile is not None:
-            return cfile, opened.handle, []
+            return cfile, opened.handle, [], []
         (frame,) = self.memory.alloc("vfs", 1)
         self.memory.zero([frame])
         state = FileStatePage(self.memory.view(frame), writable=True)
@@ -287,14 +296,15 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             self._release_retained([record])
         cfile.publish()
         self.files[key] = cfile
-        return cfile, 0, opened.reserved if cfile.reserved else []
+        return cfile, 0, opened.extents, opened.reserved if cfile.reserved else []
 
-    async def _map_up_front(self, window: Window) -> None:
+    async def _map_up_front(self, window: Window, known: list[FileExtent]) -> None:
         """Map what the first reads will want before the open replies: no miss for them.
 
         The pages the file already has (kept from its last close, or another
         opener's), each contiguous run as one part, and a small file whole
-        (fetched here, so its open, read and close cost no ``CachePart``). An
+        (fetched here, so its open, read and close cost no ``CachePart``; with
+        the extents the open was told, ``known``, not even a ``MapRange``). An
         error here is the first read's to report, not the open's.
         """
         cfile = window.file
@@ -303,7 +313,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             return
         try:
             if len(pages) <= core.SMALL_FILE_PAGES and any(p not in cfile.pages for p in pages):
-                await self.pager.ensure_pages(cfile, pages, window)
+                await self.pager.ensure_pages(cfile, pages, window, known=known)
             self.pager.map_into(window, pages)
         except OSError as exc:
             self.log.debug("nothing mapped at open", file=cfile.info.name, error=str(exc))
@@ -384,7 +394,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         the kernel file driver holds them until the last close.
         """
         paid = set(self.memory.frames_of(leaving.port))
-        frames = [fp.phys for fp in cfile.pages.values() if fp.cache_lba is None and fp.phys in paid]
+        frames = [fp.phys for fp in cfile.pages.copies.values() if fp.phys in paid]
         if not frames:
             return
         for other in {w.proc.port for w in cfile.windows} - {leaving.port}:
@@ -416,7 +426,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             finally:  # a write error is the closer's to see; nothing stays held for it
                 if not kept and (record := self.retained.take(cfile.key)) is not None:
                     self._release_retained([record])
-                self.flusher.drop_pages(cfile, list(cfile.pages))
+                self.flusher.drop_pages(cfile, core.every_span(cfile))
                 self.flusher.forget(cfile)
                 self.memory.release([cfile.state_frame])
                 with anyio.CancelScope(shield=True):
@@ -441,43 +451,41 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         else:
             await self.endpoint.send(cfile.fs, request)
 
-    def _retain(self, cfile: CentralFile) -> list[int]:
+    def _retain(self, cfile: CentralFile) -> list[core.Span]:
         """Keep the clean cache pages of a file at its last close; returns the pages to drop.
 
         Called once the dirty pages are in the cache, before the size is
         published: the record goes into the LRU at once, so a GiveBack the
         publish causes (the file system needs frames) can take its pins back.
         The tail of the last page past the size is zeroed (as a fetch would): a
-        new open maps exactly what a cold read would show.
+        new open maps exactly what a cold read would show. The kept runs move
+        to the record as they are (no work per page).
         """
-        keep = core.retain_plan(cfile) if cfile.retain else {}
+        keep = core.take_retained(cfile) if cfile.retain else None
         if keep:
-            if len(keep) == len(cfile.pages):
-                cfile.pages = {}
-            else:
-                for p in keep:
-                    del cfile.pages[p]
             last = (cfile.size - 1) // PAGE_SIZE
             tail = cfile.size - last * PAGE_SIZE
-            if last in keep and tail < PAGE_SIZE:
-                self.memory.view(keep[last].phys + tail, PAGE_SIZE - tail)[:] = bytes(
-                    PAGE_SIZE - tail
-                )
+            phys = keep.phys_of(last)
+            if phys >= 0 and tail < PAGE_SIZE:
+                self.memory.view(phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
             info = cfile.info
             record = RetainedFile(cfile.key, info.name, cfile.size, info.native, keep)
             self._release_retained(self.retained.put(record))
-        return list(cfile.pages)
+        return core.every_span(cfile)
 
     def _release_retained(self, records: list[RetainedFile]) -> int:
-        """Give the pins of retained records back to the cache; returns how many."""
-        by_device: dict[str, list[int]] = {}
+        """Give the pins of retained records back to the cache, a run at a time; returns how many."""
+        by_device: dict[str, list[PageSpan]] = {}
+        released = 0
         for record in records:
-            lbas = by_device.setdefault(self.volumes[record.key[0]].device, [])
-            lbas.extend(fp.cache_lba for fp in record.pages.values() if fp.cache_lba is not None)
-        for device, lbas in by_device.items():
-            if lbas:
-                self.endpoint.send_nowait(self.cache, Release(device, lbas))
-        return sum(len(lbas) for lbas in by_device.values())
+            spans = by_device.setdefault(self.volumes[record.key[0]].device, [])
+            pins, _ = core.drop_spans_of(record.pages)
+            spans.extend(pins)
+            released += sum(span.count for span in pins)
+        for device, spans in by_device.items():
+            if spans:
+                self.endpoint.send_nowait(self.cache, Release(device, [], spans))
+        return released
 
     def _forget_name(self, fs: str, name: str) -> None:
         """An unlink or a rename onto ``name``: its file's pages are kept no longer.
@@ -496,34 +504,112 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
     @handles(CachePart)
     async def on_cache_part(self, env: Envelope, msg: CachePart) -> PartReady:
         window = self._window(env, msg.handle)
-        pages = core.part_pages(window, msg.position, msg.size)
+        pages = self._call_pages(core.part_pages(window, msg.position, msg.size))
         if not pages:
             return PartReady(msg.position, 0)
         with self._op(window):
             if window.writer.count > PARTS_BEFORE_SCAN:
                 self.pager.second_chance(window)  # the scan also runs on a miss
             ahead = self._read_ahead(window, pages, msg.position + msg.size)
+            await self._room_for(window.file, pages)
             pages = await self._bring_in(window, pages, ahead)
             self.pager.map_into(window, pages)
         return PartReady(pages[0] * PAGE_SIZE, len(pages) * PAGE_SIZE)
 
-    def _read_ahead(self, window: Window, pages: list[int], wanted_end: int) -> list[int]:
+    def _read_ahead(self, window: Window, pages: range, wanted_end: int) -> list[core.Span]:
         """The pages to fetch after this part's, while this one is fetched and copied.
 
         Only for a reader that reads on: it asked for more than one part holds,
         or this miss starts where its previous part ended. One part ahead, of this
-        part's length, and only while the cache has free frames for it, so read-ahead
-        never evicts anything (nor runs for writers, whose parts follow their
-        reservation). The fetch is the central file's like any other: the next miss
-        joins it, a close cancels it, its pages are dropped under memory pressure.
+        part's length (nor for writers, whose parts follow their reservation). The
+        fetch is the central file's like any other: the next miss joins it, a close
+        cancels it, its pages are dropped under memory pressure.
+
+        Bounded by the cache size: while the cache has free frames for twice the
+        read-ahead, it takes only those. A sequential reader of a file larger than
+        the cache (which can be neither kept at its close nor viewed whole) drops
+        its own parts behind it once free frames run short (:meth:`_drop_behind`).
+        A sequential reader reads ahead while the pages the kernel file driver
+        pins, plus twice the read-ahead, fit in the cache: the cache then makes
+        room by evicting unpinned pages (those dropped behind first), never by a
+        GiveBack round.
         """
         sequential = window.next_page == pages[0] and pages[0] > 0
         window.next_page = pages[-1] + 1
         if window.writable or not (sequential or wanted_end > window.next_page * PAGE_SIZE):
             return []
         ahead = core.part_pages(window, window.next_page * PAGE_SIZE, len(pages) * PAGE_SIZE)
-        missing = core.missing_pages(window.file, ahead)
-        return missing if self._cache_room() >= 2 * len(missing) else []
+        missing = core.missing_spans(window.file, core.spans_of(ahead))
+        wanted = sum(hi - lo for lo, hi in missing)
+        room, capacity = self._cache_room(), self.memory.quota(self.cache)
+        # A file larger than the cache: it cannot be kept at its close, nor viewed whole.
+        streaming = capacity is not None and core.pages_of(window.file.size) > capacity
+        if sequential and streaming and room < 4 * len(pages):
+            # the cache fills up: the unmaps take two grace periods, so start them early
+            self._drop_behind(window, pages.start - len(pages))
+        if not wanted or room >= 2 * wanted:
+            return missing
+        if not sequential or capacity is None:
+            return []
+        return missing if self._pinned() + 2 * wanted <= capacity else []
+
+    def _call_pages(self, pages: range) -> range:
+        """At most an eighth of the cache per call: the part, the part read ahead and the
+        parts dropped behind (until their unmaps) then fit in the cache together."""
+        capacity = self.memory.quota(self.cache)
+        return pages if capacity is None else pages[: max(MIN_PART_PAGES, capacity // 8)]
+
+    def _pinned(self) -> int:
+        """Pages the kernel file driver holds (open files' and kept ones): at most its pins."""
+        return sum(len(cfile.pages) for cfile in self.files.values()) + self.retained.pages
+
+    def _drop_behind(self, window: Window, before: int) -> None:
+        """A sequential reader of more than the cache holds: its parts wholly before page
+        ``before`` are unlinked now, and their pages no window links any more go back to
+        the cache once unmapped (after the grace periods, in the background; dirty
+        pages are handed over first). Pages another window maps stay."""
+        victims = [i for i, (first, n) in window.parts.items() if first + n <= before]
+        if not victims:
+            return
+        spans = core.merged_spans(
+            (first, first + n) for i in victims for first, n in (window.parts[i],)
+        )
+        unmapped = self.pager.remove_parts(window, victims)
+        cfile = window.file
+        done = anyio.Event()
+        self._dropping.setdefault(cfile.key, []).append(done)
+
+        async def release() -> None:
+            try:
+                for event in unmapped:
+                    await event.wait()
+                if self.files.get(cfile.key) is not cfile:
+                    return  # retired meanwhile: its last close dropped or kept the pages
+                await self.flusher.write_back(cfile, then_drop=lambda cf: core.idle_within(cf, spans))
+            except OSError as exc:  # the pages stay (and dirty): the writer's fsync or close
+                self.log.warning("drop-behind writeback failed", file=cfile.info.name,
+                                 error=str(exc))
+            finally:
+                pending = self._dropping.get(cfile.key, [])
+                if done in pending:
+                    pending.remove(done)
+                if not pending:
+                    self._dropping.pop(cfile.key, None)
+                done.set()
+
+        self._spawn(release)
+
+    async def _room_for(self, cfile: CentralFile, pages: range) -> None:
+        """Before a fetch the free frames cannot hold: let the pages this file drops behind
+        go back first (at most two grace periods), so the cache evicts them instead of
+        asking every holder to give pages back."""
+        pending = self._dropping.get(cfile.key)
+        if not pending:
+            return
+        need = sum(hi - lo for lo, hi in core.missing_spans(cfile, core.spans_of(pages)))
+        if need > self._cache_room():
+            for event in list(pending):
+                await event.wait()
 
     def _cache_room(self) -> int:
         """Frames the cache may still take without evicting anything."""
@@ -531,7 +617,9 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         quota = self.memory.quota(self.cache)
         return free if quota is None else min(free, quota - self.memory.used(self.cache))
 
-    async def _bring_in(self, window: Window, pages: list[int], ahead: list[int]) -> list[int]:
+    async def _bring_in(
+        self, window: Window, pages: range, ahead: list[core.Span]
+    ) -> range:
         """Fetch the part's pages (then start the ``ahead`` ones); when the cache is short of
         frames, a smaller part.
 
@@ -607,9 +695,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         try:
             if window.writer.count > PARTS_BEFORE_SCAN:
                 self.pager.second_chance(window)  # as on a miss
-            ss = self.volumes[window.file.fs].logical_sector_size
-            clipped = _clip(zeros, pages[0] * PAGE_SIZE, (pages[-1] + 1) * PAGE_SIZE, ss)
-            await self.pager.ensure_pages(window.file, pages, window, zeros=clipped or None)
+            await self.pager.ensure_pages(window.file, pages, window, zeros=zeros or None)
             self.pager.map_into(window, pages)
         except OSError as exc:
             self.log.debug("nothing mapped at reserve", file=window.file.info.name, error=str(exc))
@@ -641,15 +727,3 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             files = list(self.files.values())
             released += await self.flusher.give_back(files, msg.pages - released)
         await self.endpoint.send(self.cache, GiveBackDone(msg.request, released))
-
-
-def _clip(extents: list[FileExtent] | None, start: int, end: int, ss: int) -> list[FileExtent]:
-    """The parts of ``extents`` holding file bytes ``start .. end`` (whole sectors)."""
-    out: list[FileExtent] = []
-    for e in extents or ():
-        lo = max(start, e.file_offset)
-        hi = min(end, e.file_offset + e.count * ss)
-        if lo < hi:
-            skip = (lo - e.file_offset) // ss
-            out.append(FileExtent(e.file_offset + skip * ss, e.lba + skip, -(-(hi - lo) // ss)))
-    return out

@@ -1,7 +1,7 @@
 """The write path of the kernel file driver: dirty pages to the cache, sizes, give-backs.
 
 Dirt is per 4 KiB page (``core.py``): the dirty maps of a file's windows are
-taken into ``FilePage.dirty``, and only those pages go to the cache: a
+taken into the page runs' ``DIRTY`` flag, and only those pages go to the cache: a
 zero-copy page (a cache frame) is marked dirty there, a private page of the
 copy path is copied back into the cache pages it came from. The cache writes
 what it holds dirty within its writeback interval; ``durable`` (fsync) asks it
@@ -23,7 +23,7 @@ import msgspec
 from microkernel.ipc import Endpoint
 from microkernel.memory import PhysicalMemory
 from microkernel.protocol import Ok
-from servers.cache.protocol import CacheMap, Extent, MarkDirty, Pages, Release, Writeback
+from servers.cache.protocol import CacheMap, Extent, MarkDirty, Pages, PageSpan, Release, Writeback
 from servers.fs.protocol import FsClose, FsInfo, FsSetSize, FsSetTimes, FsStatHandle, FsVolume
 from servers.vfs import core
 from servers.vfs.abi import PAGE_SIZE
@@ -73,7 +73,7 @@ class Flusher:
         cfile: CentralFile,
         *,
         durable: bool = False,
-        then_drop: Callable[[CentralFile], list[int]] | None = None,
+        then_drop: Callable[[CentralFile], list[core.Span]] | None = None,
         publish: bool = True,
     ) -> int:
         """Hand the dirty pages to the cache: zero-copy pages are marked, private copies copied.
@@ -119,7 +119,7 @@ class Flusher:
         durable: bool,
         *,
         write: bool = False,
-        then_drop: Callable[[CentralFile], list[int]] | None = None,
+        then_drop: Callable[[CentralFile], list[core.Span]] | None = None,
     ) -> tuple[bool, int]:
         """Hand the dirty pages over; with ``durable`` or ``write`` also onto the device.
 
@@ -134,7 +134,7 @@ class Flusher:
         written: list[int] = []
         for fp in private:
             written.extend(await self._copy_back(volume, fp))
-        pins = self._take_pages(cfile, then_drop(cfile)) if then_drop else []
+        pins = self._take_spans(cfile, then_drop(cfile)) if then_drop else []
         now = durable or write
         if marked:  # marked and, for an fsync or a close's growth, written in one message
             await self.endpoint.call(
@@ -142,12 +142,12 @@ class Flusher:
                 timeout=WRITEBACK_TIMEOUT_S if now else 30.0,
             )
         elif pins:
-            self.endpoint.send_nowait(self.cache, Release(volume.device, pins))
+            self.endpoint.send_nowait(self.cache, Release(volume.device, [], pins))
         if now and written:
             await self.endpoint.call(
                 self.cache, Writeback(volume.device, written), Ok, timeout=WRITEBACK_TIMEOUT_S
             )
-        return (write or durable) and not private, len(pins)
+        return (write or durable) and not private, sum(span.count for span in pins)
 
     async def _copy_back(self, volume: FsVolume, fp: FilePage) -> list[int]:
         ss, device = volume.logical_sector_size, volume.device
@@ -167,24 +167,18 @@ class Flusher:
         self.endpoint.send_nowait(self.cache, Release(device, lbas))
         return lbas
 
-    def drop_pages(self, cfile: CentralFile, pages: list[int]) -> int:
-        """Forget cached pages: cache pins go back, private frames are freed. Returns pins."""
-        pins = self._take_pages(cfile, pages)
+    def drop_pages(self, cfile: CentralFile, spans: list[core.Span]) -> int:
+        """Forget cached pages (spans of them): cache pins go back, private frames are freed.
+        Returns pins."""
+        pins = self._take_spans(cfile, spans)
         if pins:
-            self.endpoint.send_nowait(self.cache, Release(self.volumes[cfile.fs].device, pins))
-        return len(pins)
+            self.endpoint.send_nowait(self.cache, Release(self.volumes[cfile.fs].device, [], pins))
+        return sum(span.count for span in pins)
 
-    def _take_pages(self, cfile: CentralFile, pages: list[int]) -> list[int]:
+    def _take_spans(self, cfile: CentralFile, spans: list[core.Span]) -> list[PageSpan]:
         """Forget cached pages: private frames are freed; returns the cache pins to give back."""
-        pins = []
-        for p in pages:
-            fp = cfile.pages.pop(p, None)
-            if fp is None:
-                continue
-            if fp.cache_lba is not None:
-                pins.append(fp.cache_lba)
-            else:
-                self.memory.release([fp.phys])
+        pins, frames = core.drop_spans(cfile, spans)
+        self.memory.release(frames)
         return pins
 
     # -------------------------------------------------------------------- sizes
@@ -317,5 +311,5 @@ class Flusher:
         for cfile in files:
             if released >= wanted:
                 break
-            released += await self.write_back(cfile, then_drop=core.idle_pages)
+            released += await self.write_back(cfile, then_drop=core.idle_spans)
         return released

@@ -465,9 +465,9 @@ async def test_mark_dirty_can_release_the_senders_pins_and_only_its_own(tmp_path
         await s.map(0, 8)  # page 0, pinned once for the file system
         await s.read(8, 8)  # page 8, pinned for the holder (the VFS stand-in), not for us
         assert s.cache.cache_stats().pages_pinned == 2
-        await s.call(MarkDirty("disk", [0], release=[0]))
+        await s.call(MarkDirty("disk", [0], release=[PageSpan(0, 1)]))
         stats = s.cache.cache_stats()
         assert stats.pages_pinned == 1 and stats.pages_dirty == 1 and stats.pins_refused == 0
-        await s.call(MarkDirty("disk", [8], release=[8]))  # not our pin: refused, still marked
+        await s.call(MarkDirty("disk", [8], release=[PageSpan(8, 1)]))  # not ours: refused
         stats = s.cache.cache_stats()
         assert stats.pages_pinned == 1 and stats.pins_refused == 1 and stats.pages_dirty == 2

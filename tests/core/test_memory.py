@@ -105,6 +105,42 @@ def test_a_batch_alloc_takes_the_frames_one_at_a_time_would(freed: list[int], ta
     assert batch.statistics() == single.statistics()
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 63), st.integers(1, 20), st.booleans()), max_size=8),
+    st.lists(st.integers(0, 63), max_size=6),
+    st.sampled_from(["a", "b"]),
+)
+def test_a_run_release_frees_what_one_at_a_time_would(
+    spans: list[tuple[int, int, bool]], extra_refs: list[int], charged: str
+) -> None:
+    """Runs up or down, across the zone hole, with extra references, two owners and
+    double frees: a release works a run at a time, with the same frames freed, the
+    same free-stack order (what the next allocs hand out), owners and errors."""
+    mems = [PhysicalMemory(64 * PAGE_SIZE, low_size=32 * PAGE_SIZE) for _ in range(2)]
+    outcomes = []
+    for k, mem in enumerate(mems):
+        frames = mem.alloc("a", 32, Zone.HIGH) + mem.alloc("a", 32, Zone.LOW)
+        mem.charge("b", frames[::5])
+        for i in extra_refs:
+            mem.ref(frames[i])
+        seen: list[object] = []
+        for first, count, down in spans:
+            chosen = frames[first : first + count]
+            chosen = chosen[::-1] if down else chosen
+            try:
+                seen.append(mem.release(chosen) if k == 0 else mem._release_each(chosen))
+            except BadAddress as exc:
+                seen.append(str(exc))
+        seen.append(mem.statistics())
+        seen.append([mem.refcount(f) for f in frames])
+        seen.append([mem.owner_of(f) for f in frames])
+        seen.append((mem.frames_of("a"), mem.frames_of(charged)))
+        seen.append(mem.alloc("c", mem.frames_free - mem.low_reserve) if mem.frames_free else [])
+        outcomes.append(seen)
+    assert outcomes[0] == outcomes[1]
+
+
 def test_a_view_spans_contiguous_frames_but_never_the_hole_between_zones() -> None:
     mem = PhysicalMemory(32 * PAGE_SIZE, low_size=8 * PAGE_SIZE)
     run = mem.alloc("t", 3, Zone.HIGH)

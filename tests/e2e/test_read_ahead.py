@@ -83,3 +83,49 @@ async def test_a_random_small_read_reads_nothing_ahead(make_image: ImageFactory)
             assert await f.read(8) == DATA[100 * PAGE : 100 * PAGE + 8]
             await fetches_done(system)
             assert max(central(system, f).pages) < 100 + 64
+
+
+@pytest.mark.anyio
+async def test_a_reader_of_more_than_the_cache_drops_behind_instead_of_a_give_back(
+    make_image: ImageFactory,
+) -> None:
+    """A sequential reader of three times the cache releases its parts behind it as
+    the cache fills (after their unmaps), so the cache makes room by evicting those
+    unpinned pages: no GiveBack round, read-ahead goes on, the bytes are exact."""
+    data = random.Random(13).randbytes(24 << 20)
+    image = make_image({"/big.bin": data}, sectors=4 * 65536)
+    async with microkernel.boot(image=image, memory="16M") as system:
+        proc = await system.spawn("p")
+        vfs = vfs_of(system)
+        capacity = system.memory.quota("cache")
+        assert capacity is not None and capacity * PAGE * 3 <= len(data)
+        async with await proc.open("/big.bin", "rb") as f:
+            cfile = central(system, f)
+            got = bytearray()
+            most = 0
+            while chunk := await f.read(1 << 20):
+                got += chunk
+                most = max(most, len(cfile.pages))
+        assert got == data
+        stats = system.statistics().messages_by_type
+        assert stats.get("GiveBack", 0) == 0
+        assert most <= capacity  # never more pinned than the cache holds
+        assert vfs.pager.fetches == {} or all(f.done.is_set() for f in vfs.pager.fetches.values())
+
+
+@pytest.mark.anyio
+async def test_a_read_leaves_runs_not_page_records(make_image: ImageFactory) -> None:
+    """The kernel file driver keeps a file's pages as runs: a whole read of an aligned
+    file is a handful of runs (one per delivered frame run at most), no per-page
+    record, a few bytes of heap per page."""
+    image = make_image({"/d.bin": DATA})
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("p")
+        async with await proc.open("/d.bin", "rb") as f:
+            sink = bytearray(len(DATA))
+            assert await f.readinto(sink) == len(DATA) and sink == DATA
+            await fetches_done(system)
+            table = central(system, f).pages
+            assert len(table) == len(DATA) // PAGE and not table.copies
+            assert len(table.first) <= 8
+            assert table.heap_bytes() / len(table) < 8

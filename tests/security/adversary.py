@@ -226,7 +226,7 @@ class Scene:
     def snapshot(self) -> Snapshot:
         mem = self.system.memory
         frames = self.victim_window_frames()
-        state = {p: (mem._owner[mem.index_of(p)], mem.refcount(p)) for p in frames.values()}
+        state = {p: (mem.owner_of(p), mem.refcount(p)) for p in frames.values()}
         cache = self.system.server("cache")
         # Pages of closed files the kernel file driver keeps (its LRU, docs/architecture.md
         # §6) come and go with any process's opens and closes: every other pin must stay.
@@ -349,9 +349,7 @@ async def scene(image: Path, second: Path) -> AsyncIterator[Scene]:
         await af.read()
         await af.close()  # the handle number stays a live value; the baseline holds no window
         memory = system.memory
-        vfs_frames = [
-            memory.phys_of(i) for i in range(memory.frames_total) if memory._owner[i] == "vfs"
-        ]
+        vfs_frames = memory.frames_of("vfs")
         victim_frames = sorted(set(victim.kernel.windows[vf.handle].mapped_frames().values()))
         devices = [d.name for d in cfg.devices]
         cache = system.server("cache")
