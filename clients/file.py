@@ -74,7 +74,9 @@ INITIAL_PART = 256 * 1024
 MAX_PART = 16 * 1024 * 1024  # one CachePart: the kernel maps it as parts of at most 4 MiB
 MISS_RETRIES = 8
 RESERVE_MIN = 256 * 1024
-RESERVE_MAX = 4 * 1024 * 1024
+RESERVE_MAX = 16 * 1024 * 1024  # each reservation is a growth of the chain: one more ordered
+# FAT write group (one more device flush) at the next fsync, so they grow big
+MAP_AHEAD = 4 * 1024 * 1024  # of the room, mapped by the reserving call (pinned zero frames)
 
 
 class PastEnd(OSError):
@@ -383,7 +385,9 @@ class File:
     async def _store(self, pos: int, src: memoryview) -> None:
         done = 0
         while done < len(src):
-            index, avail = await self._span(pos + done, len(src) - done)
+            # a miss inside the reservation maps up to MAP_AHEAD of it: the next writes hit
+            ahead = min(self._reserved - pos - done, MAP_AHEAD)
+            index, avail = await self._span(pos + done, max(len(src) - done, ahead))
             n = min(avail, len(src) - done)
             self._raw(pos + done, n, writable=True)[:] = src[done : done + n]
             mark_dirty(self._space, pos + done, n)
@@ -395,15 +399,16 @@ class File:
 
         Each reservation's room beyond its write is at least double the last
         one's (bounded by ``RESERVE_MAX``): N extending writes cost O(log N)
-        reservations up to the bound. The kernel maps the pages of the bytes
-        ``start`` to ``end`` (the write about to be stored) in the same call, so
-        the write needs no ``CachePart``. Only those: a page the cache supplies
-        as zeros is dirty there, so mapping the room too would write zeros to
-        disk for every page of it the file never fills.
+        reservations up to the bound. The kernel maps the pages from ``start``
+        (the write about to be stored) to ``MAP_AHEAD`` into the room in the same
+        call, so neither this write nor the next ones there need a ``CachePart``:
+        the cache hands reserved pages out as clean zeros, which write nothing
+        unless this process stores into them.
         """
         slack = min(max(end - self.size, RESERVE_MIN, 2 * self._slack), RESERVE_MAX)
+        mapped = end + min(slack, MAP_AHEAD)
         try:
-            await self._call(SetSize(self.handle, end + slack, True, start, end), SizeSet)
+            await self._call(SetSize(self.handle, end + slack, True, start, mapped), SizeSet)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise

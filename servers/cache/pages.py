@@ -366,6 +366,7 @@ class Admission:
     to_read: list[Load]
     zero: list[int]
     hits: int
+    zero_dirty: bool = True  # zero-filled pages are dirty (else clean-but-zero: see admit_runs)
 
 
 @dataclass(slots=True)
@@ -560,19 +561,24 @@ class PageCache:
         frames: list[int],
         holder: str = "",
         max_pages: int = 256,
+        *,
+        zero_dirty: bool = True,
     ) -> Admission:
         """Join a request to the cache: pin every page for ``holder``, start loads, zero-fill.
 
         ``frames`` must hold exactly one fresh frame per absent page
         (:meth:`absent_runs`), ideally in ascending runs: each run of absent
         pages on consecutive frames is read by one command of at most
-        ``max_pages`` pages.
+        ``max_pages`` pages. ``zero_dirty=False``: pages zero-filled here
+        (``whole_zero``) stay clean, so they are written only if their holder
+        marks them dirty (a writer's reserved room, mapped but maybe never
+        filled); dropped unwritten, the next zero-fill request zeroes them again.
         """
         table = self.table(device)
         if self.absent_runs(device, runs) != len(frames):
             raise ValueError("admit() needs exactly one fresh frame per absent page")
         waiter = Waiter(device, list(runs), holder=holder)
-        result = Admission(waiter, [], [], 0)
+        result = Admission(waiter, [], [], 0, zero_dirty)
         used = 0
         for lba, n in runs:
             for plba, m, phys in table.pieces(lba, n):
@@ -649,7 +655,7 @@ class PageCache:
         self._pin(result.waiter.holder, s, n, +1)
         zero = [whole_zero.__contains__(lba + k * spp) for k in range(n)] if whole_zero else []
         reading = EVENT_TABLES[Event.LOAD][REFERENCED]
-        filled = EVENT_TABLES[Event.ZERO_FILL][REFERENCED] | DIRTY
+        filled = EVENT_TABLES[Event.ZERO_FILL][REFERENCED] | (DIRTY if result.zero_dirty else 0)
         reads: list[tuple[int, int, int]] = []
         k = 0
         while k < n:  # runs of pages to read, and of pages to zero-fill
@@ -700,7 +706,7 @@ class PageCache:
                     continue
                 byte = states[s + k]
                 if byte & STATE_MASK in (State.PRESENT, State.WRITING):
-                    states[s + k] = byte | DIRTY
+                    states[s + k] = byte | DIRTY if result.zero_dirty else byte
                     result.zero.append(phys + k * PAGE)
                 else:
                     states[s + k] = byte | ZERO_ON_ARRIVAL

@@ -63,7 +63,9 @@ class CacheRead(msgspec.Struct, frozen=True, gc=False, tag=True):
     """Bring the pages covering ``extents`` in; answer ``notify`` with ``SectorsReady(tag)``.
 
     ``zero_fill``: the extents are newly allocated space, so pages lying wholly
-    inside them are zero-filled frames, never read from the disk.
+    inside them are zero-filled frames, never read from the disk. Those pages
+    are handed out clean (zeros that write nothing unless the holder marks them
+    dirty): a writer may map reserved room it never fills.
     """
 
     device: str
@@ -74,7 +76,8 @@ class CacheRead(msgspec.Struct, frozen=True, gc=False, tag=True):
 
 
 class CacheMap(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """Same as ``CacheRead`` but answered to the caller with ``Pages`` (metadata access)."""
+    """Same as ``CacheRead`` but answered to the caller with ``Pages`` (metadata access);
+    zero-filled pages are dirty (the zeros are written)."""
 
     device: str
     extents: list[Extent]
@@ -90,11 +93,20 @@ class Release(msgspec.Struct, frozen=True, gc=False, tag=True):
 
 
 class MarkDirty(msgspec.Struct, frozen=True, gc=False, tag=True):
-    """The sender changed these pages' bytes in place; they must be written back."""
+    """The sender changed these pages' bytes in place; they must be written back.
+
+    ``write``: write them now, as ``Writeback`` of the same pages would (no flush):
+    the reply comes once they are on the device, so the sender meets a write
+    error, and one message does both. ``release``: then drop one of the sender's
+    pins on each of these pages, as a ``Release`` would (a last close's marking
+    and letting go in one message).
+    """
 
     device: str
     pages: list[int]
     runs: list[PageSpan] = msgspec.field(default_factory=list)  # and these page runs
+    write: bool = False
+    release: list[PageSpan] = msgspec.field(default_factory=list)  # page runs
 
 
 class Writeback(msgspec.Struct, frozen=True, gc=False, tag=True):

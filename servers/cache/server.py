@@ -161,6 +161,7 @@ class CacheServer(Server):
         self._frames = 0
         self._waiting: dict[Waiter, anyio.Event] = {}
         self._open_reads: dict[int, CacheRead] = {}
+        self._flushed: set[str] = set()  # devices with no write completed since a flush was sent
         self._read_ids = itertools.count()
         self.quarantined: list[int] = []  # frames a crash left to a driver's in-flight DMA
         self._rounds: dict[int, _GiveBackRound] = {}
@@ -244,7 +245,9 @@ class CacheServer(Server):
         key = next(self._read_ids)
         self._open_reads[key] = msg  # left behind only if a crash cancels us: restart() answers
         try:
-            waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill, msg.notify)
+            # a file's pages: zero-filled ones stay clean until their holder marks them
+            waiter = await self._fetch(msg.device, msg.extents, msg.zero_fill, msg.notify,
+                                       zero_dirty=False)
         except OSError as exc:
             del self._open_reads[key]
             err, message = _errno_of(exc)
@@ -312,17 +315,19 @@ class CacheServer(Server):
         return True
 
     async def _fetch(
-        self, name: str, extents: list[Extent], zero_fill: bool, holder: str
+        self, name: str, extents: list[Extent], zero_fill: bool, holder: str,
+        *, zero_dirty: bool = True,
     ) -> Waiter:
         """Admit a request, load what is missing, wait for what others load; return it pinned
-        for ``holder``."""
+        for ``holder``. ``zero_dirty=False``: zero-filled pages are handed out clean
+        (``PageCache.admit_runs``)."""
         device = self._device(name)
         runs = device.pages.page_runs(extents)
         total = sum(n for _, n in runs)
         if total > self.capacity:
             raise CacheFull(f"request for {total} pages exceeds the cache of {self.capacity}")
         whole = device.pages.whole_pages(extents) if zero_fill else set()
-        admission = await self._admit(device, runs, whole, holder)
+        admission = await self._admit(device, runs, whole, holder, zero_dirty)
         waiter = admission.waiter
         self.memory.zero(admission.zero)
         self._count(hits=admission.hits, misses=sum(load.count for load in admission.to_read))
@@ -367,7 +372,8 @@ class CacheServer(Server):
 
     # -------------------------------------------------------------- admission
     async def _admit(
-        self, device: CachedDevice, runs: list[tuple[int, int]], whole: set[int], holder: str
+        self, device: CachedDevice, runs: list[tuple[int, int]], whole: set[int], holder: str,
+        zero_dirty: bool = True,
     ) -> Admission:
         """Find frames for the absent pages, reclaiming as needed, then admit without awaiting."""
         for _ in range(_ADMIT_ATTEMPTS):
@@ -375,7 +381,8 @@ class CacheServer(Server):
             frames = self._allocate(device, need)
             if frames is not None:
                 admission = self.core.admit_runs(
-                    device.name, runs, whole, frames, holder, device.max_pages
+                    device.name, runs, whole, frames, holder, device.max_pages,
+                    zero_dirty=zero_dirty,
                 )
                 if self._free_count() < self._low:
                     self._kick()
@@ -534,9 +541,11 @@ class CacheServer(Server):
     @handles(Release)
     async def on_release(self, env: Envelope, msg: Release) -> None:
         """Drop the sender's own pins; pins it does not hold are refused, counted, left alone."""
-        runs = self._runs(msg.device, msg.pages, msg.runs)
+        self._release(env, msg.device, self._runs(msg.device, msg.pages, msg.runs))
+
+    def _release(self, env: Envelope, device: str, runs: list[tuple[int, int]]) -> None:
         try:
-            self._released += self.core.release_runs(msg.device, runs, env.src)
+            self._released += self.core.release_runs(device, runs, env.src)
         except CacheError as exc:
             self._released += exc.released
             if isinstance(exc, NotPinHolder):
@@ -550,7 +559,19 @@ class CacheServer(Server):
 
     @handles(MarkDirty)
     async def on_mark_dirty(self, env: Envelope, msg: MarkDirty) -> None:
-        self.core.mark_dirty_runs(msg.device, self._runs(msg.device, msg.pages, msg.runs))
+        runs = self._runs(msg.device, msg.pages, msg.runs)
+        try:
+            self.core.mark_dirty_runs(msg.device, runs)
+        finally:  # the pins go whatever the marking met (the sender has let go of them);
+            # dirty pages are never evicted unwritten, so they may go before the write
+            if msg.release:
+                try:
+                    self._release(env, msg.device, self._runs(msg.device, [], msg.release))
+                except CacheError as exc:  # as for a posted Release: counted, not the caller's
+                    self.log.warning("release with MarkDirty refused", error=str(exc))
+        if msg.write and runs:
+            device = self._device(msg.device)
+            await self._writeback(device, merge_runs(runs, device.pages.spp))
 
     @handles(Invalidate)
     async def on_invalidate(self, env: Envelope, msg: Invalidate) -> None:
@@ -580,13 +601,29 @@ class CacheServer(Server):
         runs = merge_runs(self._runs(msg.device, msg.pages, msg.runs), device.pages.spp)
         await self._writeback(device, runs or None)
         if msg.flush:
-            await self._command(device, Flush())
+            await self._flush(device)
 
     @handles(FlushDevice)
     async def on_flush(self, env: Envelope, msg: FlushDevice) -> None:
         device = self._device(msg.device)
         await self._writeback(device, None)
-        await self._command(device, Flush())
+        await self._flush(device)
+
+    async def _flush(self, device: CachedDevice) -> None:
+        """Flush the device, unless no write completed since the last flush was sent.
+
+        Every write goes through this cache, so a flush after none adds nothing
+        (an fsync's last group is flushed, then ``FlushDevice`` would flush again).
+        A write completing while the flush is in flight marks the device again.
+        """
+        if device.name in self._flushed:
+            return
+        self._flushed.add(device.name)
+        try:
+            await self._command(device, Flush())
+        except BaseException:
+            self._flushed.discard(device.name)
+            raise
 
     async def _writeback(self, device: CachedDevice, runs: list[tuple[int, int]] | None) -> None:
         """Write the pages until none of them is dirty or in flight (writes by others included)."""
@@ -604,9 +641,12 @@ class CacheServer(Server):
             return
         errors: list[OSError] = []
         try:
-            async with anyio.create_task_group() as tg:
-                for store in stores:
-                    tg.start_soon(self._store, device, store, errors)
+            if len(stores) == 1:  # the usual small write: no task group to start
+                await self._store(device, stores[0], errors)
+            else:
+                async with anyio.create_task_group() as tg:
+                    for store in stores:
+                        tg.start_soon(self._store, device, store, errors)
         finally:
             self._signal_settled()
         if errors:
@@ -621,6 +661,7 @@ class CacheServer(Server):
             errors.append(exc)
         else:
             self._write_bytes += count * device.pages.sector_size
+            self._flushed.discard(device.name)
             self.core.written(store)
 
     async def _settled(self) -> None:

@@ -92,6 +92,9 @@ class CacheSectorIO:
         self._sealed = False  # unmount queued its last writes (seal)
         self._copies: list[tuple[int, int]] = []  # device lba, count of each FAT copy
         self._data_start = 0  # first device page that file data may share (set_layout)
+        # Lazy: the data pages of the next barriers are on the device already (the
+        # kernel file driver wrote them and met any error): ordered, not written again.
+        self.data_written = False
 
     async def _map(self, lba: int, count: int, *, zero_fill: bool) -> list[PageRef]:
         if lba < 0 or count < 0 or lba + count > self.total_sectors:
@@ -332,7 +335,8 @@ class CacheSectorIO:
             start = self.partition_start + lba
             extra.update(range(self._page_of(start), start + count, self._per_page))
         if self.lazy:
-            if extra:  # the data goes to the device now (no flush): its error is the writer's
+            if extra and not self.data_written:  # the data goes to the device now (no flush):
+                # its error is the writer's
                 await self.endpoint.call(self.cache, Writeback(self.device, sorted(extra)), Ok,
                                          timeout=120)
             for page in extra:

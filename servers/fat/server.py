@@ -198,15 +198,20 @@ class FatServer(Server):
         meets the error there.
         """
         vol = self.volume
-        info = self._info(await vol.stat(handle))
-        if reserve > 0 and info.size == 0 and vol.allocated(handle) == 0 and not vol.read_only:
+        reserved: list[FileExtent] = []
+        if reserve > 0 and vol.allocated(handle) == 0 and not vol.read_only:  # empty, no cluster
             try:
-                await vol.set_size(handle, reserve, zero_fill=True, allocate_only=True)
+                start = self._io.partition_start
+                reserved = [
+                    FileExtent(e.file_offset, start + e.lba, e.count)
+                    for e in await vol.set_size(handle, reserve, zero_fill=True,
+                                                allocate_only=True)
+                ]
             except OSError as exc:
-                self.log.debug("no reservation at open", file=info.name, error=str(exc))
-            info = self._info(await vol.stat(handle))
-        return FsOpened(handle, msgspec.structs.replace(info, alloc_size=vol.allocated(handle)),
-                        self._opened_extents(handle))
+                self.log.debug("no reservation at open", handle=handle, error=str(exc))
+        info = msgspec.structs.replace(self._info(await vol.stat(handle)),
+                                       alloc_size=vol.allocated(handle))
+        return FsOpened(handle, info, self._opened_extents(handle), reserved)
 
     def _opened_extents(self, handle: int) -> list[FileExtent]:
         """A small file's extents for the open's reply: its fetch needs no ``MapRange``."""
@@ -243,9 +248,12 @@ class FatServer(Server):
             await self.volume.close(msg.handle)
             return
         written = (msg.write_start, msg.write_end) if 0 <= msg.write_start < msg.write_end else None
+        io = self._io
+        io.data_written = msg.data_written and written is not None
         try:
             await self.volume.set_size(msg.handle, msg.size, zero_fill=True, written=written)
         finally:  # the handle goes whatever the publish met; its error is the reply
+            io.data_written = False
             await self.volume.close(msg.handle)
 
     @handles(FsStat)
@@ -326,8 +334,13 @@ class FatServer(Server):
         # zero frames without a disk read (CacheSectorIO maps writes with zero_fill).
         written = (msg.write_start, msg.write_end) if 0 <= msg.write_start < msg.write_end else None
         vol = self.volume
-        await vol.set_size(msg.handle, msg.size, zero_fill=True,
-                           allocate_only=msg.allocate_only, written=written)
+        io = self._io
+        io.data_written = msg.data_written and written is not None
+        try:
+            await vol.set_size(msg.handle, msg.size, zero_fill=True,
+                               allocate_only=msg.allocate_only, written=written)
+        finally:
+            io.data_written = False
         info = self._info(await vol.stat(msg.handle))
         return msgspec.structs.replace(info, alloc_size=vol.allocated(msg.handle))
 

@@ -811,7 +811,6 @@ class FatVolume:
         if isinstance(ref, int):
             node = self._handle(ref)
             slot = DirSlot(node.index, node.first_index, node.entry, None)
-            slot = DirSlot(node.index, node.first_index, node.entry, None)
             info = self._info(slot, self._key_to_cluster(node.dir_key), node.file_id)
             return replace(info, name=node.name)
         found = await self._existing(ref)
@@ -876,21 +875,24 @@ class FatVolume:
 
     async def open(self, path: str, *, create: bool = False, exclusive: bool = False,
                    truncate: bool = False) -> int:
-        """Open a file (optionally creating it); return a handle for the other calls."""
+        """Open a file (optionally creating it); return a handle for the other calls.
+
+        One walk of the path: a create inserts into the parent it found.
+        """
         found = await self._find(path)
         if found.slot is None and not found.leaf:
             raise IsADirectory("/: is a directory")
-        if found.slot is None:
+        slot = found.slot
+        if slot is None:
             if not create:
                 raise NotFound(f"{path}: no such file or directory")
-            await self.create(path)
-            found = await self._existing(path)
+            self._writable()
+            slot = await self._create_in(found.parent, found.leaf, ATTR_ARCHIVE)
         elif exclusive and create:
             raise AlreadyExists(f"{path}: file exists")
-        assert found.slot is not None
-        if found.slot.entry.is_dir:
+        if slot.entry.is_dir:
             raise IsADirectory(f"{path}: is a directory")
-        handle = self._open_node(found.parent, found.slot)
+        handle = self._open_node(found.parent, slot)
         if truncate and self._handles[handle].entry.size:
             await self.set_size(handle, 0)
         return handle

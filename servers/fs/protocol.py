@@ -93,13 +93,17 @@ class FsClose(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
     The publish is the growing ``FsSetSize`` of a last close (``write_start``/
     ``write_end`` as there): the file system writes the data pages before the
     entry and stamps the modification time; the handle is closed even when
-    the publish fails, and the publish's error is the reply.
+    the publish fails, and the publish's error is the reply. ``data_written``:
+    the sender has written those data pages to the device (``MarkDirty(write=True)``,
+    not flushed) and met any error itself, so the file system writes them no
+    second time; they are still flushed before the entry, as always.
     """
 
     handle: int
     size: int = -1
     write_start: int = -1
     write_end: int = -1
+    data_written: bool = False  # the sender wrote those data pages to the device already
 
 
 class FsStat(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
@@ -165,6 +169,7 @@ class FsSetSize(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True
     allocate_only: bool = False
     write_start: int = -1
     write_end: int = -1
+    data_written: bool = False  # as FsClose's: those data pages are on the device already
 
 
 class FsSetTimes(msgspec.Struct, frozen=True, gc=False, array_like=True, tag=True):
@@ -285,11 +290,15 @@ class FsOpened(msgspec.Struct, frozen=True, gc=False, tag=True):
     file driver asks the cache for them at once, without a ``MapRange``; empty
     otherwise (and whenever the chain could not be resolved: a read reports that).
     They are true when the reply is sent; a change of the file's size makes them stale.
+    ``reserved``: the clusters of the reservation a create made (``FsOpen.reserve``;
+    device sectors, as ``Mapped``'s), never written: their pages are zeros the cache
+    hands out without a ``MapRange`` either.
     """
 
     handle: int
     info: FsInfo
     extents: list[FileExtent] = msgspec.field(default_factory=list)
+    reserved: list[FileExtent] = msgspec.field(default_factory=list)
 
 
 class FsDir(msgspec.Struct, frozen=True, gc=False, tag=True):

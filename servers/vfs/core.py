@@ -350,6 +350,7 @@ class CentralFile:
     inflight: dict[int, range] = field(default_factory=dict)  # fetch tag -> its file pages
     windows: set[Window] = field(default_factory=set)
     modified: bool = False
+    data_written: bool = False  # the last close wrote its growth's pages (FsClose says so)
     published: int = -1  # the size processes see (-1: the size on disk, ``info.size``)
     reserved: int = 0  # bytes a writer had the file system allocate (FsSetSize allocate_only)
     handed: set[int] = field(default_factory=set)  # pages past the size on disk whose bytes

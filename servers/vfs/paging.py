@@ -105,6 +105,7 @@ class Pager:
         window: Window | None,
         ahead: Iterable[Span] = (),
         known: list[FileExtent] | None = None,
+        zeros: list[FileExtent] | None = None,
     ) -> None:
         """Bring ``pages`` into ``cfile.pages``: join fetches in flight, start the rest.
 
@@ -113,7 +114,9 @@ class Pager:
         The ``ahead`` spans (read-ahead) are fetched too, started after ours so
         they queue behind them, and waited for by nobody here. ``known``: the
         file's extents as the open was told them (``opened.py``), for the first
-        round's fetches only.
+        round's fetches only. ``zeros``: clusters a create reserved, never written
+        (``FsOpened.reserved``): their pages are zero-filled by the cache, asked at
+        once like ``known`` ones.
         """
         owner = window.proc.port if window else "vfs"
         spans = core.spans_of(pages)
@@ -121,9 +124,9 @@ class Pager:
             waits = {t: self.fetches[t] for t, run in cfile.inflight.items()
                      if core.overlaps(run, spans)}
             for lo, hi in core.missing_spans(cfile, spans):
-                fetch = self._start_fetch(cfile, lo, hi, owner, known)
+                fetch = self._start_fetch(cfile, lo, hi, owner, known, zeros)
                 waits[fetch.tag] = fetch
-            known = None
+            known = zeros = None
             if ahead:
                 self.prefetch(cfile, core.missing_spans(cfile, ahead), owner)
                 ahead = ()
@@ -147,11 +150,14 @@ class Pager:
     def _start_fetch(
         self, cfile: CentralFile, lo: int, hi: int, owner: str,
         known: list[FileExtent] | None = None,
+        zeros: list[FileExtent] | None = None,
     ) -> Fetch:
         fetch = Fetch(self._new_tag(), cfile, range(lo, hi), owner=owner)
         self.fetches[fetch.tag] = fetch
         cfile.inflight[fetch.tag] = fetch.pages  # a run: consecutive pages
-        if known:
+        if zeros:
+            self._read_known(fetch, zeros, zero_fill=True)
+        elif known:
             self._read_known(fetch, known)
 
         async def go() -> None:
@@ -160,20 +166,25 @@ class Pager:
         self.spawn(go)
         return fetch
 
-    def _read_known(self, fetch: Fetch, known: list[FileExtent]) -> None:
+    def _read_known(
+        self, fetch: Fetch, known: list[FileExtent], *, zero_fill: bool = False
+    ) -> None:
         """Ask the cache for the fetch's pages at once where the open's extents name them.
 
         Sent before the caller awaits anything, so the extents are still the
         file's (``opened.py``); a full cache inbox leaves it to ``MapRange``.
+        ``zero_fill``: they are a create's reserved clusters (past the size: the
+        cache hands their pages out as clean zeros).
         """
         cfile = fetch.cfile
         volume = self.volumes[cfile.fs]
-        extents = extents_for(known, fetch.pages[0], len(fetch.pages), cfile.info.size,
+        size = cfile.info.size if not zero_fill else (fetch.pages[-1] + 1) * PAGE_SIZE
+        extents = extents_for(known, fetch.pages[0], len(fetch.pages), size,
                               volume.logical_sector_size)
         if extents is None:
             return
         request = CacheRead(volume.device, [Extent(e.lba, e.count) for e in extents],
-                            self.endpoint.name, fetch.tag)
+                            self.endpoint.name, fetch.tag, zero_fill)
         try:
             self.endpoint.send_nowait(self.cache, request)
         except (anyio.WouldBlock, OSError):  # a full inbox, a table without it: as before

@@ -77,16 +77,20 @@ from servers.vfs.writeback import Flusher
 __all__ = ["MountTable", "VfsServer"]
 
 MIN_PART_PAGES = 16
-OPEN_RESERVE = 256 * 1024  # a create's first reservation: the file library's first one
-OPEN_MAPPED = 16 * 1024  # of it, mapped by the open (zero frames): a small file's first write
+OPEN_RESERVE = 16 * 1024  # a create's first reservation: a small file's first write
+OPEN_MAPPED = OPEN_RESERVE  # all of it mapped by the open (zero frames, no MapRange)
 
 
 
 def open_reserve(flags: OpenFlags) -> int:
     """Bytes a create for writing asks the file system to reserve at once (0: none).
 
-    The first write of a new file then needs no reservation of its own (and
-    its first page is mapped): a small file is open, write, close.
+    The first write of a small new file then needs no reservation of its own
+    (and its pages are mapped): a small file is open, write, close. A few
+    pages only, so a file never written or a small one gives next to nothing
+    back at close (it was 256 KiB: 64 clusters allocated, then freed); a bigger
+    first write reserves for itself, and the file library grows its
+    reservations geometrically from there.
     """
     return OPEN_RESERVE if flags & OpenFlags.CREATE and flags & OpenFlags.WRITE else 0
 
@@ -235,7 +239,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         if flags & OpenFlags.WRITE and self.volumes[fs].read_only:
             raise OSError(30, f"{label}: read-only file system")
         async with self._open_lock:
-            cfile, surplus, known = await self._central(fs, request)
+            cfile, surplus, known, zeros = await self._central(fs, request)
             window = self._new_window(proc, cfile, flags)
         # created by this open, empty, its reservation made with it: the writer's
         reserved = 0 if surplus or not request.reserve or cfile.size else cfile.reserved
@@ -244,7 +248,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                 if surplus:
                     await self.endpoint.call(fs, FsClose(surplus), Ok)
                 if reserved:  # nothing to truncate; the first write's first pages mapped
-                    await self._map_for_write(window, 0, OPEN_MAPPED)
+                    await self._map_for_write(window, 0, OPEN_MAPPED, zeros)
                 elif flags & OpenFlags.TRUNCATE and (cfile.size or cfile.fat_size):
                     await self.flusher.set_size(cfile, 0)
                 elif flags & OpenFlags.READ:
@@ -259,14 +263,15 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
 
     async def _central(
         self, fs: str, request: FsOpen | FsOpenAt
-    ) -> tuple[CentralFile, int, list[FileExtent]]:
+    ) -> tuple[CentralFile, int, list[FileExtent], list[FileExtent]]:
         """The central file of what the request names, found by the file system's identity.
 
         Every open asks the file system (which resolves aliases, case and renamed
         parents to one entry and says which file that is); a second handle onto a
         file already open is given back. Returns the central file, the file
         system handle to give back (0: none) and, for a central file made from
-        this very answer, the small file's extents it carried (``opened.py``).
+        this very answer, the small file's extents it carried (``opened.py``) and
+        the clusters of a reservation the open made (``FsOpened.reserved``).
         """
         opened: FsOpened = await self.endpoint.call(fs, request, FsOpened)
         key = (fs, opened.info.file_id)
@@ -277,7 +282,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             opened = FsOpened(opened.handle, info)  # the extents may be stale: none
         cfile = self.files.get(key)
         if cfile is not None:
-            return cfile, opened.handle, []
+            return cfile, opened.handle, [], []
         (frame,) = self.memory.alloc("vfs", 1)
         self.memory.zero([frame])
         state = FileStatePage(self.memory.view(frame), writable=True)
@@ -291,7 +296,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
             self._release_retained([record])
         cfile.publish()
         self.files[key] = cfile
-        return cfile, 0, opened.extents
+        return cfile, 0, opened.extents, opened.reserved if cfile.reserved else []
 
     async def _map_up_front(self, window: Window, known: list[FileExtent]) -> None:
         """Map what the first reads will want before the open replies: no miss for them.
@@ -673,12 +678,16 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
                 await self._map_for_write(window, msg.write_start, msg.map_end)
             return SizeSet(window.file.size, window.file.info.alloc_size)
 
-    async def _map_for_write(self, window: Window, start: int, end: int) -> None:
+    async def _map_for_write(
+        self, window: Window, start: int, end: int, zeros: list[FileExtent] | None = None
+    ) -> None:
         """Map the pages a reserving write is about to store into: its ``CachePart`` folded in.
 
         Pages past the size on disk come from the cache as zero-filled frames (no
         read). A failure here is the write's to meet (its own ``CachePart`` then
-        reports it), not the reservation's.
+        reports it), not the reservation's. ``zeros``: the clusters behind
+        ``start..end``, never written (a create's reservation): the cache is asked
+        for their zero pages directly, without a ``MapRange``.
         """
         pages = core.part_pages(window, start, end - start)
         if not pages:
@@ -686,7 +695,7 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         try:
             if window.writer.count > PARTS_BEFORE_SCAN:
                 self.pager.second_chance(window)  # as on a miss
-            await self.pager.ensure_pages(window.file, pages, window)
+            await self.pager.ensure_pages(window.file, pages, window, zeros=zeros or None)
             self.pager.map_into(window, pages)
         except OSError as exc:
             self.log.debug("nothing mapped at reserve", file=window.file.info.name, error=str(exc))

@@ -23,7 +23,7 @@ import msgspec
 from microkernel.ipc import Endpoint
 from microkernel.memory import PhysicalMemory
 from microkernel.protocol import Ok
-from servers.cache.protocol import CacheMap, Extent, MarkDirty, Pages, Release, Writeback
+from servers.cache.protocol import CacheMap, Extent, MarkDirty, Pages, PageSpan, Release, Writeback
 from servers.fs.protocol import FsClose, FsInfo, FsSetSize, FsSetTimes, FsStatHandle, FsVolume
 from servers.vfs import core
 from servers.vfs.abi import PAGE_SIZE
@@ -85,10 +85,14 @@ class Flusher:
         into ``FsClose``, :meth:`close_request`).
         """
         async with self._lock(cfile):
-            await self._write_back(cfile, durable)
-            released = self.drop_pages(cfile, then_drop(cfile)) if then_drop else 0
-            if publish:
-                await self.publish(cfile)  # the pins went back first: the file system needs frames
+            # A last close (no publish here) writes a growth's pages at once: it must meet
+            # their write error, and the file system then need not write them again.
+            grows = not publish and cfile.size > cfile.info.size
+            on_device, released = await self._write_back(cfile, durable, write=grows,
+                                                         then_drop=then_drop)
+            cfile.data_written = on_device and grows
+            if publish:  # the pins went back first: the file system needs frames
+                await self.publish(cfile, data_written=on_device)
             return released
 
     async def close_request(self, cfile: CentralFile) -> FsClose:
@@ -107,22 +111,43 @@ class Flusher:
         cfile.published = size
         cfile.info = msgspec.structs.replace(cfile.info, size=size)
         cfile.modified = False  # the publish stamps the modification time
-        return FsClose(cfile.fs_handle, size, disk, size)
+        return FsClose(cfile.fs_handle, size, disk, size, cfile.data_written)
 
-    async def _write_back(self, cfile: CentralFile, durable: bool) -> None:
+    async def _write_back(
+        self,
+        cfile: CentralFile,
+        durable: bool,
+        *,
+        write: bool = False,
+        then_drop: Callable[[CentralFile], list[core.Span]] | None = None,
+    ) -> tuple[bool, int]:
+        """Hand the dirty pages over; with ``durable`` or ``write`` also onto the device.
+
+        Returns whether every page handed over is on the device (``write``, and no
+        private page copied back: those pages may hold bytes of an earlier handover),
+        and how many pins ``then_drop``'s pages gave back: once the private copies are
+        done, their pins go back with the ``MarkDirty`` (one message) or a ``Release``.
+        """
         self.collect(cfile)
         marked, private = core.writeback_plan(cfile)
         volume = self.volumes[cfile.fs]
         written: list[int] = []
         for fp in private:
             written.extend(await self._copy_back(volume, fp))
-        if marked:
-            await self.endpoint.call(self.cache, MarkDirty(volume.device, marked), Ok)
-        if durable and (marked or written):
-            lbas = sorted({*marked, *written})
+        pins = self._take_spans(cfile, then_drop(cfile)) if then_drop else []
+        now = durable or write
+        if marked:  # marked and, for an fsync or a close's growth, written in one message
             await self.endpoint.call(
-                self.cache, Writeback(volume.device, lbas), Ok, timeout=WRITEBACK_TIMEOUT_S
+                self.cache, MarkDirty(volume.device, marked, write=now, release=pins), Ok,
+                timeout=WRITEBACK_TIMEOUT_S if now else 30.0,
             )
+        elif pins:
+            self.endpoint.send_nowait(self.cache, Release(volume.device, [], pins))
+        if now and written:
+            await self.endpoint.call(
+                self.cache, Writeback(volume.device, written), Ok, timeout=WRITEBACK_TIMEOUT_S
+            )
+        return (write or durable) and not private, sum(span.count for span in pins)
 
     async def _copy_back(self, volume: FsVolume, fp: FilePage) -> list[int]:
         ss, device = volume.logical_sector_size, volume.device
@@ -145,11 +170,16 @@ class Flusher:
     def drop_pages(self, cfile: CentralFile, spans: list[core.Span]) -> int:
         """Forget cached pages (spans of them): cache pins go back, private frames are freed.
         Returns pins."""
-        pins, frames = core.drop_spans(cfile, spans)
-        self.memory.release(frames)
+        pins = self._take_spans(cfile, spans)
         if pins:
             self.endpoint.send_nowait(self.cache, Release(self.volumes[cfile.fs].device, [], pins))
         return sum(span.count for span in pins)
+
+    def _take_spans(self, cfile: CentralFile, spans: list[core.Span]) -> list[PageSpan]:
+        """Forget cached pages: private frames are freed; returns the cache pins to give back."""
+        pins, frames = core.drop_spans(cfile, spans)
+        self.memory.release(frames)
+        return pins
 
     # -------------------------------------------------------------------- sizes
     async def set_size(
@@ -206,19 +236,23 @@ class Flusher:
             cfile.info = info
             cfile.published = start
 
-    async def publish(self, cfile: CentralFile) -> None:
+    async def publish(self, cfile: CentralFile, *, data_written: bool = False) -> None:
         """Make the size on disk the size processes see (under the file's lock).
 
         Growing, the file system writes the data pages of the new bytes before
         the directory entry (they are in the cache: ``_write_back`` ran), and
-        nothing is zero-filled since all of them were written. Shrinking, the
+        nothing is zero-filled since all of them were written; ``data_written``
+        (an fsync's writeback just wrote them): it orders them, writes no more.
+        Every earlier handover of pages was published right after it, so the
+        new bytes are exactly what that writeback handed over. Shrinking, the
         entry goes first and the clusters past it, reservation included, are freed.
         """
         disk, size = cfile.info.size, cfile.size
         if size == disk:
             return
         if size > disk:
-            request = FsSetSize(cfile.fs_handle, size, write_start=disk, write_end=size)
+            request = FsSetSize(cfile.fs_handle, size, write_start=disk, write_end=size,
+                                data_written=data_written)
         else:
             request = FsSetSize(cfile.fs_handle, size)
             cfile.reserved = 0

@@ -25,7 +25,7 @@ from servers.cache.protocol import (
     Release,
     Writeback,
 )
-from tests.cache.harness import GUARD_S, CountingAhci, System, booted
+from tests.cache.harness import GUARD_S, CountingAhci, System, booted, sector_pattern
 
 pytestmark = pytest.mark.anyio
 
@@ -133,15 +133,28 @@ async def test_unknown_device_and_oversized_requests_are_typed_errors(tmp_path: 
 
 
 async def test_zero_fill_pages_are_not_read_from_disk(tmp_path: Path) -> None:
+    """CacheRead (a file's reserved room): clean zeros, written only once marked dirty."""
     async with booted(tmp_path) as s:
         ready = await s.read(4, 24, zero_fill=True)  # page 0 and 24 partly, 8 and 16 wholly
         assert [(r.lba, r.count) for r in s.reads] == [(0, 8), (24, 8)]
         frames = {p.lba: s.frame(p.phys) for p in ready.pages}
         assert frames[8] == frames[16] == bytes(PAGE_SIZE)
         assert frames[0] == s.expected_page(0) and frames[24] == s.expected_page(24)
-        assert s.cache.cache_stats().pages_dirty == 2  # the zeros must reach the disk
+        assert s.cache.cache_stats().pages_dirty == 0  # clean: nothing written unless marked
         await s.call(Writeback("disk"))
-        assert s.disk_sector(8) == bytes(512) and s.disk_sector(0) != bytes(512)
+        assert s.disk_sector(8) == sector_pattern(8, 512) == s.expected_page(8)[:512]
+        await s.call(MarkDirty("disk", [16]))  # the holder stored into it: now it goes out
+        await s.call(Writeback("disk"))
+        assert s.disk_sector(16) == bytes(512) and s.disk_sector(8) == sector_pattern(8, 512)
+
+
+async def test_zero_fill_of_a_cache_map_is_dirty(tmp_path: Path) -> None:
+    """CacheMap (metadata, zero fills of the file system): the zeros must reach the disk."""
+    async with booted(tmp_path) as s:
+        await s.map(8, 16, zero_fill=True)
+        assert s.reads == [] and s.cache.cache_stats().pages_dirty == 2
+        await s.call(Writeback("disk"))
+        assert s.disk_sector(8) == bytes(512) and s.disk_sector(16) == bytes(512)
 
 
 # ------------------------------------------------------------- replacement
@@ -423,3 +436,38 @@ async def test_writeback_with_flush_is_a_barrier_for_exactly_the_named_pages(
         assert s.cache.cache_stats().pages_dirty == 1  # page 64 waits for its own turn
         await s.call(Writeback("disk", [64]))
         assert [(e.offset, e.is_flush) for e in log.entries][2:] == [(64 * 512, False)]
+
+
+async def test_a_flush_with_no_write_since_the_last_one_reaches_no_device(tmp_path: Path) -> None:
+    """An fsync's last group is flushed; its FlushDevice then has nothing to add."""
+    async with booted(tmp_path) as s:
+
+        def flushes() -> int:
+            return s.router.counters.messages_by_type["Flush"]
+
+        await s.call(FlushDevice("disk"))
+        first = flushes()
+        assert first >= 1  # the first one goes out whatever came before
+        await s.call(FlushDevice("disk"))
+        await s.call(Writeback("disk", [], flush=True))
+        assert flushes() == first
+        page = (await s.map(0, 8))[0]
+        s.memory.view(page.phys, 4)[:] = b"\xab" * 4
+        await s.call(MarkDirty("disk", [0]))
+        await s.call(Writeback("disk", [0], flush=True))  # a write since: flushed
+        assert flushes() == first + 1 and s.disk_sector(0)[:4] == b"\xab" * 4
+
+
+async def test_mark_dirty_can_release_the_senders_pins_and_only_its_own(tmp_path: Path) -> None:
+    """``MarkDirty(release=)`` is a Release in the same message: the sender's pins go, a pin
+    it does not hold is refused and counted (as for Release), and the marking stands."""
+    async with booted(tmp_path) as s:
+        await s.map(0, 8)  # page 0, pinned once for the file system
+        await s.read(8, 8)  # page 8, pinned for the holder (the VFS stand-in), not for us
+        assert s.cache.cache_stats().pages_pinned == 2
+        await s.call(MarkDirty("disk", [0], release=[PageSpan(0, 1)]))
+        stats = s.cache.cache_stats()
+        assert stats.pages_pinned == 1 and stats.pages_dirty == 1 and stats.pins_refused == 0
+        await s.call(MarkDirty("disk", [8], release=[PageSpan(8, 1)]))  # not ours: refused
+        stats = s.cache.cache_stats()
+        assert stats.pages_pinned == 1 and stats.pins_refused == 1 and stats.pages_dirty == 2

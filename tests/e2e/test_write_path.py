@@ -158,9 +158,11 @@ async def test_a_small_create_is_open_publish_close_with_the_size_in_fs_close(
             await f.write(data)
         assert c.syscalls - calls == 3  # Open (reserve + map), SetSize (publish), Close
         assert c.syscalls_by_type["CachePart"] == by_type.get("CachePart", 0)
-        kinds = ("FsSetSize", "FsClose", "FsSetTimes")
+        kinds = ("FsSetSize", "FsClose", "FsSetTimes", "MapRange")
         sent = {m: c.messages_by_type[m] - messages.get(m, 0) for m in kinds}
-        assert sent == {"FsSetSize": 0, "FsClose": 1, "FsSetTimes": 0}, sent  # all in open, close
+        # all in open and close; the open's reserved clusters come with FsOpened, so the
+        # kernel file driver asks the cache for their zero pages without a MapRange
+        assert sent == {"FsSetSize": 0, "FsClose": 1, "FsSetTimes": 0, "MapRange": 0}, sent
         info = await proc.stat("/new.bin")
         assert info.size == len(data) and info.mtime >= started - 2  # FAT: 2 s resolution
         assert await proc.read_file("/new.bin") == data
@@ -190,3 +192,55 @@ async def test_an_extending_write_gets_its_pages_with_its_reservation(tmp_path: 
     require_tool("mtype", "fsck.fat")
     fsck_ok(image)
     assert mtype(image, "/grow.bin") == chunk * 16
+
+
+async def test_reserved_room_is_mapped_ahead_as_clean_zeros(tmp_path: Path) -> None:
+    """A reservation maps room past its write; pages nobody fills there write nothing.
+
+    The cache hands a file's reserved pages out clean (zeros that are written only
+    once the process stores into them), so mapping the room costs no disk writes
+    while saving the next writes their ``CachePart``.
+    """
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=32 * MIB, fat=16)
+    async with microkernel.boot(image=image, memory="64M") as system:
+        proc = await system.spawn("writer")
+        c = system.counters
+        before = system.statistics()
+        async with await proc.open("/room.bin", "wb") as f:
+            await f.write(b"x" * MIB)  # reserves 1 MiB of room beyond it, and maps it
+            parts = c.syscalls_by_type["CachePart"]
+            await f.write(b"y" * (MIB // 2))  # inside the mapped room: no CachePart
+            assert c.syscalls_by_type["CachePart"] == parts
+            await f.fsync()  # writes every dirty page of the device: zeros would go too
+            written = system.statistics().delta(before).disk_write_bytes
+        data = MIB + MIB // 2
+        assert data <= written < data + 128 * 1024, written  # not the 512 KiB of room
+        assert await proc.read_file("/room.bin") == b"x" * MIB + b"y" * (MIB // 2)
+    require_tool("mtype", "fsck.fat")
+    fsck_ok(image)
+
+
+async def test_a_create_writes_its_data_once_at_close_and_the_file_system_not_again(
+    tmp_path: Path,
+) -> None:
+    """The last close marks and writes a growth's pages in one ``MarkDirty(write=True)``
+    (so it meets their write error) and ``FsClose(data_written)`` spares the file
+    system a second ``Writeback`` of them: the data reaches the device once, before the
+    entry (the lazy groups still flush it first), and reads back after a remount."""
+    require_tool("mtype", "fsck.fat")
+    image = tmp_path / "disk.img"
+    microkernel.mkfs(image, size=16 * MIB, fat=16)
+    cfg = SystemConfig(memory="32M", devices=[DeviceConfig(image=str(image))],
+                       cache=CacheConfig(writeback_interval=None))  # no background writes
+    data = bytes(range(256)) * 16  # one page
+    async with microkernel.boot(config=cfg) as system:
+        proc = await system.spawn("creator")
+        c = system.counters
+        writebacks, before = c.messages_by_type["Writeback"], system.statistics()
+        async with await proc.open("/once.bin", "wb") as f:
+            await f.write(data)
+        assert c.messages_by_type["Writeback"] == writebacks  # nobody asked to write it again
+        assert system.statistics().delta(before).disk_write_bytes == len(data)  # data only
+    fsck_ok(image)
+    assert mtype(image, "/once.bin") == data
