@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -62,6 +63,9 @@ class System:
         self.servers: list[Server] = []
         self.missing: list[str] = []
         self.kernel = router.register("kernel", capacity=0)
+        # perf_counter() when the last server stopped: every volume unmounted, written back
+        # and flushed. What follows (freeing the RAM memfd) powers the machine off.
+        self.stopped_at: float | None = None
 
     def server(self, name: str) -> Server:
         for srv in self.servers:
@@ -309,6 +313,7 @@ async def _stop_all(system: System) -> None:
         except Exception as exc:  # keep stopping the others; report the failure
             log.error("server failed to stop cleanly", server=server.name, exc_info=exc)
     system.servers.clear()
+    system.stopped_at = time.perf_counter()
 
 
 def run(main: Callable[[], Any], *, use_uvloop: bool = False) -> Any:

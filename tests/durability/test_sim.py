@@ -36,7 +36,7 @@ def test_a_seed_replays_the_same_run_message_for_message() -> None:
     assert _outcome(6).trace != first.trace
 
 
-@pytest.mark.parametrize("seed", [2, 4])
+@pytest.mark.parametrize("seed", [3, 5])
 def test_a_seed_replays_exactly_with_every_fault_kind_on(seed: int) -> None:
     require_tool("fsck.fat")
     first, again = _outcome(seed, ALL_FAULTS), _outcome(seed, ALL_FAULTS)
