@@ -135,6 +135,18 @@ class Journal:
         self.synced.append(s)
         self._live[path] = s
 
+    def unmounted(self, files: dict[str, bytes]) -> None:
+        """The workload ended with a clean unmount: every file it left is on the disk as left.
+
+        Vouched for from the log's last write on (only flushes follow it, which
+        change no byte): the image every check builds there is the image after
+        the unmount, so a file whose bytes never reached the disk, fsynced or
+        not, is found there.
+        """
+        end = next((n + 1 for n in range(len(self.log.entries) - 1, -1, -1)
+                    if not self.log.entries[n].is_flush), 0)
+        self.synced.extend(Synced(path, data, end) for path, data in files.items())
+
     def vouched(self, state: CrashState) -> list[Synced]:
         """Files fsynced wholly before the state's durable prefix, untouched in its window."""
         return [s for s in self.synced if s.at <= state.durable

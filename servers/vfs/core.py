@@ -517,13 +517,14 @@ class RetainedFiles:
         return record
 
 
-def take_retained(cfile: CentralFile) -> FilePages:
+def take_retained(cfile: CentralFile, cluster_size: int) -> FilePages:
     """Move the pages of a closing file worth keeping out of it: clean cache pages inside the size.
 
     Private frames of the copy path are not kept (they are charged to a
-    process); pages past the size held a reservation the last close frees.
+    process); pages past the size held a reservation the last close frees, and
+    so may the end of the page the size ends in (:func:`whole_pages`).
     """
-    end = pages_of(cfile.size)
+    end = whole_pages(cfile.size, cluster_size)
     if end < _ALL:
         cfile.pages._split(end)
     return cfile.pages.take(lambda a, b, fl: b <= end and not fl & (PRIVATE | DIRTY))
@@ -802,6 +803,21 @@ def idle_pages(cfile: CentralFile) -> list[int]:
 def every_span(cfile: CentralFile) -> list[Span]:
     """All of a file's pages (a last close drops what it does not keep)."""
     return [(0, _ALL)]
+
+
+def whole_pages(size: int, cluster_size: int) -> int:
+    """Pages ``[0, n)`` that lie wholly in the clusters a file of ``size`` bytes keeps.
+
+    With clusters smaller than a page, the clusters left after a shrink (or
+    after a last close gives a reservation back) may end inside the size's last
+    page: the rest of that page's 4 KiB goes back to the FAT, to be another
+    file's. A zero-copy page there would still map it: the file's next growth
+    (new clusters elsewhere) would be written into the freed clusters and never
+    into its own, and a later owner's bytes would show through the mapping. So
+    that page is not kept as is; fetched again, it is a copy whose sources name
+    the file's own clusters only (docs/fat.md, "fsynced data lost on FAT12").
+    """
+    return min(pages_of(size), -(-size // cluster_size) * cluster_size // PAGE_SIZE)
 
 
 def pages_from(cfile: CentralFile, size: int) -> list[Span]:

@@ -461,7 +461,8 @@ class VfsServer(NamespaceMixin, LegacyMixin, Server):
         new open maps exactly what a cold read would show. The kept runs move
         to the record as they are (no work per page).
         """
-        keep = core.take_retained(cfile) if cfile.retain else None
+        cluster = self.volumes[cfile.fs].cluster_size
+        keep = core.take_retained(cfile, cluster) if cfile.retain else None
         if keep:
             last = (cfile.size - 1) // PAGE_SIZE
             tail = cfile.size - last * PAGE_SIZE

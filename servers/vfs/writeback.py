@@ -266,12 +266,19 @@ class Flusher:
         cfile.handed = {p for p in cfile.handed if (p + 1) * PAGE_SIZE > size}
 
     async def _shrink(self, cfile: CentralFile, size: int) -> None:
-        """Unmap every part reaching past the new end before the clusters go back to the FAT."""
-        keep = core.pages_of(size)
+        """Unmap every part reaching past the new end before the clusters go back to the FAT.
+
+        When the clusters left end inside the last page (clusters smaller than a
+        page), that page goes as well, its bytes handed to the cache first: the
+        rest of its 4 KiB are freed clusters (``core.whole_pages``).
+        """
+        keep = core.whole_pages(size, self.volumes[cfile.fs].cluster_size)
         await self.pager.cancel_fetches(cfile, keep)
         unmapped: list[anyio.Event] = []
         for window in list(cfile.windows):
-            unmapped.extend(self.pager.remove_parts(window, core.parts_reaching(window, size)))
+            unmapped.extend(
+                self.pager.remove_parts(window, core.parts_reaching(window, keep * PAGE_SIZE))
+            )
         for event in unmapped:
             await event.wait()
         async with self._lock(cfile):
@@ -283,6 +290,9 @@ class Flusher:
             if fp is not None:  # the tail of the last page is past the end now
                 tail = size - last * PAGE_SIZE
                 self.memory.view(fp.phys + tail, PAGE_SIZE - tail)[:] = bytes(PAGE_SIZE - tail)
+            if keep < core.pages_of(size):  # the last page goes too: its bytes to the cache first
+                await self._write_back(cfile, False)
+                self.drop_pages(cfile, core.pages_from(cfile, keep * PAGE_SIZE))
 
     async def stamp_mtime(self, cfile: CentralFile) -> None:
         """A file written since its last stamp gets the current time (at fsync and last close)."""

@@ -24,9 +24,10 @@ __all__ = ["DRIVER", "Journal", "Tally", "check_all", "record", "workload"]
 DRIVER = "drivers.recording:RecordingRamDisk"
 
 
-async def workload(proc: UserProcess, journal: Journal, rng: random.Random, ops: int) -> None:
+async def workload(proc: UserProcess, journal: Journal, rng: random.Random,
+                   ops: int) -> dict[str, bytes]:
     """Random creates, appends, truncates, renames (of files, and of directories into
-    another parent), mkdir/rmdir, unlinks, fsyncs."""
+    another parent), mkdir/rmdir, unlinks, fsyncs; returns every file's content at the end."""
     files: dict[str, bytes] = {}
     dirs = ["/"]
     for step in range(ops):
@@ -79,6 +80,7 @@ async def workload(proc: UserProcess, journal: Journal, rng: random.Random, ops:
             journal.touch(path)
             await proc.unlink(path)
             del files[path]
+    return files
 
 
 async def _move_dir(proc: UserProcess, journal: Journal, rng: random.Random, step: int,
@@ -124,5 +126,6 @@ async def record(image: Path, *, seed: int, ops: int, interval: float | None,
         log = drv.write_log
         journal = Journal(log)
         proc = await system.spawn("writer")
-        await workload(proc, journal, random.Random(seed), ops)
+        files = await workload(proc, journal, random.Random(seed), ops)
+    journal.unmounted(files)  # the system is shut down: the volume is unmounted cleanly
     return journal

@@ -335,9 +335,30 @@ def test_a_closing_file_keeps_clean_cache_pages_inside_its_size(memory: Physical
         3: FilePage(0x13000, 24),
         4: FilePage(0x14000, 32),  # past the size: a reservation freed at close
     })
-    kept = core.take_retained(cfile)
+    kept = core.take_retained(cfile, PAGE_SIZE)
     assert list(kept) == [0, 3] and list(cfile.pages) == [1, 2, 4]
     assert kept.phys_of(3) == 0x13000 and 1 in cfile.pages.copies
+
+
+def test_a_closing_file_keeps_no_page_its_clusters_end_inside(memory: PhysicalMemory) -> None:
+    """2 KiB clusters: a 9000-byte file keeps 5 clusters (10240 bytes) once its reservation
+    goes back; page 2 (8192..12288) would map a freed cluster, so it is not kept."""
+    cfile = _cfile(memory, 9000)
+    cfile.pages = _table({p: FilePage(0x10000 + p * PAGE_SIZE, 8 * p) for p in range(4)})
+    kept = core.take_retained(cfile, 2048)
+    assert list(kept) == [0, 1] and list(cfile.pages) == [2, 3]
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(0, 1 << 20), shift=st.integers(9, 16))
+def test_whole_pages_lie_in_the_files_clusters(size: int, shift: int) -> None:
+    """Every page below the bound lies in the clusters a file of the size keeps, and the
+    bound is the largest such, up to the pages of the size."""
+    cluster = 1 << shift
+    clusters_end = -(-size // cluster) * cluster
+    n = core.whole_pages(size, cluster)
+    assert n * PAGE_SIZE <= clusters_end and n <= core.pages_of(size)
+    assert n == core.pages_of(size) or (n + 1) * PAGE_SIZE > clusters_end
 
 
 def test_an_open_maps_cached_pages_or_a_small_file_whole(memory: PhysicalMemory) -> None:
