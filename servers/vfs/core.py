@@ -617,9 +617,7 @@ def part_pages(window: Window, position: int, size: int) -> range:
 def missing_spans(cfile: CentralFile, spans: Iterable[Span]) -> list[Span]:
     """The parts of ``spans`` neither cached nor being fetched (runs, not pages)."""
     out = [g for lo, hi in spans for g in cfile.pages.gaps(lo, hi)]
-    for run in cfile.inflight.values():
-        out = [piece for lo, hi in out for piece in _minus(lo, hi, run.start, run.stop)]
-    return out
+    return without(out, ((run.start, run.stop) for run in cfile.inflight.values()))
 
 
 def missing_pages(cfile: CentralFile, pages: Sequence[int]) -> list[int]:
@@ -627,11 +625,17 @@ def missing_pages(cfile: CentralFile, pages: Sequence[int]) -> list[int]:
     return [p for a, b in missing_spans(cfile, spans_of(pages)) for p in range(a, b)]
 
 
-def _minus(lo: int, hi: int, a: int, b: int) -> list[Span]:
-    """``[lo, hi)`` without ``[a, b)``."""
-    if b <= lo or a >= hi:
-        return [(lo, hi)]
-    return [s for s in ((lo, a), (b, hi)) if s[0] < s[1]]
+def without(spans: Iterable[Span], cuts: Iterable[Span]) -> list[Span]:
+    """The parts of ``spans`` outside every one of ``cuts``."""
+    out = list(spans)
+    for a, b in cuts:
+        out = [
+            piece
+            for lo, hi in out
+            for piece in ([(lo, hi)] if b <= lo or a >= hi else ((lo, a), (b, hi)))
+            if piece[0] < piece[1]
+        ]
+    return out
 
 
 def overlaps(run: range, spans: Iterable[Span]) -> bool:
@@ -646,10 +650,7 @@ def linked_spans(window: Window) -> list[Span]:
 
 def unmapped_spans(window: Window, spans: Iterable[Span]) -> list[Span]:
     """The parts of ``spans`` not yet linked into the window."""
-    out = list(spans)
-    for a, b in linked_spans(window):
-        out = [piece for lo, hi in out for piece in _minus(lo, hi, a, b)]
-    return out
+    return without(spans, linked_spans(window))
 
 
 def unmapped_runs(window: Window, pages: Sequence[int]) -> list[list[int]]:
@@ -687,10 +688,7 @@ def stale_spans(window: Window, serials: list[tuple[int, int, int]]) -> list[Spa
     for lo, hi, serial in serials:
         for a, b, now in window.serials.pieces(lo, hi):
             if now == serial:
-                pieces = [(a, b)]
-                for x, y in linked:
-                    pieces = [q for u, v in pieces for q in _minus(u, v, x, y)]
-                out.extend(pieces)
+                out.extend(without([(a, b)], linked))
     return merged_spans(out)
 
 
@@ -777,14 +775,8 @@ def idle_spans(cfile: CentralFile) -> list[Span]:
     """Cached pages no window has linked: what a give-back may drop."""
     out = merged_spans((a, b) for a, b, *_ in cfile.pages.pieces())
     for window in cfile.windows:
-        out = unmapped_spans_of(out, linked_spans(window))
+        out = unmapped_spans(window, out)
     return out
-
-
-def unmapped_spans_of(spans: list[Span], linked: list[Span]) -> list[Span]:
-    for a, b in linked:
-        spans = [piece for lo, hi in spans for piece in _minus(lo, hi, a, b)]
-    return spans
 
 
 def idle_within(cfile: CentralFile, spans: list[Span]) -> list[Span]:
