@@ -162,6 +162,7 @@ class CacheServer(Server):
         self._waiting: dict[Waiter, anyio.Event] = {}
         self._open_reads: dict[int, CacheRead] = {}
         self._flushed: set[str] = set()  # devices with no write completed since a flush was sent
+        self._flushing: dict[str, anyio.Event] = {}  # device -> set when its flush in flight ends
         self._read_ids = itertools.count()
         self.quarantined: list[int] = []  # frames a crash left to a driver's in-flight DMA
         self._rounds: dict[int, _GiveBackRound] = {}
@@ -614,16 +615,24 @@ class CacheServer(Server):
 
         Every write goes through this cache, so a flush after none adds nothing
         (an fsync's last group is flushed, then ``FlushDevice`` would flush again).
-        A write completing while the flush is in flight marks the device again.
+        A write completing while the flush is in flight marks the device again; a
+        flush asked while one is in flight waits for it (durable only once it is done).
         """
-        if device.name in self._flushed:
+        name = device.name
+        while (pending := self._flushing.get(name)) is not None:  # its caller must not
+            await pending.wait()  # return before that flush is done (or flush again if it failed)
+        if name in self._flushed:
             return
-        self._flushed.add(device.name)
+        self._flushed.add(name)
+        done = self._flushing[name] = anyio.Event()
         try:
             await self._command(device, Flush())
         except BaseException:
-            self._flushed.discard(device.name)
+            self._flushed.discard(name)
             raise
+        finally:
+            del self._flushing[name]
+            done.set()
 
     async def _writeback(self, device: CachedDevice, runs: list[tuple[int, int]] | None) -> None:
         """Write the pages until none of them is dirty or in flight (writes by others included)."""

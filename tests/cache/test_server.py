@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from drivers.protocol import InjectFault, IoDone, Read, Segment
+from drivers.protocol import Flush, InjectFault, IoDone, Read, Segment
 from drivers.recording import Recorder, RecordingRamDisk
 from microkernel.memory import DMA32_LIMIT, PAGE_SIZE, Zone
 from microkernel.protocol import Ok
@@ -456,6 +456,37 @@ async def test_a_flush_with_no_write_since_the_last_one_reaches_no_device(tmp_pa
         await s.call(MarkDirty("disk", [0]))
         await s.call(Writeback("disk", [0], flush=True))  # a write since: flushed
         assert flushes() == first + 1 and s.disk_sector(0)[:4] == b"\xab" * 4
+
+
+async def test_a_flush_asked_while_one_is_in_flight_returns_only_after_it(tmp_path: Path) -> None:
+    """The skipped flush (nothing written since one was sent) must not answer before the
+    one in flight is done: its caller (an fsync) takes the answer as "durable"."""
+    async with booted(tmp_path) as s:
+        gate, entered = anyio.Event(), anyio.Event()
+        command = s.cache._command
+
+        async def slow_flush(device: object, msg: object) -> object:
+            if isinstance(msg, Flush):
+                entered.set()
+                await gate.wait()
+            return await command(device, msg)  # type: ignore[arg-type]
+
+        s.cache._command = slow_flush  # type: ignore[method-assign,assignment]
+        answered: list[str] = []
+
+        async def flush(who: str) -> None:
+            await s.call(FlushDevice("disk"))
+            answered.append(who)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flush, "first")
+            await entered.wait()
+            tg.start_soon(flush, "second")
+            await anyio.wait_all_tasks_blocked()
+            early = list(answered)
+            gate.set()
+        assert early == []  # the second waited for the first's flush
+        assert sorted(answered) == ["first", "second"]
 
 
 async def test_mark_dirty_can_release_the_senders_pins_and_only_its_own(tmp_path: Path) -> None:
